@@ -1,0 +1,265 @@
+//! One audit line and its JSON encoding.
+//!
+//! Request fields are captured as cheap clones (`HeaderValue`, `Uri` share their bytes) and
+//! encoded on the writer thread, straight into its batch buffer. Every string goes through
+//! serde_json's escaper after a lossy UTF-8 conversion, so whatever bytes a client sends, a line
+//! stays one valid JSON object: a newline or a quote cannot forge a second line.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Uri, Version};
+
+use super::user::UserInfo;
+
+/// What a line records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Request,
+    TunnelClose,
+}
+
+/// An audit line before encoding.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub event: Event,
+    /// Unix milliseconds when the exchange ended (tunnel: when it closed).
+    pub ts_ms: i64,
+    pub request_id: Option<HeaderValue>,
+    pub client_ip: IpAddr,
+    pub peer_ip: IpAddr,
+    pub user: UserInfo,
+    pub visitor_id: Option<String>,
+    pub method: Option<Method>,
+    pub host: Option<HeaderValue>,
+    pub uri: Option<Uri>,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_us: u64,
+    pub upstream: Option<Arc<str>>,
+    pub sticky: Option<&'static str>,
+    pub http_version: Option<Version>,
+    pub tls_version: Option<&'static str>,
+    pub user_agent: Option<HeaderValue>,
+    pub origin: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
+    pub outcome: &'static str,
+    pub reason: Option<&'static str>,
+    /// Tunnels: `client`, `upstream`, `idle_timeout`, `shutdown`, `error`.
+    pub closed_by: Option<&'static str>,
+}
+
+impl Record {
+    /// A line for a request hyper refused before bpgate saw it (malformed, head too large).
+    pub fn unparsed(
+        peer: IpAddr,
+        tls: Option<&'static str>,
+        status: u16,
+        reason: &'static str,
+    ) -> Record {
+        Record {
+            event: Event::Request,
+            ts_ms: now_ms(),
+            request_id: None,
+            client_ip: peer,
+            peer_ip: peer,
+            user: UserInfo::default(),
+            visitor_id: None,
+            method: None,
+            host: None,
+            uri: None,
+            status,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_us: 0,
+            upstream: None,
+            sticky: None,
+            http_version: None,
+            tls_version: tls,
+            user_agent: None,
+            origin: None,
+            referer: None,
+            outcome: "rejected",
+            reason: Some(reason),
+            closed_by: None,
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes `r` as one JSON line (with the trailing newline) into `out`.
+pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"ts\":\"");
+    push_ts(out, r.ts_ms);
+    out.extend_from_slice(b"\",\"event\":\"");
+    out.extend_from_slice(match r.event {
+        Event::Request => b"request".as_slice(),
+        Event::TunnelClose => b"tunnel_close".as_slice(),
+    });
+    out.push(b'"');
+    field_hv(out, "request_id", r.request_id.as_ref());
+    let _ = write!(
+        out,
+        ",\"client_ip\":\"{}\",\"peer_ip\":\"{}\"",
+        r.client_ip, r.peer_ip
+    );
+    field_str(out, "user", r.user.user.as_deref());
+    field_str(out, "user_source", r.user.source);
+    if let Some(c) = &r.user.claimed {
+        field_str(out, "claimed_user", Some(c));
+    }
+    if let Some(v) = &r.visitor_id {
+        field_str(out, "visitor_id", Some(v));
+    }
+    field_str(out, "method", r.method.as_ref().map(Method::as_str));
+    field_hv(out, "host", r.host.as_ref());
+    field_str(out, "path", r.uri.as_ref().map(Uri::path));
+    match r.uri.as_ref().and_then(Uri::query) {
+        Some(q) => field_string(out, "query", &redact_query(q, redact)),
+        None => field_str(out, "query", None),
+    }
+    let _ = write!(
+        out,
+        ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}.{:03}",
+        r.status,
+        r.bytes_in,
+        r.bytes_out,
+        r.duration_us / 1000,
+        r.duration_us % 1000
+    );
+    field_str(out, "upstream", r.upstream.as_deref());
+    field_str(out, "sticky", r.sticky);
+    field_str(
+        out,
+        "http_version",
+        r.http_version.map(|v| match v {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_09 => "HTTP/0.9",
+            _ => "HTTP/1.1",
+        }),
+    );
+    field_str(out, "tls_version", r.tls_version);
+    field_hv(out, "user_agent", r.user_agent.as_ref());
+    field_hv(out, "origin", r.origin.as_ref());
+    field_hv(out, "referer", r.referer.as_ref());
+    field_str(out, "outcome", Some(r.outcome));
+    if let Some(reason) = r.reason {
+        field_str(out, "reason", Some(reason));
+    }
+    if let Some(c) = r.closed_by {
+        field_str(out, "closed_by", Some(c));
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn key(out: &mut Vec<u8>, k: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(k.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn field_str(out: &mut Vec<u8>, k: &str, v: Option<&str>) {
+    key(out, k);
+    match v {
+        Some(s) => {
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn field_string(out: &mut Vec<u8>, k: &str, v: &str) {
+    field_str(out, k, Some(v));
+}
+
+fn field_hv(out: &mut Vec<u8>, k: &str, v: Option<&HeaderValue>) {
+    match v {
+        Some(v) => field_str(out, k, Some(&String::from_utf8_lossy(v.as_bytes()))),
+        None => field_str(out, k, None),
+    }
+}
+
+/// `2026-11-24T20:56:17.123Z`, from Unix milliseconds.
+fn push_ts(out: &mut Vec<u8>, ms: i64) {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => {
+            let _ = write!(
+                out,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                t.month() as u8,
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                milli
+            );
+        }
+        Err(_) => out.extend_from_slice(b"1970-01-01T00:00:00.000Z"),
+    }
+}
+
+/// The query with the values of sensitive parameters replaced by `REDACTED`. Parameter names
+/// compare case-insensitively after percent-decoding, so `%74oken=` is caught too.
+pub fn redact_query(q: &str, redact: &[String]) -> String {
+    let mut out = String::with_capacity(q.len());
+    for (i, pair) in q.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (k, v) = match pair.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (pair, None),
+        };
+        let name = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
+        let sensitive = redact.iter().any(|r| r.eq_ignore_ascii_case(name.trim()));
+        out.push_str(k);
+        if let Some(v) = v {
+            out.push('=');
+            out.push_str(if sensitive { "REDACTED" } else { v });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        let mut r = Record::unparsed("10.0.0.1".parse().unwrap(), Some("TLSv1.3"), 200, "x");
+        r.ts_ms = 1_764_017_777_123;
+        r.user_agent = Some(HeaderValue::from_bytes(b"evil\"\xffagent\t").unwrap());
+        r.uri = Some("/a/b?token=abc&x=1&Password=p&%74oken=t".parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn one_valid_json_line_with_redaction() {
+        let mut out = Vec::new();
+        encode(&record(), &["token".into(), "password".into()], &mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(s.matches('\n').count(), 1);
+        assert!(s.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(s.trim_end()).unwrap();
+        assert_eq!(v["ts"], "2025-11-24T20:56:17.123Z");
+        assert_eq!(
+            v["query"],
+            "token=REDACTED&x=1&Password=REDACTED&%74oken=REDACTED"
+        );
+        assert_eq!(v["user_agent"], "evil\"\u{fffd}agent\t");
+        assert_eq!(v["path"], "/a/b");
+        assert!(!s.contains("abc"));
+    }
+}

@@ -1,0 +1,439 @@
+//! The audit writer: a bounded queue to one thread that owns the files.
+//!
+//! Nothing is dropped. A full queue makes the sender wait (back-pressure on the proxy, like a
+//! synchronous write), a write error keeps the batch in memory and retries it, and shutdown
+//! drains the queue and flushes before the process exits. The thread sleeps `flush_interval`
+//! between batches, so under load one wake-up and one `write` carry hundreds of lines.
+//!
+//! Files: the current file is always `<dir>/audit.jsonl` (what `tail -F` follows). Rotation closes
+//! it, renames it to `audit-YYYYMMDDTHHMMSSZ.jsonl` and opens a new `audit.jsonl`; it happens only
+//! between lines, so no line is ever split across files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::record::{encode, Record};
+use crate::config::{OnFailure, Rotation};
+
+pub const CURRENT_FILE: &str = "audit.jsonl";
+
+/// Settings the writer thread needs.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub dir: PathBuf,
+    pub rotation: Rotation,
+    pub max_size: u64,
+    pub max_files: usize,
+    pub stdout: bool,
+    pub queue: usize,
+    pub flush_interval: Duration,
+    pub on_failure: OnFailure,
+}
+
+enum Msg {
+    Line(Box<Record>),
+    Flush(SyncSender<()>),
+    Rotate(SyncSender<()>),
+    Stop,
+}
+
+/// Counters shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    pub lines: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub rotations: AtomicU64,
+    pub queue_depth: AtomicI64,
+}
+
+/// The sending side, cloned into the request path.
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: SyncSender<Msg>,
+    pub stats: Arc<AuditStats>,
+    /// False while the files cannot be written.
+    healthy: Arc<AtomicBool>,
+    on_failure: OnFailure,
+}
+
+/// Joins the writer thread at shutdown, after a final flush.
+pub struct AuditGuard {
+    sink: AuditSink,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Why the audit trail cannot start.
+#[derive(Debug)]
+pub struct AuditError(pub String);
+
+impl std::fmt::Display for AuditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AuditError {}
+
+impl AuditSink {
+    /// Creates the directory, checks it is writable, and starts the writer thread.
+    pub fn start(
+        s: WriterSettings,
+        redact: Arc<ArcSwap<Vec<String>>>,
+    ) -> Result<(AuditSink, AuditGuard), AuditError> {
+        let not_writable = |e: &dyn std::fmt::Display| {
+            AuditError(format!(
+                "audit.dir {} is not writable: {e}; create it with write permission for bpgate's user or set BPGATE_AUDIT_DIR to a writable directory",
+                s.dir.display()
+            ))
+        };
+        std::fs::create_dir_all(&s.dir).map_err(|e| not_writable(&e))?;
+        let files = Files::open(&s).map_err(|e| not_writable(&e))?;
+        // A file we can append to might sit in a directory we cannot rename in; check that too.
+        let probe = s.dir.join(".bpgate-write-test");
+        std::fs::write(&probe, b"")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| not_writable(&e))?;
+
+        let (tx, rx) = mpsc::sync_channel(s.queue);
+        let stats = Arc::new(AuditStats::default());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let sink = AuditSink {
+            tx,
+            stats: stats.clone(),
+            healthy: healthy.clone(),
+            on_failure: s.on_failure,
+        };
+        let thread = std::thread::Builder::new()
+            .name("bpgate-audit".into())
+            .spawn(move || {
+                Writer {
+                    s,
+                    files,
+                    rx,
+                    stats,
+                    healthy,
+                    redact,
+                    buf: Vec::with_capacity(1 << 16),
+                }
+                .run()
+            })
+            .map_err(|e| AuditError(format!("cannot start the audit writer thread: {e}")))?;
+        Ok((
+            sink.clone(),
+            AuditGuard {
+                sink,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Queues a line. Waits when the queue is full rather than drop it.
+    pub fn write(&self, r: Record) {
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let msg = Msg::Line(Box::new(r));
+        let msg = match self.tx.try_send(msg) {
+            Ok(()) => return,
+            Err(TrySendError::Full(m)) => m,
+            Err(TrySendError::Disconnected(_)) => {
+                tracing::error!("audit line written after the writer stopped");
+                return;
+            }
+        };
+        // Back-pressure: this blocks the worker thread until the writer catches up.
+        if self.tx.send(msg).is_err() {
+            tracing::error!("audit line written after the writer stopped");
+        }
+    }
+
+    /// Whether requests must be refused: the files cannot be written and `on_failure = block`.
+    pub fn refusing(&self) -> bool {
+        self.on_failure == OnFailure::Block && !self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every line queued so far is written (or retried into memory).
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+    }
+
+    /// Rotates now (admin `POST /audit/rotate`, tests).
+    pub fn rotate(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Rotate(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+    }
+}
+
+impl AuditGuard {
+    pub fn sink(&self) -> &AuditSink {
+        &self.sink
+    }
+
+    /// Writes everything queued, then stops the writer thread and waits for it.
+    pub fn shutdown(mut self) {
+        self.sink.flush();
+        let _ = self.sink.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Writer {
+    s: WriterSettings,
+    files: Files,
+    rx: Receiver<Msg>,
+    stats: Arc<AuditStats>,
+    healthy: Arc<AtomicBool>,
+    redact: Arc<ArcSwap<Vec<String>>>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let first = match self.rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            };
+            let mut acks = Vec::new();
+            let mut stop = self.handle(first, &mut acks);
+            while !stop {
+                let Ok(m) = self.rx.try_recv() else { break };
+                stop = self.handle(m, &mut acks);
+                if self.buf.len() >= 1 << 20 {
+                    self.write_out();
+                }
+            }
+            self.write_out();
+            for a in acks {
+                let _ = a.send(());
+            }
+            if stop {
+                return;
+            }
+            // Let lines accumulate: senders only wake us when we wait in recv().
+            std::thread::sleep(self.s.flush_interval);
+        }
+        self.write_out();
+    }
+
+    /// Returns true on `Stop`.
+    fn handle(&mut self, m: Msg, acks: &mut Vec<SyncSender<()>>) -> bool {
+        match m {
+            Msg::Line(r) => {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                let redact = self.redact.load();
+                let start = self.buf.len();
+                encode(&r, &redact, &mut self.buf);
+                let line_len = (self.buf.len() - start) as u64;
+                // Rotate between lines when this one would pass the size cap or the period changed.
+                let now = r.ts_ms;
+                if self.files.due(&self.s, line_len, now) {
+                    let line = self.buf.split_off(start);
+                    self.write_out();
+                    self.rotate_now();
+                    self.buf = line;
+                }
+                self.files.pending += line_len;
+                self.stats.lines.fetch_add(1, Ordering::Relaxed);
+            }
+            Msg::Flush(ack) => acks.push(ack),
+            Msg::Rotate(ack) => {
+                self.write_out();
+                self.rotate_now();
+                acks.push(ack);
+            }
+            Msg::Stop => return true,
+        }
+        false
+    }
+
+    /// Writes the buffer; on failure keeps it and retries until it succeeds.
+    fn write_out(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.files.append(&self.buf) {
+                Ok(()) => break,
+                Err(e) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    if self.healthy.swap(false, Ordering::Relaxed) {
+                        tracing::error!(error = %e, dir = %self.s.dir.display(), lines_waiting = self.buf.iter().filter(|b| **b == b'\n').count(), "cannot write the audit trail; retrying (on_failure = {:?})", self.s.on_failure);
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    // A deleted or replaced file: reopen before retrying.
+                    let _ = self.files.reopen();
+                }
+            }
+        }
+        if self.s.stdout {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(&self.buf).and_then(|_| out.flush());
+        }
+        self.files.size += self.buf.len() as u64;
+        self.files.pending = 0;
+        self.buf.clear();
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("audit trail writable again");
+        }
+    }
+
+    fn rotate_now(&mut self) {
+        match self.files.rotate(&self.s) {
+            Ok(()) => {
+                self.stats.rotations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "audit rotation failed; continuing in the current file");
+            }
+        }
+    }
+}
+
+/// The current file and its bookkeeping.
+struct Files {
+    dir: PathBuf,
+    file: File,
+    /// Bytes in the current file (written) and encoded but not yet written.
+    size: u64,
+    pending: u64,
+    /// The rotation period (Unix ms of its start) the current file belongs to.
+    period: i64,
+}
+
+impl Files {
+    fn open(s: &WriterSettings) -> io::Result<Files> {
+        let path = s.dir.join(CURRENT_FILE);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let meta = file.metadata()?;
+        let mtime_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_else(super::record::now_ms);
+        let period = if meta.len() == 0 {
+            period_start(s.rotation, super::record::now_ms())
+        } else {
+            period_start(s.rotation, mtime_ms)
+        };
+        Ok(Files {
+            dir: s.dir.clone(),
+            file,
+            size: meta.len(),
+            pending: 0,
+            period,
+        })
+    }
+
+    fn due(&self, s: &WriterSettings, line_len: u64, now_ms: i64) -> bool {
+        let size = self.size + self.pending;
+        let by_size = s.max_size > 0 && size > 0 && size + line_len > s.max_size;
+        let by_time =
+            s.rotation != Rotation::Never && period_start(s.rotation, now_ms) != self.period;
+        by_size || by_time
+    }
+
+    fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(CURRENT_FILE))?;
+        Ok(())
+    }
+
+    fn rotate(&mut self, s: &WriterSettings) -> io::Result<()> {
+        self.file.flush()?;
+        let now = super::record::now_ms();
+        let stamp = time::OffsetDateTime::from_unix_timestamp(now / 1000)
+            .map(|t| {
+                format!(
+                    "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+                    t.year(),
+                    t.month() as u8,
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
+            })
+            .unwrap_or_else(|_| now.to_string());
+        let mut target = self.dir.join(format!("audit-{stamp}.jsonl"));
+        let mut n = 1;
+        while target.exists() {
+            target = self.dir.join(format!("audit-{stamp}-{n}.jsonl"));
+            n += 1;
+        }
+        std::fs::rename(self.dir.join(CURRENT_FILE), &target)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(CURRENT_FILE))?;
+        self.size = 0;
+        self.pending = 0;
+        self.period = period_start(s.rotation, now);
+        prune(&self.dir, s.max_files);
+        Ok(())
+    }
+}
+
+/// Start (Unix ms, UTC) of the rotation period containing `ms`.
+fn period_start(r: Rotation, ms: i64) -> i64 {
+    let len = match r {
+        Rotation::Daily => 86_400_000,
+        Rotation::Hourly => 3_600_000,
+        Rotation::Never => return 0,
+    };
+    ms - ms.rem_euclid(len)
+}
+
+/// Keeps the newest `max` rotated files (names sort by time).
+fn prune(dir: &Path, max: usize) {
+    if max == 0 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut rotated: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    if rotated.len() <= max {
+        return;
+    }
+    rotated.sort();
+    for p in &rotated[..rotated.len() - max] {
+        if let Err(e) = std::fs::remove_file(p) {
+            tracing::warn!(file = %p.display(), error = %e, "cannot remove an old audit file");
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! The Botpress nodes behind bpgate: their health, which one a request goes to, and the sticky
+//! cookie that keeps a browser's socket.io session on the node that holds it.
+//!
+//! Routing, in order:
+//! 1. A valid sticky cookie naming a live node → that node (`hit`), draining or not.
+//! 2. A valid cookie naming a dead or removed node → another node, cookie re-issued (`failover`).
+//! 3. No usable cookie → with `sticky.fallback = "client-ip"` the client IP's weighted rendezvous
+//!    hash over healthy, non-draining nodes (so cookie-refusing browsers stay put and replicas
+//!    agree); with `"none"` power-of-two-choices least-outstanding-requests (`new`).
+//!
+//! A connection failure before any byte was sent is retried once on another node.
+
+mod health;
+mod route;
+pub mod sticky;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use serde::Serialize;
+
+pub use health::{spawn_health_checks, HealthSettings};
+pub use route::{take_cookie, CookieSpec, Route, RouteLayer};
+pub use sticky::{NodeId, Opened, Rejected, StickyCodec};
+
+use crate::config::NodeSpec;
+use crate::proxy::{Pool, PoolSettings};
+
+const HEALTHY: u8 = 0;
+const UNHEALTHY: u8 = 1;
+
+/// One Botpress node and everything bpgate knows about it.
+pub struct Node {
+    pub spec: NodeSpec,
+    pub name: Arc<str>,
+    pub pool: Arc<Pool>,
+    state: AtomicU8,
+    draining: AtomicBool,
+    /// Consecutive failures (active or passive) and successes (active) toward `fall`/`rise`.
+    fails: AtomicU32,
+    oks: AtomicU32,
+    pub ejections: AtomicU64,
+    /// Whether any active check has succeeded yet (readiness).
+    seen_up: AtomicBool,
+    last_check: arc_swap::ArcSwapOption<CheckResult>,
+}
+
+/// The last active health check of a node.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub error: Option<String>,
+}
+
+/// A node's state as `GET /upstreams` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub url: String,
+    pub weight: u32,
+    pub state: &'static str,
+    pub healthy: bool,
+    pub draining: bool,
+    pub in_flight: usize,
+    pub idle_connections: usize,
+    pub connections_opened: u64,
+    pub requests: u64,
+    pub ejections: u64,
+    pub last_check: Option<CheckResult>,
+}
+
+impl Node {
+    fn new(spec: NodeSpec, pool: PoolSettings) -> Self {
+        let name: Arc<str> = Arc::from(spec.name.as_str());
+        Node {
+            pool: Arc::new(Pool::new(name.clone(), spec.authority.clone(), pool)),
+            name,
+            spec,
+            state: AtomicU8::new(HEALTHY),
+            draining: AtomicBool::new(false),
+            fails: AtomicU32::new(0),
+            oks: AtomicU32::new(0),
+            ejections: AtomicU64::new(0),
+            seen_up: AtomicBool::new(false),
+            last_check: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Eligible for new sessions.
+    pub fn accepts_new(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+    }
+
+    /// A connection to the node failed (refused, reset, timed out while connecting).
+    pub fn passive_failure(&self, fall: u32, eject: bool) {
+        self.oks.store(0, Ordering::Relaxed);
+        let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if eject && n >= fall && self.state.swap(UNHEALTHY, Ordering::Relaxed) == HEALTHY {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node = %self.name, failures = n, "node ejected after consecutive connection failures");
+        }
+    }
+
+    /// A request reached the node.
+    pub fn passive_success(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 && self.is_healthy() {
+            self.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn record_check(&self, r: CheckResult, rise: u32, fall: u32) {
+        if r.ok {
+            self.seen_up.store(true, Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+            let n = self.oks.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= rise && self.state.swap(HEALTHY, Ordering::Relaxed) == UNHEALTHY {
+                tracing::info!(node = %self.name, "node healthy again");
+            }
+        } else {
+            self.oks.store(0, Ordering::Relaxed);
+            let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= fall && self.state.swap(UNHEALTHY, Ordering::Relaxed) == HEALTHY {
+                self.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %self.name, error = r.error.as_deref().unwrap_or(""), status = r.status, "node unhealthy");
+            }
+        }
+        self.last_check.store(Some(Arc::new(r)));
+    }
+
+    pub fn view(&self) -> NodeView {
+        NodeView {
+            name: self.spec.name.clone(),
+            url: format!("http://{}", self.spec.authority),
+            weight: self.spec.weight,
+            state: if !self.is_healthy() {
+                "unhealthy"
+            } else if self.is_draining() {
+                "draining"
+            } else {
+                "healthy"
+            },
+            healthy: self.is_healthy(),
+            draining: self.is_draining(),
+            in_flight: self.pool.in_flight(),
+            idle_connections: self.pool.idle_count(),
+            connections_opened: self.pool.connects.load(Ordering::Relaxed),
+            requests: self.pool.requests.load(Ordering::Relaxed),
+            ejections: self.ejections.load(Ordering::Relaxed),
+            last_check: self.last_check.load_full().map(|c| (*c).clone()),
+        }
+    }
+}
+
+/// The current node set, with each node's id under the current and previous sticky keys.
+pub struct Snapshot {
+    pub nodes: Vec<Arc<Node>>,
+    ids: Vec<NodeId>,
+    by_id: HashMap<NodeId, usize>,
+    by_previous_id: HashMap<NodeId, usize>,
+}
+
+/// Sticky outcome counters (`bpgate_sticky_total{outcome}`).
+#[derive(Debug, Default)]
+pub struct StickyStats {
+    pub hit: AtomicU64,
+    pub new: AtomicU64,
+    pub failover: AtomicU64,
+    pub forged: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+/// All nodes and the routing policy.
+pub struct Cluster {
+    snapshot: ArcSwap<Snapshot>,
+    /// Nodes by name, so a reload keeps the state of nodes it keeps.
+    registry: DashMap<String, Arc<Node>>,
+    pub codec: StickyCodec,
+    pub sticky_enabled: bool,
+    pub ip_fallback: bool,
+    pub fall: u32,
+    pub passive_ejection: bool,
+    pool: PoolSettings,
+    pub stats: StickyStats,
+    /// True when the secret was generated at start (replicas will disagree).
+    pub generated_secret: bool,
+}
+
+/// How a request's node was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sticky {
+    Hit,
+    New,
+    Failover,
+}
+
+impl Sticky {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sticky::Hit => "hit",
+            Sticky::New => "new",
+            Sticky::Failover => "failover",
+        }
+    }
+}
+
+/// The routing decision for one request.
+pub struct Choice {
+    pub node: Arc<Node>,
+    pub sticky: Sticky,
+    /// Whether the response must carry a (new or refreshed) cookie.
+    pub set_cookie: bool,
+}
+
+pub struct ClusterSettings {
+    pub nodes: Vec<NodeSpec>,
+    pub pool: PoolSettings,
+    pub codec: StickyCodec,
+    pub sticky_enabled: bool,
+    pub ip_fallback: bool,
+    pub fall: u32,
+    pub passive_ejection: bool,
+    pub generated_secret: bool,
+}
+
+impl Cluster {
+    pub fn new(s: ClusterSettings) -> Arc<Self> {
+        let c = Cluster {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                nodes: vec![],
+                ids: vec![],
+                by_id: HashMap::new(),
+                by_previous_id: HashMap::new(),
+            }),
+            registry: DashMap::new(),
+            codec: s.codec,
+            sticky_enabled: s.sticky_enabled,
+            ip_fallback: s.ip_fallback,
+            fall: s.fall,
+            passive_ejection: s.passive_ejection,
+            pool: s.pool,
+            stats: StickyStats::default(),
+            generated_secret: s.generated_secret,
+        };
+        c.set_nodes(&s.nodes);
+        Arc::new(c)
+    }
+
+    /// Replaces the node set. Nodes that stay (same name and address) keep their state, pool
+    /// and draining flag; removed nodes' pinned clients fail over.
+    pub fn set_nodes(&self, specs: &[NodeSpec]) -> Vec<Arc<Node>> {
+        let mut nodes = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let node = match self.registry.get(&spec.name) {
+                Some(n) if n.spec == *spec => n.clone(),
+                _ => {
+                    let n = Arc::new(Node::new(spec.clone(), self.pool));
+                    self.registry.insert(spec.name.clone(), n.clone());
+                    n
+                }
+            };
+            nodes.push(node);
+        }
+        self.registry
+            .retain(|name, _| specs.iter().any(|s| &s.name == name));
+        let ids: Vec<NodeId> = nodes
+            .iter()
+            .map(|n| self.codec.current().node_id(&n.spec.name))
+            .collect();
+        let by_id = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let by_previous_id = match self.codec.previous() {
+            Some(k) => nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (k.node_id(&n.spec.name), i))
+                .collect(),
+            None => HashMap::new(),
+        };
+        self.snapshot.store(Arc::new(Snapshot {
+            nodes: nodes.clone(),
+            ids,
+            by_id,
+            by_previous_id,
+        }));
+        nodes
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.snapshot()
+            .nodes
+            .iter()
+            .find(|n| &*n.name == name)
+            .cloned()
+    }
+
+    /// Ready: at least one node is healthy and has passed an active check (or checks are off).
+    pub fn ready(&self, checks_enabled: bool) -> bool {
+        self.snapshot()
+            .nodes
+            .iter()
+            .any(|n| n.is_healthy() && (!checks_enabled || n.seen_up.load(Ordering::Relaxed)))
+    }
+
+    /// Chooses the node for a request. `None`: no node can take it.
+    pub fn choose(&self, snap: &Snapshot, cookie: Option<&str>, client: IpAddr) -> Option<Choice> {
+        if !self.sticky_enabled {
+            return self.balance(snap, None).map(|node| Choice {
+                node,
+                sticky: Sticky::New,
+                set_cookie: false,
+            });
+        }
+        let now = unix_now();
+        let mut pinned_dead = false;
+        if let Some(v) = cookie {
+            match self.codec.open(v, now) {
+                Ok(o) => {
+                    let idx = if o.previous_key {
+                        snap.by_previous_id.get(&o.node)
+                    } else {
+                        snap.by_id.get(&o.node)
+                    };
+                    match idx.map(|i| &snap.nodes[*i]) {
+                        Some(n) if n.is_healthy() => {
+                            self.stats.hit.fetch_add(1, Ordering::Relaxed);
+                            // Refresh a cookie past half its life (or sealed with the old key) so an
+                            // active session is never cut by expiry.
+                            let refresh =
+                                o.previous_key || o.age_secs > self.codec.max_age_secs() / 2;
+                            return Some(Choice {
+                                node: n.clone(),
+                                sticky: Sticky::Hit,
+                                set_cookie: refresh,
+                            });
+                        }
+                        _ => pinned_dead = true,
+                    }
+                }
+                Err(Rejected::Expired) => {
+                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    self.stats.forged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let node = if self.ip_fallback {
+            self.rendezvous(snap, client)
+        } else {
+            self.balance(snap, None)
+        }?;
+        let sticky = if pinned_dead {
+            Sticky::Failover
+        } else {
+            Sticky::New
+        };
+        match sticky {
+            Sticky::Failover => self.stats.failover.fetch_add(1, Ordering::Relaxed),
+            _ => self.stats.new.fetch_add(1, Ordering::Relaxed),
+        };
+        Some(Choice {
+            node,
+            sticky,
+            set_cookie: true,
+        })
+    }
+
+    /// Another node for a retry after `failed` could not be reached.
+    pub fn alternative(&self, snap: &Snapshot, failed: &Node) -> Option<Arc<Node>> {
+        self.balance(snap, Some(failed))
+    }
+
+    /// Power of two random choices, least outstanding requests per unit of weight.
+    pub fn balance(&self, snap: &Snapshot, exclude: Option<&Node>) -> Option<Arc<Node>> {
+        let eligible =
+            |n: &Arc<Node>| n.accepts_new() && exclude.is_none_or(|x| !std::ptr::eq(x, n.as_ref()));
+        let total: u64 = snap
+            .nodes
+            .iter()
+            .filter(|n| eligible(n))
+            .map(|n| n.spec.weight as u64)
+            .sum();
+        if total == 0 {
+            // No node takes new sessions: a draining but healthy one is better than a 503.
+            return snap
+                .nodes
+                .iter()
+                .find(|n| n.is_healthy() && exclude.is_none_or(|x| !std::ptr::eq(x, n.as_ref())))
+                .cloned();
+        }
+        let pick = || {
+            let mut r = fastrand::u64(..total);
+            for n in snap.nodes.iter().filter(|n| eligible(n)) {
+                let w = n.spec.weight as u64;
+                if r < w {
+                    return n.clone();
+                }
+                r -= w;
+            }
+            snap.nodes[0].clone()
+        };
+        let a = pick();
+        let b = pick();
+        let load = |n: &Node| (n.pool.in_flight() as f64 + 1.0) / n.spec.weight as f64;
+        Some(if load(&b) < load(&a) { b } else { a })
+    }
+
+    /// Weighted rendezvous (highest random weight) hashing of the client IP: every replica
+    /// computes the same node, and removing a node moves only the clients it had.
+    pub fn rendezvous(&self, snap: &Snapshot, client: IpAddr) -> Option<Arc<Node>> {
+        let ip = match crate::proxy::canonical(client) {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let mut best: Option<(&Arc<Node>, f64)> = None;
+        for n in snap.nodes.iter().filter(|n| n.accepts_new()) {
+            let h = mix(fnv1a(
+                fnv1a(0xcbf2_9ce4_8422_2325, n.spec.name.as_bytes()),
+                &ip,
+            ));
+            // Uniform in (0, 1); score = -w / ln(u) gives each node a share proportional to w.
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let score = -(n.spec.weight as f64) / u.ln();
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((n, score));
+            }
+        }
+        best.map(|(n, _)| n.clone())
+            .or_else(|| self.balance(snap, None))
+    }
+
+    /// The cookie value pinning `node` now.
+    pub fn cookie_value(&self, snap: &Snapshot, node: &Node) -> Option<String> {
+        let i = snap
+            .nodes
+            .iter()
+            .position(|n| std::ptr::eq(n.as_ref(), node))?;
+        Some(self.codec.seal(snap.ids[i], unix_now()))
+    }
+}
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// splitmix64's finaliser: spreads FNV's weak low bits over the whole word.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A random 32-byte secret, base64url, for when none is configured.
+pub fn generate_secret() -> String {
+    let mut b = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("nodes", &self.snapshot().nodes.len())
+            .finish()
+    }
+}
+
+/// Used by health checks and tests: a short duration formatted for logs.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(names: &[&str], ip_fallback: bool) -> Arc<Cluster> {
+        Cluster::new(ClusterSettings {
+            nodes: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodeSpec {
+                    name: n.to_string(),
+                    authority: format!("127.0.0.1:{}", 40000 + i),
+                    weight: 1,
+                })
+                .collect(),
+            pool: PoolSettings {
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(4),
+                max_idle: 4,
+            },
+            codec: StickyCodec::new(b"test secret test secret", None, "bpgate_node", "/", 86_400),
+            sticky_enabled: true,
+            ip_fallback,
+            fall: 3,
+            passive_ejection: true,
+            generated_secret: false,
+        })
+    }
+
+    #[test]
+    fn cookie_hits_its_node_and_survives_reordering() {
+        let c = cluster(&["a", "b", "c"], false);
+        let snap = c.snapshot();
+        let v = c.cookie_value(&snap, &snap.nodes[1]).unwrap();
+        let ch = c
+            .choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(&*ch.node.name, "b");
+        assert_eq!(ch.sticky, Sticky::Hit);
+        // Same names, other order, one added: the cookie still names b.
+        let c2 = cluster(&["c", "d", "b", "a"], false);
+        let ch = c2
+            .choose(&c2.snapshot(), Some(&v), "127.0.0.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(&*ch.node.name, "b");
+    }
+
+    #[test]
+    fn dead_pinned_node_fails_over() {
+        let c = cluster(&["a", "b"], false);
+        let snap = c.snapshot();
+        let v = c.cookie_value(&snap, &snap.nodes[0]).unwrap();
+        for _ in 0..3 {
+            snap.nodes[0].passive_failure(3, true);
+        }
+        let ch = c
+            .choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(&*ch.node.name, "b");
+        assert_eq!(ch.sticky, Sticky::Failover);
+        assert!(ch.set_cookie);
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_removed_nodes_clients() {
+        let c = cluster(&["a", "b", "c"], true);
+        let before: Vec<String> = (0..300u32)
+            .map(|i| {
+                c.rendezvous(
+                    &c.snapshot(),
+                    IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+                )
+                .unwrap()
+                .spec
+                .name
+                .clone()
+            })
+            .collect();
+        for name in ["a", "b", "c"] {
+            let n = before.iter().filter(|x| *x == name).count();
+            assert!(n > 50, "{name} got only {n} of 300");
+        }
+        c.set_nodes(
+            &c.snapshot()
+                .nodes
+                .iter()
+                .filter(|n| &*n.name != "c")
+                .map(|n| n.spec.clone())
+                .collect::<Vec<_>>(),
+        );
+        for (i, was) in before.iter().enumerate() {
+            let now = c
+                .rendezvous(
+                    &c.snapshot(),
+                    IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+                )
+                .unwrap();
+            if was != "c" {
+                assert_eq!(&now.spec.name, was);
+            }
+        }
+    }
+
+    #[test]
+    fn draining_node_gets_no_new_sessions_but_keeps_pins() {
+        let c = cluster(&["a", "b"], false);
+        let snap = c.snapshot();
+        snap.nodes[0].set_draining(true);
+        for _ in 0..50 {
+            assert_eq!(&*c.balance(&snap, None).unwrap().name, "b");
+        }
+        let v = c.cookie_value(&snap, &snap.nodes[0]).unwrap();
+        assert_eq!(
+            &*c.choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
+                .unwrap()
+                .node
+                .name,
+            "a"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Environment variables. Each one is a line in [`ENV_VARS`]: its name, the config key it sets and
+//! how its text becomes a TOML value. The value is written into the parsed file before typed
+//! deserialisation, so the same parser and validation apply whatever the source.
+
+use super::{ConfigError, Origins};
+
+/// How an environment variable's text is turned into a TOML value.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// Taken as a string (addresses, durations, sizes, paths: the typed parser checks them).
+    Str,
+    /// A comma-separated list of strings; empty entries are dropped.
+    List,
+    /// An unsigned integer.
+    Int,
+    /// `true/false`, `yes/no`, `1/0`, `on/off`.
+    Bool,
+}
+
+/// One environment override.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVar {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub kind: Kind,
+}
+
+const fn var(name: &'static str, key: &'static str, kind: Kind) -> EnvVar {
+    EnvVar { name, key, kind }
+}
+
+/// Every environment variable bpgate reads for its configuration. Adding one is one line.
+pub const ENV_VARS: &[EnvVar] = &[
+    var("EXTERNAL_URL", "external_url", Kind::Str),
+    var("BPGATE_MODE", "mode", Kind::Str),
+    var("BPGATE_LISTEN", "listen.https", Kind::Str),
+    var("BPGATE_HTTP_LISTEN", "listen.http", Kind::Str),
+    var("BPGATE_ADMIN_LISTEN", "listen.admin", Kind::Str),
+    var("BPGATE_TLS_CERT", "tls.cert", Kind::Str),
+    var("BPGATE_TLS_KEY", "tls.key", Kind::Str),
+    var("BPGATE_UPSTREAMS", "upstream.urls", Kind::List),
+    var("BPGATE_WORKERS", "workers", Kind::Int),
+    var(
+        "BPGATE_TRUSTED_PROXIES",
+        "forwarding.trusted_proxies",
+        Kind::List,
+    ),
+    var("BPGATE_MAX_BODY", "limits.max_body", Kind::Str),
+    var("BPGATE_DRAIN_TIMEOUT", "shutdown.drain_timeout", Kind::Str),
+    var("BPGATE_LOG", "log.filter", Kind::Str),
+    var("BPGATE_LOG_FORMAT", "log.format", Kind::Str),
+    var("BPGATE_CORS_ORIGINS", "cors.origins", Kind::List),
+    var("BPGATE_BASE_PATH_MODE", "base_path.mode", Kind::Str),
+    var("BPGATE_AUDIT_DIR", "audit.dir", Kind::Str),
+    var("BPGATE_STICKY_SECRET", "sticky.secret", Kind::Str),
+    var("BPGATE_JWT_SECRET", "audit.jwt_secret", Kind::Str),
+];
+
+pub(super) fn apply_env(
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+    origins: &mut Origins,
+    errors: &mut Vec<ConfigError>,
+) {
+    for v in ENV_VARS {
+        let Some(raw) = env(v.name) else { continue };
+        let value = match convert(v, &raw) {
+            Ok(x) => x,
+            Err(problem) => {
+                let mut e =
+                    ConfigError::new(v.key, problem, format!("correct or unset {}", v.name));
+                e.origin = Some(format!("env {}", v.name));
+                errors.push(e);
+                continue;
+            }
+        };
+        if let Err(p) = set_path(table, v.key, value) {
+            errors.push(ConfigError::new(
+                v.key,
+                p,
+                format!("correct or unset {}", v.name),
+            ));
+        }
+        origins
+            .0
+            .insert(v.key.to_string(), format!("env {}", v.name));
+    }
+    // BP_PRODUCTION is Botpress's own switch; bpgate honours it too (posture issue).
+    if let Some(p) = env("BP_PRODUCTION") {
+        if matches!(parse_bool(&p), Ok(true)) && !origins.0.contains_key("mode") {
+            let _ = set_path(table, "mode", toml::Value::String("production".into()));
+            origins.0.insert("mode".into(), "env BP_PRODUCTION".into());
+        }
+    }
+}
+
+fn convert(v: &EnvVar, raw: &str) -> Result<toml::Value, String> {
+    Ok(match v.kind {
+        Kind::Str => toml::Value::String(raw.trim().to_string()),
+        Kind::List => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        Kind::Int => {
+            let n: i64 = raw
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("{}=`{raw}` is not a whole number", v.name))?;
+            toml::Value::Integer(n)
+        }
+        Kind::Bool => toml::Value::Boolean(
+            parse_bool(raw).map_err(|_| format!("{}=`{raw}` is not true or false", v.name))?,
+        ),
+    })
+}
+
+pub fn parse_bool(s: &str) -> Result<bool, ()> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "y" | "on" => Ok(true),
+        "0" | "false" | "no" | "n" | "off" | "" => Ok(false),
+        _ => Err(()),
+    }
+}
+
+/// Sets `a.b.c` in a table, creating intermediate tables. A string given for a table-valued key
+/// (`base_path = "/x"` style) replaces it only at a leaf.
+pub(super) fn set_path(
+    table: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+) -> Result<(), String> {
+    let mut parts = key.split('.').peekable();
+    let mut cur = table;
+    while let Some(p) = parts.next() {
+        if parts.peek().is_none() {
+            cur.insert(p.to_string(), value);
+            return Ok(());
+        }
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::String(s) = entry {
+            // `base_path = "/x"` in the file and BPGATE_BASE_PATH_MODE in the env: widen it.
+            let mut t = toml::Table::new();
+            t.insert("path".into(), toml::Value::String(s.clone()));
+            *entry = toml::Value::Table(t);
+        }
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(format!(
+                    "`{p}` is not a table in the file, so `{key}` cannot be set"
+                ))
+            }
+        };
+    }
+    Ok(())
+}

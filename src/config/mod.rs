@@ -1,0 +1,1148 @@
+//! bpgate's configuration: one typed struct, read from TOML, overridden by environment variables
+//! and command-line flags, validated once before anything binds.
+//!
+//! Precedence is built-in defaults < file < environment < flags. The file is parsed into a TOML
+//! table, the environment and the flags are written into that same table (see [`env`]), and only
+//! then is the table deserialised into [`Config`]. So every value, whatever its source, goes
+//! through the same parser and the same validation, and an error can say where the bad value came
+//! from ("listen.https (from env BPGATE_LISTEN)").
+
+mod env;
+mod keys;
+mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::{Deserialize, Serialize};
+
+pub use env::{EnvVar, ENV_VARS};
+pub use types::{ByteSize, Cidr, Secret};
+
+/// Where the default configuration file lives, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/bpgate.toml";
+/// Development certificate paths. Only these are ever generated automatically.
+pub const DEV_CERT_PATH: &str = "certs/dev-cert.pem";
+pub const DEV_KEY_PATH: &str = "certs/dev-key.pem";
+
+/// The whole configuration. Field docs are the reference; the README repeats them as a table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// `development` or `production`. Production refuses to start on posture failures.
+    pub mode: Mode,
+    /// The public URL, the same value Botpress gets as `EXTERNAL_URL`.
+    #[serde(with = "types::opt_string")]
+    pub external_url: Option<String>,
+    /// Runtime worker threads; 0 means one per core.
+    pub workers: usize,
+    pub listen: Listen,
+    pub tls: Tls,
+    pub upstream: Upstream,
+    pub forwarding: Forwarding,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
+    pub log: Log,
+    pub headers: Headers,
+    pub base_path: BasePath,
+    pub cors: Cors,
+    pub sticky: Sticky,
+    pub health: Health,
+    pub audit: Audit,
+    pub admin: Admin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Listen {
+    /// HTTPS listener (HTTP/1.1 and HTTP/2 by ALPN).
+    pub https: SocketAddr,
+    /// Plain-HTTP listener that only redirects to HTTPS; empty turns it off.
+    #[serde(with = "types::opt_addr")]
+    pub http: Option<SocketAddr>,
+    /// Admin listener (health, readiness, metrics, upstream control). Keep it private.
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(with = "types::duration")]
+    pub handshake_timeout: Duration,
+    /// How often the certificate files are checked for a renewal; 0 turns polling off.
+    #[serde(with = "types::duration")]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Upstream {
+    /// Node URLs, the short form (`BPGATE_UPSTREAMS`). Merged with `nodes`.
+    pub urls: Vec<String>,
+    /// Nodes with a name and a weight.
+    pub nodes: Vec<NodeConfig>,
+    #[serde(with = "types::duration")]
+    pub connect_timeout: Duration,
+    /// Time to wait for the node's response headers.
+    #[serde(with = "types::duration")]
+    pub response_timeout: Duration,
+    /// Per-path-prefix response timeouts (Botpress's versioning push needs up to 20 minutes).
+    pub timeouts: Vec<PrefixTimeout>,
+    /// Pooled connections idle longer than this are not reused. Keep it below Botpress's
+    /// `httpServer.keepAliveTimeout` (5 s) so bpgate never reuses a connection the node closes.
+    #[serde(with = "types::duration")]
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per node.
+    pub pool_max_idle: usize,
+    /// A WebSocket/Upgrade tunnel with no traffic either way for this long is closed.
+    #[serde(with = "types::duration")]
+    pub tunnel_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NodeConfig {
+    pub url: String,
+    #[serde(
+        default,
+        with = "types::opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PrefixTimeout {
+    pub prefix: String,
+    #[serde(with = "types::duration")]
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct Forwarding {
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id` are believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest request body; larger ones get 413.
+    pub max_body: ByteSize,
+    /// Largest request head (request line and headers); larger ones get 431.
+    pub max_header_bytes: ByteSize,
+    /// Time a client has to send a complete request head (slowloris guard).
+    #[serde(with = "types::duration")]
+    pub header_read_timeout: Duration,
+    /// An idle client connection (no request in flight) is closed after this long.
+    #[serde(with = "types::duration")]
+    pub keepalive_timeout: Duration,
+    /// Client connections open at once on the HTTPS listener; more wait in the backlog.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Shutdown {
+    /// How long a graceful shutdown waits for in-flight requests and tunnels.
+    #[serde(with = "types::duration")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Log {
+    /// tracing `EnvFilter` directives for the operational log.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Headers {
+    /// `Strict-Transport-Security` value; empty turns it off.
+    pub hsts: String,
+    /// `X-Content-Type-Options: nosniff`.
+    pub nosniff: bool,
+    /// `Referrer-Policy` value; empty turns it off.
+    pub referrer_policy: String,
+    /// Origins allowed to frame Botpress (`Content-Security-Policy: frame-ancestors`). Empty
+    /// sends no CSP; `'self'` and origins are written as given.
+    pub frame_ancestors: Vec<String>,
+    /// Remove `X-Powered-By` from responses.
+    pub remove_powered_by: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BasePath {
+    /// The prefix Botpress is served under. Empty: the path of `external_url`.
+    pub path: String,
+    pub mode: BasePathMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BasePathMode {
+    /// Forward `/prefix/...` unchanged (Botpress mounts itself under the prefix).
+    #[default]
+    Preserve,
+    /// Remove the prefix before forwarding and put it back on redirects and cookies.
+    Strip,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Cors {
+    pub enabled: bool,
+    /// Allowed origins: exact (`https://app.example.com`) or `https://*.example.com`.
+    pub origins: Vec<String>,
+    pub credentials: bool,
+    pub methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    #[serde(with = "types::duration")]
+    pub max_age: Duration,
+    /// Refuse with 403 any request whose `Origin` is not allowed.
+    pub reject_disallowed: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Sticky {
+    pub enabled: bool,
+    pub cookie_name: String,
+    /// Key for the cookie's HMAC. Replicas must share it.
+    pub secret: Secret,
+    /// The previous key, still accepted during a rotation.
+    pub previous_secret: Secret,
+    #[serde(with = "types::duration")]
+    pub max_age: Duration,
+    pub http_only: bool,
+    pub secure: bool,
+    pub same_site: SameSite,
+    #[serde(with = "types::opt_string", skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    pub fallback: StickyFallback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub enum SameSite {
+    #[default]
+    None,
+    Lax,
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StickyFallback {
+    #[default]
+    ClientIp,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Health {
+    pub enabled: bool,
+    /// Checked path, below the base path.
+    pub path: String,
+    #[serde(with = "types::duration")]
+    pub interval: Duration,
+    #[serde(with = "types::duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a node back.
+    pub rise: u32,
+    /// Consecutive failures (active or passive) that take a node out.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Audit {
+    pub enabled: bool,
+    pub dir: PathBuf,
+    pub rotation: Rotation,
+    /// Rotate when the current file reaches this size; 0 means no size cap.
+    pub max_size: ByteSize,
+    /// Rotated files kept; 0 keeps all.
+    pub max_files: usize,
+    /// Copy every line to stdout as well (container log collection).
+    pub stdout: bool,
+    pub on_failure: OnFailure,
+    /// Query parameters whose values are written as `REDACTED`.
+    pub redact_query: Vec<String>,
+    /// Botpress's `appSecret`, to verify admin JWTs. Without it users are `jwt_unverified`.
+    pub jwt_secret: Secret,
+    /// Lines buffered between the request path and the writer thread.
+    pub queue: usize,
+    /// Longest time a line waits in memory before it is written.
+    #[serde(with = "types::duration")]
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    #[default]
+    Daily,
+    Hourly,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Refuse requests with 503 while the trail cannot be written.
+    #[default]
+    Block,
+    /// Keep serving; lines wait in memory (bounded) and are retried.
+    Continue,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct Admin {}
+
+// === defaults ===
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Development,
+            external_url: None,
+            workers: 0,
+            listen: Listen::default(),
+            tls: Tls::default(),
+            upstream: Upstream::default(),
+            forwarding: Forwarding::default(),
+            limits: Limits::default(),
+            shutdown: Shutdown::default(),
+            log: Log::default(),
+            headers: Headers::default(),
+            base_path: BasePath::default(),
+            cors: Cors::default(),
+            sticky: Sticky::default(),
+            health: Health::default(),
+            audit: Audit::default(),
+            admin: Admin::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            https: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            http: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: PathBuf::from(DEV_CERT_PATH),
+            key: PathBuf::from(DEV_KEY_PATH),
+            handshake_timeout: Duration::from_secs(10),
+            reload_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            urls: vec!["http://127.0.0.1:3000".into()],
+            nodes: Vec::new(),
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(60),
+            timeouts: vec![PrefixTimeout {
+                prefix: "/api/v2/admin/management/versioning".into(),
+                response_timeout: Duration::from_secs(20 * 60),
+            }],
+            idle_timeout: Duration::from_secs(4),
+            pool_max_idle: 256,
+            tunnel_idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: ByteSize(25 * 1024 * 1024),
+            max_header_bytes: ByteSize(64 * 1024),
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            hsts: "max-age=31536000".into(),
+            nosniff: true,
+            referrer_policy: "strict-origin-when-cross-origin".into(),
+            frame_ancestors: Vec::new(),
+            remove_powered_by: true,
+        }
+    }
+}
+
+impl Default for BasePath {
+    fn default() -> Self {
+        BasePath {
+            path: String::new(),
+            mode: BasePathMode::Preserve,
+        }
+    }
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        Cors {
+            enabled: true,
+            origins: Vec::new(),
+            credentials: true,
+            methods: s(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+            allow_headers: s(&[
+                "Authorization",
+                "Content-Type",
+                "CSRF-Token",
+                "X-BP-Workspace",
+                "X-Requested-With",
+                "X-BP-ExternalAuth",
+            ]),
+            expose_headers: Vec::new(),
+            max_age: Duration::from_secs(600),
+            reject_disallowed: true,
+        }
+    }
+}
+
+impl Default for Sticky {
+    fn default() -> Self {
+        Sticky {
+            enabled: true,
+            cookie_name: "bpgate_node".into(),
+            secret: Secret::default(),
+            previous_secret: Secret::default(),
+            max_age: Duration::from_secs(24 * 3600),
+            http_only: true,
+            secure: true,
+            same_site: SameSite::None,
+            domain: None,
+            fallback: StickyFallback::ClientIp,
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            enabled: true,
+            path: "/status".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            enabled: true,
+            dir: PathBuf::from("logs/audit"),
+            rotation: Rotation::Daily,
+            max_size: ByteSize(0),
+            max_files: 30,
+            stdout: false,
+            on_failure: OnFailure::Block,
+            redact_query: ["token", "access_token", "password", "secret", "code"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            jwt_secret: Secret::default(),
+            queue: 65_536,
+            flush_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+// `base_path` is either a string (`base_path = "/botpress"`) or a table with `path` and `mode`.
+impl<'de> Deserialize<'de> for BasePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(default)]
+        struct Table {
+            path: String,
+            mode: BasePathMode,
+        }
+        impl Default for Table {
+            fn default() -> Self {
+                let b = BasePath::default();
+                Table {
+                    path: b.path,
+                    mode: b.mode,
+                }
+            }
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Path(String),
+            Table(Table),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Path(path) => BasePath {
+                path,
+                mode: BasePathMode::Preserve,
+            },
+            Either::Table(t) => BasePath {
+                path: t.path,
+                mode: t.mode,
+            },
+        })
+    }
+}
+
+// === errors ===
+
+/// A configuration error: which key (and from where), what is wrong, how to fix it.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub key: String,
+    pub origin: Option<String>,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            origin: None,
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`", self.key)?;
+        if let Some(o) = &self.origin {
+            write!(f, " (from {o})")?;
+        }
+        write!(f, ": {}", self.problem)?;
+        if !self.fix.is_empty() {
+            write!(f, "\n  fix: {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Several errors found in one pass, so an operator fixes them all at once.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// === loading ===
+
+/// Values given on the command line; they beat the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// (key path, value, flag name), e.g. ("listen.https", "0.0.0.0:443", "--listen").
+    pub values: Vec<(String, String, String)>,
+}
+
+/// Where each explicitly set key came from, for error messages.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(BTreeMap<String, String>);
+
+impl Origins {
+    pub fn of(&self, key: &str) -> Option<&str> {
+        // A key inside a table set by one source (e.g. `upstream.nodes.0.url`) inherits it.
+        let mut k = key;
+        loop {
+            if let Some(o) = self.0.get(k) {
+                return Some(o);
+            }
+            match k.rfind('.') {
+                Some(i) => k = &k[..i],
+                None => return None,
+            }
+        }
+    }
+}
+
+/// A loaded, validated configuration with the derived values every module needs.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub derived: Derived,
+    pub path: PathBuf,
+    pub origins: Origins,
+}
+
+/// Values computed once from the config, so no request recomputes them.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    /// `https://host[:port]` of `external_url`, if set.
+    pub public_origin: Option<String>,
+    /// Host of `external_url` (no port), if set.
+    pub public_host: Option<String>,
+    /// The base path: "" (root) or "/prefix" with no trailing slash.
+    pub base_path: String,
+    /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
+    pub nodes: Vec<NodeSpec>,
+    pub workers: usize,
+}
+
+/// One upstream node, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// `host:port` to connect to.
+    pub authority: String,
+    pub weight: u32,
+}
+
+/// Reads `path` (missing is an error unless it is the default path), applies the environment
+/// and the flags, and validates.
+pub fn load(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigErrors> {
+    let mut origins = Origins::default();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path == Path::new(DEFAULT_CONFIG_PATH) =>
+        {
+            String::new()
+        }
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigError::new(
+                "--config",
+                format!("cannot read {}: {e}", path.display()),
+                "point --config (or BPGATE_CONFIG) at a readable TOML file",
+            )]))
+        }
+    };
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            key: "(file)".into(),
+            origin: Some(path.display().to_string()),
+            problem: format!("not valid TOML: {}", e.to_string().trim_end()),
+            fix: "correct the syntax at the line shown".into(),
+        }])
+    })?;
+    let file_origin = format!("file {}", path.display());
+    for k in keys::leaf_paths(&table) {
+        origins.0.insert(k, file_origin.clone());
+    }
+    let mut errors = Vec::new();
+    env::apply_env(&mut table, env, &mut origins, &mut errors);
+    for (key, value, flag) in &overrides.values {
+        if let Err(e) = env::set_path(&mut table, key, toml::Value::String(value.clone())) {
+            errors.push(ConfigError::new(key.clone(), e, format!("check {flag}")));
+        }
+        origins.0.insert(key.clone(), format!("flag {flag}"));
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let config = keys::deserialize_checked(table, &origins)?;
+    let derived = validate(&config, &origins)?;
+    Ok(Loaded {
+        config,
+        derived,
+        path: path.to_path_buf(),
+        origins,
+    })
+}
+
+/// Cross-field validation and derivation. Every error names its key and a fix.
+pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> {
+    let mut errs = Vec::new();
+    let mut err = |key: &str, problem: String, fix: String| {
+        let mut e = ConfigError::new(key, problem, fix);
+        e.origin = origins.of(key).map(str::to_string);
+        errs.push(e);
+    };
+
+    let (mut public_origin, mut public_host, mut url_path) = (None, None, String::new());
+    if let Some(u) = &c.external_url {
+        match parse_external_url(u) {
+            Ok((origin, host, path)) => {
+                public_origin = Some(origin);
+                public_host = Some(host);
+                url_path = path;
+            }
+            Err(p) => err(
+                "external_url",
+                p,
+                "set EXTERNAL_URL to the public URL, e.g. https://bot.example.com or https://bot.example.com/botpress".into(),
+            ),
+        }
+    }
+    let base_path = if c.base_path.path.is_empty() {
+        url_path.clone()
+    } else {
+        match normalise_base_path(&c.base_path.path) {
+            Ok(p) => {
+                if c.external_url.is_some() && p != url_path {
+                    err(
+                        "base_path",
+                        format!("`{p}` differs from the path of external_url (`{url_path}`); Botpress derives its base path from EXTERNAL_URL, so they must agree"),
+                        "remove base_path and let EXTERNAL_URL decide, or make them equal".into(),
+                    );
+                }
+                p
+            }
+            Err(p) => {
+                err("base_path", p, "use a path like /botpress: leading slash, no trailing slash, no . or .. segments".into());
+                String::new()
+            }
+        }
+    };
+    if let Err(p) = normalise_base_path(&url_path) {
+        err(
+            "external_url",
+            format!("its path {p}"),
+            "use a path like /botpress".into(),
+        );
+    }
+
+    let mut nodes: Vec<NodeSpec> = Vec::new();
+    let all = c
+        .upstream
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            (
+                format!("upstream.urls.{i}"),
+                NodeConfig {
+                    url: u.clone(),
+                    name: None,
+                    weight: 1,
+                },
+            )
+        })
+        .chain(
+            c.upstream
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("upstream.nodes.{i}"), n.clone())),
+        );
+    for (key, n) in all {
+        match parse_node_url(&n.url) {
+            Ok(authority) => {
+                let name = n.name.clone().unwrap_or_else(|| authority.clone());
+                if n.weight == 0 || n.weight > 1000 {
+                    err(
+                        &format!("{key}.weight"),
+                        format!("weight {} is out of range", n.weight),
+                        "use a weight from 1 to 1000".into(),
+                    );
+                }
+                if nodes.iter().any(|x| x.name == name) {
+                    err(
+                        &key,
+                        format!("node name `{name}` is used twice"),
+                        "give each node a distinct name (or URL)".into(),
+                    );
+                }
+                if name.is_empty()
+                    || !name.chars().all(|ch| ch.is_ascii_graphic())
+                    || name.contains('/')
+                {
+                    err(
+                        &format!("{key}.name"),
+                        format!("node name `{name}` must be printable ASCII without spaces or `/`"),
+                        "use a name like node-1".into(),
+                    );
+                }
+                nodes.push(NodeSpec {
+                    name,
+                    authority,
+                    weight: n.weight,
+                });
+            }
+            Err(p) => err(
+                &key,
+                p,
+                "use a URL like http://10.0.0.5:3000 (Botpress speaks plain HTTP behind bpgate)"
+                    .into(),
+            ),
+        }
+    }
+    if nodes.is_empty() {
+        err(
+            "upstream.urls",
+            "no upstream node is configured".into(),
+            "set BPGATE_UPSTREAMS=http://127.0.0.1:3000 or add [[upstream.nodes]]".into(),
+        );
+    }
+
+    if c.listen.admin == c.listen.https || Some(c.listen.admin) == c.listen.http {
+        err(
+            "listen.admin",
+            "the admin listener must not share the public port".into(),
+            "set BPGATE_ADMIN_LISTEN to another address, e.g. 127.0.0.1:9901".into(),
+        );
+    }
+    if Some(c.listen.https) == c.listen.http {
+        err(
+            "listen.http",
+            "the redirect listener must not share the HTTPS port".into(),
+            "set BPGATE_HTTP_LISTEN to another port (e.g. 0.0.0.0:80) or to empty".into(),
+        );
+    }
+    if c.limits.max_header_bytes.0 < 8192 {
+        err(
+            "limits.max_header_bytes",
+            "below 8k no browser request fits".into(),
+            "use at least 8k (default 64k)".into(),
+        );
+    }
+    if c.limits.max_connections == 0 {
+        err(
+            "limits.max_connections",
+            "must be at least 1".into(),
+            "use e.g. 10000".into(),
+        );
+    }
+    if c.limits.h2_max_concurrent_streams == 0 {
+        err(
+            "limits.h2_max_concurrent_streams",
+            "must be at least 1".into(),
+            "use e.g. 128".into(),
+        );
+    }
+    for (key, d) in [
+        ("tls.handshake_timeout", c.tls.handshake_timeout),
+        ("upstream.connect_timeout", c.upstream.connect_timeout),
+        ("upstream.response_timeout", c.upstream.response_timeout),
+        ("upstream.idle_timeout", c.upstream.idle_timeout),
+        (
+            "upstream.tunnel_idle_timeout",
+            c.upstream.tunnel_idle_timeout,
+        ),
+        ("limits.header_read_timeout", c.limits.header_read_timeout),
+        ("limits.keepalive_timeout", c.limits.keepalive_timeout),
+        ("health.interval", c.health.interval),
+        ("health.timeout", c.health.timeout),
+    ] {
+        if d.is_zero() {
+            err(
+                key,
+                "must be greater than zero".into(),
+                "use a duration such as 10s".into(),
+            );
+        }
+    }
+    for (i, t) in c.upstream.timeouts.iter().enumerate() {
+        if !t.prefix.starts_with('/') {
+            err(
+                &format!("upstream.timeouts.{i}.prefix"),
+                format!("`{}` must start with /", t.prefix),
+                "use a path prefix such as /api/v2/admin/management/versioning".into(),
+            );
+        }
+    }
+    if c.health.rise == 0 || c.health.fall == 0 {
+        err(
+            "health.rise",
+            "rise and fall must be at least 1".into(),
+            "use rise = 2, fall = 3".into(),
+        );
+    }
+    if !c.health.path.starts_with('/') {
+        err(
+            "health.path",
+            format!("`{}` must start with /", c.health.path),
+            "use /status or /version".into(),
+        );
+    }
+    let cookie_ok = !c.sticky.cookie_name.is_empty()
+        && c.sticky
+            .cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !cookie_ok {
+        err(
+            "sticky.cookie_name",
+            format!("`{}` is not a valid cookie name", c.sticky.cookie_name),
+            "use letters, digits, `_` or `-`, e.g. bpgate_node".into(),
+        );
+    }
+    let reserved = ["jwtToken", "userToken", "tokenExpiry", "session", "io"];
+    if reserved
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(&c.sticky.cookie_name))
+        || c.sticky.cookie_name.starts_with("bp/")
+    {
+        err(
+            "sticky.cookie_name",
+            format!(
+                "`{}` collides with a cookie Botpress uses",
+                c.sticky.cookie_name
+            ),
+            "keep the default bpgate_node".into(),
+        );
+    }
+    for (key, s) in [
+        ("sticky.secret", &c.sticky.secret),
+        ("sticky.previous_secret", &c.sticky.previous_secret),
+    ] {
+        if !s.is_empty() && s.expose().len() < 16 {
+            err(
+                key,
+                "shorter than 16 bytes".into(),
+                "generate one with `openssl rand -base64 32`".into(),
+            );
+        }
+    }
+    if c.sticky.same_site == SameSite::None && !c.sticky.secure {
+        err(
+            "sticky.secure",
+            "browsers reject SameSite=None cookies without Secure".into(),
+            "set sticky.secure = true or choose another same_site".into(),
+        );
+    }
+    if c.sticky.max_age.as_secs() < 60 {
+        err(
+            "sticky.max_age",
+            "shorter than a minute".into(),
+            "use e.g. 24h".into(),
+        );
+    }
+    for (i, o) in c.cors.origins.iter().enumerate() {
+        if let Err(p) = crate::cors::OriginPattern::parse(o) {
+            err(
+                &format!("cors.origins.{i}"),
+                p,
+                "use an origin like https://app.example.com or https://*.example.com".into(),
+            );
+        }
+    }
+    if c.audit.queue < 16 {
+        err(
+            "audit.queue",
+            "too small".into(),
+            "use at least 1024 (default 65536)".into(),
+        );
+    }
+
+    let workers = if c.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        c.workers
+    };
+    if c.workers > 1024 {
+        err(
+            "workers",
+            format!(
+                "{} worker threads is more than any machine needs",
+                c.workers
+            ),
+            "use 0 (one per core) or the number of cores".into(),
+        );
+    }
+
+    if errs.is_empty() {
+        Ok(Derived {
+            public_origin,
+            public_host,
+            base_path,
+            nodes,
+            workers,
+        })
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+/// `https://host[:port][/path]` → (origin, host, path without trailing slash).
+pub fn parse_external_url(u: &str) -> Result<(String, String, String), String> {
+    let uri: Uri = u.parse().map_err(|e| format!("`{u}` is not a URL ({e})"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| format!("`{u}` is not absolute: it needs http:// or https://"))?;
+    if scheme != "https" && scheme != "http" {
+        return Err(format!(
+            "`{u}` has scheme {scheme}; only http and https are possible"
+        ));
+    }
+    let auth = uri
+        .authority()
+        .ok_or_else(|| format!("`{u}` has no host"))?;
+    if auth.as_str().contains('@') {
+        return Err(format!("`{u}` carries credentials; remove them"));
+    }
+    if uri.query().is_some() || u.contains('#') {
+        return Err(format!(
+            "`{u}` has a query or a fragment; Botpress takes only scheme, host and path"
+        ));
+    }
+    let host = auth
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if host.is_empty() {
+        return Err(format!("`{u}` has no host"));
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let origin = match auth.port_u16() {
+        Some(p) if p != default_port => {
+            format!("{scheme}://{}:{p}", auth.host().to_ascii_lowercase())
+        }
+        _ => format!("{scheme}://{}", auth.host().to_ascii_lowercase()),
+    };
+    // Botpress does `pathname.replace(/\/+$/, '')`; so do we.
+    let path = uri.path().trim_end_matches('/').to_string();
+    Ok((origin, host, path))
+}
+
+/// Validates a base path: "" or "/a/b", no trailing slash, no dot segments, no encoded bytes
+/// that could change which prefix matches.
+pub fn normalise_base_path(p: &str) -> Result<String, String> {
+    let p = p.trim_end_matches('/');
+    if p.is_empty() {
+        return Ok(String::new());
+    }
+    if !p.starts_with('/') {
+        return Err(format!("`{p}` must start with /"));
+    }
+    for seg in p[1..].split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!("`{p}` has an empty, . or .. segment"));
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b))
+        {
+            return Err(format!(
+                "`{p}` has characters that need encoding; use plain letters, digits, - _ . ~"
+            ));
+        }
+    }
+    Ok(p.to_string())
+}
+
+fn parse_node_url(u: &str) -> Result<String, String> {
+    let uri: Uri = u
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{u}` is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(s) => {
+            return Err(format!(
+                "`{u}` uses {s}; bpgate talks plain HTTP/1.1 to Botpress nodes"
+            ))
+        }
+        None => return Err(format!("`{u}` needs http://")),
+    }
+    let auth = uri
+        .authority()
+        .ok_or_else(|| format!("`{u}` has no host"))?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("`{u}` has a path; give the node's address only (the base path comes from EXTERNAL_URL)"));
+    }
+    let port = auth.port_u16().unwrap_or(80);
+    Ok(format!("{}:{port}", auth.host()))
+}
+
+impl Config {
+    /// TOML of the effective settings with every secret replaced, for `bpgate config`.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.sticky.secret = c.sticky.secret.redacted();
+        c.sticky.previous_secret = c.sticky.previous_secret.redacted();
+        c.audit.jwt_secret = c.audit.jwt_secret.redacted();
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! The `bpgate` binary: parses the command line, loads the configuration, sets up logging and
+//! the runtime, and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use bpgate::config::{self, LogFormat, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bpgate",
+    version,
+    about = "TLS reverse proxy that puts a Botpress cluster into production posture"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "BPGATE_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// HTTPS listen address (overrides BPGATE_LISTEN and the file).
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin listen address (overrides BPGATE_ADMIN_LISTEN and the file).
+    #[arg(long, global = true, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Comma-separated node URLs (overrides BPGATE_UPSTREAMS and the file).
+    #[arg(long, global = true, value_name = "URLS")]
+    upstreams: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and print the effective settings, secrets redacted.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut overrides = Overrides::default();
+    if let Some(v) = &cli.listen {
+        overrides
+            .values
+            .push(("listen.https".into(), v.clone(), "--listen".into()));
+    }
+    if let Some(v) = &cli.admin_listen {
+        overrides
+            .values
+            .push(("listen.admin".into(), v.clone(), "--admin-listen".into()));
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let loaded = match config::load(&cli.config, &env, &overrides).and_then(|mut l| {
+        if let Some(u) = &cli.upstreams {
+            l.config.upstream.urls = u
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            l.config.upstream.nodes.clear();
+            l.derived = config::validate(&l.config, &l.origins)?;
+        }
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "bpgate: invalid configuration ({}):\n{e}",
+                cli.config.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Config => {
+            println!("# effective configuration (file {}, environment and flags applied; secrets redacted)", cli.config.display());
+            print!("{}", loaded.config.redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(loaded),
+    }
+}
+
+fn run(loaded: config::Loaded) -> ExitCode {
+    let _log_guard = init_logging(&loaded.config.log.filter, loaded.config.log.format);
+    let workers = loaded.derived.workers;
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bpgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let gw = match bpgate::Gateway::start(loaded) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("bpgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listeners = match bpgate::Listeners::bind(&gw.loaded.load()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("bpgate: {e}");
+                gw.flush_audit();
+                return ExitCode::FAILURE;
+            }
+        };
+        gw.run(listeners, shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Operational logs to stderr through tracing-appender's non-blocking writer, so a slow terminal
+/// or log collector never stalls a request.
+fn init_logging(filter: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("bpgate: log filter `{filter}` is invalid ({e}); using `info`");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+    guard
+}

@@ -1,0 +1,1 @@
+//! Production posture: `bpgate check` and `bpgate diag`. (Stub.)

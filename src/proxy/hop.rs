@@ -1,0 +1,93 @@
+//! Hop-by-hop headers: meaningful for one connection only, so never forwarded.
+
+use http::header::{HeaderMap, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::HeaderName;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Removes `Connection` and every header it names, `Keep-Alive`, `Proxy-*`, `TE`,
+/// `Transfer-Encoding` and `Upgrade`. For an upgrade, `Upgrade` survives and `Connection`
+/// becomes `upgrade`.
+///
+/// `Trailer` is kept on purpose: RFC 9110 made it end-to-end, and hyper only emits trailers on a
+/// chunked HTTP/1.1 message that declares them in `Trailer`, so removing it would drop them.
+pub fn strip(h: &mut HeaderMap, upgrade: bool) {
+    if let Some(conn) = h.get(CONNECTION) {
+        // Usually "keep-alive" or "upgrade"; anything named here is connection-specific.
+        let named: Vec<HeaderName> = h
+            .get_all(CONNECTION)
+            .iter()
+            .chain(std::iter::once(conn))
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(upgrade && n == UPGRADE) && n != CONNECTION)
+            .collect();
+        for n in named {
+            h.remove(&n);
+        }
+    }
+    h.remove(CONNECTION);
+    h.remove(&KEEP_ALIVE);
+    h.remove(TE);
+    h.remove(TRANSFER_ENCODING);
+    if upgrade {
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(UPGRADE);
+    }
+    if h.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for n in proxy {
+            h.remove(&n);
+        }
+    }
+}
+
+/// Whether a request asks to switch protocols (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
+pub fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(UPGRADE)
+        && h.get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_named_and_fixed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+        strip(&mut h, true);
+        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+    }
+}

@@ -1,0 +1,278 @@
+//! Forwarding: the innermost layer. It turns a client request into a request to the node the
+//! cluster layer chose (hop-by-hop headers out, forwarding headers in, HTTP/1.1, origin-form
+//! target), streams both bodies, and tunnels upgrades.
+
+mod forwarded;
+mod hop;
+mod pool;
+pub mod tunnel;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderValue, EXPECT, HOST};
+use http::{Request, StatusCode, Uri, Version};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use forwarded::{
+    acceptable_request_id, canonical, client_ip, ip_header, new_request_id, set_forwarding_headers,
+    ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
+    X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+};
+pub use hop::{strip as strip_hop_by_hop, wants_upgrade};
+pub use pool::{Pool, PoolSettings, SendError, UpstreamBody};
+pub use tunnel::{TunnelHook, TunnelReport};
+
+use crate::exchange::{self, BodyEnd, Exchange, Req, Resp, RespBody};
+
+/// The node a request goes to, put in the request's extensions by the cluster layer.
+#[derive(Clone)]
+pub struct Target(pub Arc<Pool>);
+
+/// Why forwarding failed; the cluster layer decides between a retry and an error answer.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// Nothing reached the node. The request is handed back.
+    Connect {
+        req: Box<Req>,
+        error: String,
+    },
+    Timeout,
+    /// The client sent more than `limits.max_body`.
+    TooLarge,
+    /// The client's body broke off.
+    ClientAbort,
+    /// The node broke the exchange after it started.
+    Failed(String),
+    /// No target in the request (a wiring bug, answered as 500).
+    NoTarget,
+}
+
+impl ForwardError {
+    /// bpgate's answer for this failure.
+    pub fn into_response(self, id: Option<&HeaderValue>) -> Resp {
+        let (status, reason, outcome) = match self {
+            ForwardError::Connect { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "the Botpress node could not be reached",
+                "upstream_error",
+            ),
+            ForwardError::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the Botpress node did not answer in time",
+                "upstream_timeout",
+            ),
+            ForwardError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than bpgate allows",
+                "rejected",
+            ),
+            ForwardError::ClientAbort => (
+                StatusCode::BAD_REQUEST,
+                "the request body was cut off",
+                "client_abort",
+            ),
+            ForwardError::Failed(_) => (
+                StatusCode::BAD_GATEWAY,
+                "the Botpress node broke the connection",
+                "upstream_error",
+            ),
+            ForwardError::NoTarget => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no node was selected",
+                "error",
+            ),
+        };
+        exchange::error_response(status, reason, outcome, id)
+    }
+}
+
+/// Settings of the forwarding step, computed once from the config.
+#[derive(Debug)]
+pub struct ForwardSettings {
+    pub trusted: Trusted,
+    /// `X-Forwarded-Port` value: the public port.
+    pub public_port: HeaderValue,
+    /// `X-Forwarded-Prefix` value (the base path), if any.
+    pub prefix: Option<HeaderValue>,
+    /// The base path, removed from paths before per-prefix timeouts are matched.
+    pub base_path: String,
+    pub response_timeout: Duration,
+    /// (path prefix below the base path, response timeout), longest first.
+    pub prefix_timeouts: Vec<(String, Duration)>,
+    pub tunnel_idle_timeout: Duration,
+    /// `limits.max_body`: a declared `Content-Length` above it is refused before forwarding.
+    pub max_body: u64,
+}
+
+/// Handles for work that outlives a request: tunnels, and the signal that ends them at the drain
+/// deadline.
+#[derive(Clone, Debug, Default)]
+pub struct Background {
+    pub tasks: TaskTracker,
+    pub hard_stop: CancellationToken,
+}
+
+/// The forwarding service.
+#[derive(Clone)]
+pub struct Forward {
+    settings: Arc<ForwardSettings>,
+    background: Background,
+}
+
+impl Forward {
+    pub fn new(settings: ForwardSettings, background: Background) -> Self {
+        Forward {
+            settings: Arc::new(settings),
+            background,
+        }
+    }
+}
+
+impl tower::Service<Req> for Forward {
+    type Response = Resp;
+    type Error = ForwardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, ForwardError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let settings = self.settings.clone();
+        let background = self.background.clone();
+        Box::pin(forward(settings, background, req))
+    }
+}
+
+async fn forward(
+    s: Arc<ForwardSettings>,
+    bg: Background,
+    mut req: Req,
+) -> Result<Resp, ForwardError> {
+    let Some(Target(pool)) = req.extensions_mut().remove::<Target>() else {
+        return Err(ForwardError::NoTarget);
+    };
+    let Some(x) = exchange::exchange(&req).cloned() else {
+        return Err(ForwardError::NoTarget);
+    };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body) {
+        return Err(ForwardError::TooLarge);
+    }
+    let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+    let client_upgrade = if upgrade {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let timeout = response_timeout(&s, req.uri().path());
+    prepare(&s, &x, &mut req, upgrade);
+
+    let (resp, mut lease) = match pool.send(req, timeout).await {
+        Ok(r) => r,
+        Err(SendError::Connect { req, error }) => return Err(ForwardError::Connect { req, error }),
+        Err(SendError::Timeout) => return Err(ForwardError::Timeout),
+        Err(SendError::Failed(e)) => {
+            return Err(match x.body_end() {
+                BodyEnd::TooLarge => ForwardError::TooLarge,
+                BodyEnd::ClientAbort => ForwardError::ClientAbort,
+                BodyEnd::Normal => ForwardError::Failed(e.to_string()),
+            })
+        }
+    };
+
+    let (mut parts, body) = resp.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+    let mut out = if switching {
+        lease.discard();
+        let mut up = http::Response::from_parts(parts, body);
+        let upstream_upgrade = hyper::upgrade::on(&mut up);
+        let (mut parts, _) = up.into_parts();
+        let hook = TunnelHook::default();
+        match client_upgrade {
+            Some(client) => {
+                let (idle, stop, h) = (s.tunnel_idle_timeout, bg.hard_stop.clone(), hook.clone());
+                bg.tasks
+                    .spawn(tunnel::run(client, upstream_upgrade, idle, stop, h));
+                parts.extensions.insert(hook);
+                http::Response::from_parts(parts, RespBody::empty())
+            }
+            // A 101 the client did not ask for cannot be honoured.
+            None => return Err(ForwardError::Failed("unsolicited 101 from node".into())),
+        }
+    } else {
+        http::Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, lease)))
+    };
+    exchange::note_mut(&mut out).node = Some(pool.name.clone());
+    Ok(out)
+}
+
+fn response_timeout(s: &ForwardSettings, path: &str) -> Duration {
+    let rel = path.strip_prefix(s.base_path.as_str()).unwrap_or(path);
+    s.prefix_timeouts
+        .iter()
+        .find(|(p, _)| rel.starts_with(p.as_str()))
+        .map(|(_, t)| *t)
+        .unwrap_or(s.response_timeout)
+}
+
+/// Rewrites a client request into the request a node receives.
+fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool) {
+    // HTTP/2 carries the host in :authority; Botpress builds URLs from Host.
+    if !req.headers().contains_key(HOST) {
+        if let Some(a) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(HOST, a);
+        }
+    }
+    // Origin-form target, raw bytes kept (no decoding, `%2F` stays `%2F`).
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req.uri().path_and_query().cloned();
+        let mut p = http::uri::Parts::default();
+        p.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+        if let Ok(u) = Uri::from_parts(p) {
+            *req.uri_mut() = u;
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    strip_hop_by_hop(h, upgrade);
+    // bpgate answers `Expect: 100-continue` itself, when it starts reading the body.
+    h.remove(EXPECT);
+    set_forwarding_headers(
+        h,
+        &ForwardingContext {
+            peer: x.conn.peer.ip(),
+            peer_trusted: x.peer_trusted,
+            client: x.client_ip,
+            port: &s.public_port,
+            prefix: s.prefix.as_ref(),
+        },
+    );
+    h.insert(X_REQUEST_ID.clone(), x.id.clone());
+}
+
+/// A request for a health check or a probe: `GET path` with `Host: authority`.
+pub fn probe_request(authority: &str, path: &str) -> Option<Request<crate::exchange::ReqBody>> {
+    Request::get(path)
+        .header(HOST, authority)
+        .header(
+            http::header::USER_AGENT,
+            concat!("bpgate/", env!("CARGO_PKG_VERSION"), " health-check"),
+        )
+        .body(crate::exchange::ReqBody::empty())
+        .ok()
+}

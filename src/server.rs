@@ -1,0 +1,624 @@
+//! Listeners and connections: accept, TLS handshake, HTTP/1.1 or HTTP/2 (ALPN), hand each request
+//! to the current [`Stack`], and drain gracefully on shutdown.
+//!
+//! [`Gateway::start`] builds everything from a validated configuration; [`Gateway::run`] takes
+//! already-bound listeners and a shutdown future, so tests bind `127.0.0.1:0` and run the real
+//! thing in-process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, HOST, LOCATION};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+use crate::audit::{self, AuditGuard, AuditSink, Record};
+use crate::cluster::{self, Cluster, ClusterSettings, HealthSettings, StickyCodec};
+use crate::config::{Loaded, StickyFallback};
+use crate::exchange::{ConnInfo, Exchange, ReqBody, RespBody};
+use crate::proxy::{self, Background, PoolSettings, Trusted};
+use crate::stack::{self, Stack};
+use crate::tls::{self, CertInfo, ReloadableCert};
+
+/// The bound sockets the gateway serves.
+pub struct Listeners {
+    pub https: TcpListener,
+    /// Plain HTTP that only redirects to HTTPS.
+    pub http: Option<TcpListener>,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(loaded: &Loaded) -> std::io::Result<Listeners> {
+        let l = &loaded.config.listen;
+        let bind = |a: SocketAddr, key: &'static str| async move {
+            TcpListener::bind(a).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on {a} (listen.{key}): {e}; is another process using it?"
+                    ),
+                )
+            })
+        };
+        Ok(Listeners {
+            https: bind(l.https, "https").await?,
+            http: match l.http {
+                Some(a) => Some(bind(a, "http").await?),
+                None => None,
+            },
+            admin: bind(l.admin, "admin").await?,
+        })
+    }
+}
+
+/// Connection-level counters for metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub connections_h1: AtomicUsize,
+    pub connections_h2: AtomicUsize,
+    pub tunnels: AtomicUsize,
+    pub handshakes: AtomicU64,
+    pub handshake_timeout: AtomicU64,
+    pub handshake_eof: AtomicU64,
+    pub handshake_protocol: AtomicU64,
+    pub handshake_other: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Everything the running gateway shares between listeners, connections and the admin API.
+pub struct Gateway {
+    pub loaded: ArcSwap<Loaded>,
+    pub stack: ArcSwap<Stack>,
+    pub cluster: Arc<Cluster>,
+    pub cert: Arc<ReloadableCert>,
+    pub cert_info: ArcSwap<CertInfo>,
+    tls: TlsAcceptor,
+    pub audit: Option<AuditSink>,
+    audit_guard: std::sync::Mutex<Option<AuditGuard>>,
+    pub health: Arc<ArcSwap<HealthSettings>>,
+    pub background: Background,
+    connections: TaskTracker,
+    /// Cancelled when shutdown begins: stop accepting, close idle connections.
+    pub shutdown: CancellationToken,
+    pub stats: ServerStats,
+    http: auto::Builder<TokioExecutor>,
+    trusted: ArcSwap<Trusted>,
+    started: Instant,
+}
+
+impl Gateway {
+    /// Loads the certificate, starts the audit writer and builds the pipeline. Nothing is bound.
+    pub fn start(loaded: Loaded) -> Result<Arc<Gateway>, StartError> {
+        let c = &loaded.config;
+        if tls::ensure_dev_cert(&c.tls.cert, &c.tls.key).map_err(|e| StartError(e.to_string()))? {
+            tracing::warn!(
+                cert = %c.tls.cert.display(),
+                "generated a self-signed DEVELOPMENT certificate for localhost; browsers will warn and production mode refuses it. Install a real certificate (certs/README.md)"
+            );
+        }
+        let pair =
+            tls::load_pair(&c.tls.cert, &c.tls.key).map_err(|e| StartError(e.to_string()))?;
+        if pair.info.expired(cluster::unix_now() as i64) {
+            tracing::warn!(not_after = %pair.info.not_after_rfc3339(), cert = %c.tls.cert.display(), "the TLS certificate has EXPIRED; clients will refuse it");
+        }
+        let cert = ReloadableCert::new(pair.key);
+        let server_config = tls::server_config(cert.clone()).map_err(StartError)?;
+
+        let (secret, generated) = if c.sticky.secret.is_empty() {
+            (cluster::generate_secret(), true)
+        } else {
+            (c.sticky.secret.expose().to_string(), false)
+        };
+        if generated && c.sticky.enabled && loaded.derived.nodes.len() > 1 {
+            tracing::warn!("sticky.secret (BPGATE_STICKY_SECRET) is not set: a random one was generated, so bpgate replicas (and restarts) will not agree on sticky cookies");
+        }
+        let cookie = stack::cookie_spec(&loaded);
+        let path = cookie_path(&loaded);
+        let codec = StickyCodec::new(
+            secret.as_bytes(),
+            (!c.sticky.previous_secret.is_empty())
+                .then(|| c.sticky.previous_secret.expose().as_bytes()),
+            &cookie.name,
+            &path,
+            c.sticky.max_age.as_secs(),
+        );
+        let cluster = Cluster::new(ClusterSettings {
+            nodes: loaded.derived.nodes.clone(),
+            pool: PoolSettings {
+                connect_timeout: c.upstream.connect_timeout,
+                idle_timeout: c.upstream.idle_timeout,
+                max_idle: c.upstream.pool_max_idle,
+            },
+            codec,
+            sticky_enabled: c.sticky.enabled,
+            ip_fallback: c.sticky.fallback == StickyFallback::ClientIp,
+            fall: c.health.fall,
+            passive_ejection: c.health.enabled,
+            generated_secret: generated,
+        });
+        let (audit_sink, audit_guard) = if c.audit.enabled {
+            let (s, g) = audit::AuditSink::start(
+                audit::writer_settings(&c.audit),
+                audit::redaction(&c.audit),
+            )
+            .map_err(|e| StartError(e.to_string()))?;
+            (Some(s), Some(g))
+        } else {
+            tracing::warn!("the audit trail is disabled (audit.enabled = false)");
+            (None, None)
+        };
+        let background = Background::default();
+        let stack = stack::build(
+            &loaded,
+            cluster.clone(),
+            audit_sink.clone(),
+            background.clone(),
+        )
+        .map_err(StartError)?;
+        let health = Arc::new(ArcSwap::from_pointee(health_settings(&loaded)));
+        let http = http_builder(&loaded);
+        let trusted = ArcSwap::from_pointee(Trusted(c.forwarding.trusted_proxies.clone()));
+        Ok(Arc::new(Gateway {
+            cert_info: ArcSwap::from_pointee(pair.info),
+            loaded: ArcSwap::from_pointee(loaded),
+            stack: ArcSwap::from_pointee(stack),
+            cluster,
+            cert,
+            tls: TlsAcceptor::from(server_config),
+            audit: audit_sink,
+            audit_guard: std::sync::Mutex::new(audit_guard),
+            health,
+            background,
+            connections: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            stats: ServerStats::default(),
+            http,
+            trusted,
+            started: Instant::now(),
+        }))
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stop accepting, let requests and tunnels
+    /// finish up to `shutdown.drain_timeout`, flush the audit trail.
+    pub async fn run(self: Arc<Self>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let loaded = self.loaded.load_full();
+        let checks = cluster::spawn_health_checks(
+            self.cluster.clone(),
+            self.health.clone(),
+            self.shutdown.clone(),
+        );
+        let addr = listeners.https.local_addr().ok();
+        tracing::info!(
+            https = ?addr,
+            http = ?listeners.http.as_ref().and_then(|l| l.local_addr().ok()),
+            admin = ?listeners.admin.local_addr().ok(),
+            nodes = loaded.derived.nodes.len(),
+            base_path = %loaded.derived.base_path,
+            "bpgate listening"
+        );
+        let https = tokio::spawn(self.clone().accept_https(listeners.https));
+        let http = listeners
+            .http
+            .map(|l| tokio::spawn(self.clone().accept_redirect(l)));
+        let admin = tokio::spawn(crate::admin::serve(self.clone(), listeners.admin));
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; draining");
+        self.shutdown.cancel();
+        let _ = https.await;
+        if let Some(h) = http {
+            let _ = h.await;
+        }
+        let drain = loaded.config.shutdown.drain_timeout;
+        self.connections.close();
+        self.background.tasks.close();
+        let drained = tokio::time::timeout(drain, async {
+            self.connections.wait().await;
+            self.background.tasks.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?drain,
+                "drain timeout reached; closing the remaining connections and tunnels"
+            );
+            self.background.hard_stop.cancel();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.background.tasks.wait()).await;
+        }
+        admin.abort();
+        checks.abort();
+        self.flush_audit();
+        tracing::info!("bpgate stopped");
+    }
+
+    /// Writes every queued audit line and stops the writer (idempotent).
+    pub fn flush_audit(&self) {
+        let guard = self.audit_guard.lock().ok().and_then(|mut g| g.take());
+        if let Some(g) = guard {
+            g.shutdown();
+        }
+    }
+
+    async fn accept_https(self: Arc<Self>, listener: TcpListener) {
+        let max = self.loaded.load().config.limits.max_connections;
+        let permits = Arc::new(Semaphore::new(max));
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let gw = self.clone();
+            self.connections.spawn(async move {
+                gw.serve_tls(stream, peer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn serve_tls(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let timeout = self.loaded.load().config.tls.handshake_timeout;
+        self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        let tls = match tokio::time::timeout(timeout, self.tls.accept(stream)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let counter = match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                        &self.stats.handshake_eof
+                    }
+                    std::io::ErrorKind::InvalidData => &self.stats.handshake_protocol,
+                    _ => &self.stats.handshake_other,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.stats.handshake_timeout.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        let tls_version = tls::version_name(session.protocol_version());
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let conn = Arc::new(ConnInfo {
+            peer,
+            local,
+            tls_version,
+        });
+        let gauge = if h2 {
+            &self.stats.connections_h2
+        } else {
+            &self.stats.connections_h1
+        };
+        gauge.fetch_add(1, Ordering::Relaxed);
+        self.clone().serve_http(TokioIo::new(tls), conn).await;
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn serve_http<I>(self: Arc<Self>, io: I, conn: Arc<ConnInfo>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+            start: Instant::now(),
+        });
+        let gw = self.clone();
+        let (c2, a2) = (conn.clone(), activity.clone());
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let gw = gw.clone();
+            let conn = c2.clone();
+            let activity = a2.clone();
+            async move {
+                activity.begin();
+                let r = gw.handle(req, conn).await;
+                activity.end();
+                r
+            }
+        });
+        let keepalive = self.loaded.load().config.limits.keepalive_timeout;
+        let conn_fut = self.http.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn_fut);
+        let idle = tokio::time::sleep(keepalive);
+        tokio::pin!(idle);
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn_fut.as_mut() => break r,
+                _ = self.shutdown.cancelled(), if !closing => {
+                    conn_fut.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = idle.as_mut(), if !closing => {
+                    match activity.idle_for(keepalive) {
+                        None => {
+                            conn_fut.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        Some(left) => idle.as_mut().reset(tokio::time::Instant::now() + left),
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.connection_error(&conn, e.as_ref());
+        }
+    }
+
+    /// hyper answers malformed and oversized request heads itself (400, 431); they still get an
+    /// audit line.
+    fn connection_error(&self, conn: &ConnInfo, e: &(dyn std::error::Error + 'static)) {
+        let Some(he) = e.downcast_ref::<hyper::Error>() else {
+            tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+            return;
+        };
+        let (status, reason) = if he.is_parse_too_large() {
+            (431, "request head too large")
+        } else if he.is_parse() {
+            (400, "malformed request")
+        } else {
+            tracing::debug!(peer = %conn.peer, error = %he, "connection ended with an error");
+            return;
+        };
+        tracing::debug!(peer = %conn.peer, error = %he, status, "request refused by the HTTP parser");
+        if let Some(sink) = &self.audit {
+            sink.write(Record::unparsed(
+                proxy::canonical(conn.peer.ip()),
+                conn.tls_version,
+                status,
+                reason,
+            ));
+        }
+    }
+
+    /// The edge: creates the request's [`Exchange`] and calls the current stack.
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> Result<Response<audit::AuditBody>, std::convert::Infallible> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let trusted = self.trusted.load();
+        let peer_ip = proxy::canonical(conn.peer.ip());
+        let peer_trusted = trusted.contains(&peer_ip);
+        let client_ip = proxy::client_ip(peer_ip, req.headers(), &trusted);
+        let id = match req.headers().get(&proxy::X_REQUEST_ID) {
+            Some(v) if peer_trusted && proxy::acceptable_request_id(v) => v.clone(),
+            _ => proxy::new_request_id(),
+        };
+        let x = Arc::new(Exchange {
+            start: Instant::now(),
+            id,
+            conn,
+            client_ip,
+            peer_trusted,
+            bytes_in: AtomicU64::new(0),
+            body_end: Default::default(),
+        });
+        let max_body = self.loaded.load().config.limits.max_body.0;
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(x.clone());
+        let req = Request::from_parts(parts, ReqBody::new(body, x, max_body));
+        let mut stack = Stack::clone(&self.stack.load());
+        stack.call(req).await
+    }
+
+    async fn accept_redirect(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!(error = %e, "accept failed on the redirect listener");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let gw = self.clone();
+            self.connections.spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gw.redirect(&req, peer)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = conn.await;
+            });
+        }
+    }
+
+    /// `308` to the same path and query on the HTTPS public origin.
+    fn redirect(&self, req: &Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+        let loaded = self.loaded.load();
+        let origin = match &loaded.derived.public_origin {
+            Some(o) if o.starts_with("https://") => o.clone(),
+            _ => {
+                let host = req
+                    .headers()
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| req.uri().host())
+                    .unwrap_or("localhost");
+                let host = strip_port(host);
+                match stack::public_port(&loaded) {
+                    443 => format!("https://{host}"),
+                    p => format!("https://{host}:{p}"),
+                }
+            }
+        };
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let target = format!("{origin}{pq}");
+        let mut r = Response::new(RespBody::empty());
+        match HeaderValue::from_str(&target) {
+            Ok(v) => {
+                *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                r.headers_mut().insert(LOCATION, v);
+            }
+            Err(_) => *r.status_mut() = StatusCode::BAD_REQUEST,
+        }
+        if let Some(sink) = &self.audit {
+            let mut rec = Record::unparsed(
+                proxy::canonical(peer.ip()),
+                None,
+                r.status().as_u16(),
+                "https redirect",
+            );
+            rec.method = Some(req.method().clone());
+            rec.uri = Some(req.uri().clone());
+            rec.host = req.headers().get(HOST).cloned();
+            rec.http_version = Some(req.version());
+            rec.outcome = "redirect";
+            rec.user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+            sink.write(rec);
+        }
+        r
+    }
+
+    /// Readiness: serving, not draining, and at least one node up.
+    pub fn ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.cluster.ready(self.health.load().enabled)
+    }
+}
+
+/// Per-connection activity, to close idle keep-alive connections.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `start` of the last request start or end.
+    last: AtomicU64,
+    start: Instant,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+    fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+    /// `None` when idle for at least `limit`; otherwise how long until it could be.
+    fn idle_for(&self, limit: Duration) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Some(limit);
+        }
+        let since = self
+            .start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)));
+        if since >= limit {
+            None
+        } else {
+            Some(limit - since)
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split(']')
+            .next()
+            .map(|h| &host[..h.len() + 1])
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+fn cookie_path(loaded: &Loaded) -> String {
+    if loaded.derived.base_path.is_empty() {
+        "/".into()
+    } else {
+        loaded.derived.base_path.clone()
+    }
+}
+
+pub fn health_settings(loaded: &Loaded) -> HealthSettings {
+    let h = &loaded.config.health;
+    HealthSettings {
+        enabled: h.enabled,
+        path: format!("{}{}", loaded.derived.base_path, h.path),
+        interval: h.interval,
+        timeout: h.timeout,
+        rise: h.rise,
+        fall: h.fall,
+    }
+}
+
+/// The HTTP server settings for client connections.
+fn http_builder(loaded: &Loaded) -> auto::Builder<TokioExecutor> {
+    let l = &loaded.config.limits;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.header_read_timeout)
+        .max_buf_size((l.max_header_bytes.0 as usize).max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(l.h2_max_concurrent_streams)
+        .max_header_list_size(l.max_header_bytes.0.min(u32::MAX as u64) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
