@@ -110,6 +110,8 @@ pub struct Gateway {
     http: auto::Builder<TokioExecutor>,
     trusted: ArcSwap<Trusted>,
     started: Instant,
+    /// The HTTPS listener's bound port, for redirects.
+    https_port: std::sync::atomic::AtomicU16,
 }
 
 impl Gateway {
@@ -201,6 +203,7 @@ impl Gateway {
             http,
             trusted,
             started: Instant::now(),
+            https_port: Default::default(),
         }))
     }
 
@@ -218,6 +221,8 @@ impl Gateway {
             self.shutdown.clone(),
         );
         let addr = listeners.https.local_addr().ok();
+        self.https_port
+            .store(addr.map(|a| a.port()).unwrap_or(0), Ordering::Relaxed);
         tracing::info!(
             https = ?addr,
             http = ?listeners.http.as_ref().and_then(|l| l.local_addr().ok()),
@@ -492,7 +497,7 @@ impl Gateway {
                     .or_else(|| req.uri().host())
                     .unwrap_or("localhost");
                 let host = strip_port(host);
-                match stack::public_port(&loaded) {
+                match stack::public_port(&loaded, self.https_port.load(Ordering::Relaxed)) {
                     443 => format!("https://{host}"),
                     p => format!("https://{host}:{p}"),
                 }

@@ -66,7 +66,11 @@ pub fn forward_settings(loaded: &Loaded) -> ForwardSettings {
     prefix_timeouts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
     ForwardSettings {
         trusted: Trusted(c.forwarding.trusted_proxies.clone()),
-        public_port: HeaderValue::from(public_port(loaded)),
+        public_port: loaded
+            .derived
+            .public_origin
+            .as_ref()
+            .map(|_| HeaderValue::from(public_port(loaded, 0))),
         prefix: (!d.base_path.is_empty())
             .then(|| HeaderValue::from_str(&d.base_path).ok())
             .flatten(),
@@ -78,8 +82,9 @@ pub fn forward_settings(loaded: &Loaded) -> ForwardSettings {
     }
 }
 
-/// The port clients reach bpgate on: from `external_url`, else the HTTPS listener's.
-pub fn public_port(loaded: &Loaded) -> u16 {
+/// The port clients reach bpgate on: from `external_url`, else the HTTPS listener's (`bound`
+/// when known, since tests and containers may bind port 0 or remap).
+pub fn public_port(loaded: &Loaded, bound: u16) -> u16 {
     if let Some(o) = &loaded.derived.public_origin {
         if let Ok(u) = o.parse::<http::Uri>() {
             return u.port_u16().unwrap_or(if u.scheme_str() == Some("http") {
@@ -89,7 +94,11 @@ pub fn public_port(loaded: &Loaded) -> u16 {
             });
         }
     }
-    loaded.config.listen.https.port()
+    if bound != 0 {
+        bound
+    } else {
+        loaded.config.listen.https.port()
+    }
 }
 
 /// The sticky cookie's attributes, rendered once.

@@ -95,8 +95,9 @@ impl ForwardError {
 #[derive(Debug)]
 pub struct ForwardSettings {
     pub trusted: Trusted,
-    /// `X-Forwarded-Port` value: the public port.
-    pub public_port: HeaderValue,
+    /// `X-Forwarded-Port` value: the public port from `external_url`; `None` means the port the
+    /// client connected to.
+    pub public_port: Option<HeaderValue>,
     /// `X-Forwarded-Prefix` value (the base path), if any.
     pub prefix: Option<HeaderValue>,
     /// The base path, removed from paths before per-prefix timeouts are matched.
@@ -169,13 +170,14 @@ async fn forward(
         return Err(ForwardError::TooLarge);
     }
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+    let trailers = req.version() == Version::HTTP_2 || te_trailers(req.headers());
     let client_upgrade = if upgrade {
         Some(hyper::upgrade::on(&mut req))
     } else {
         None
     };
     let timeout = response_timeout(&s, req.uri().path());
-    prepare(&s, &x, &mut req, upgrade);
+    prepare(&s, &x, &mut req, upgrade, trailers);
 
     let (resp, mut lease) = match pool.send(req, timeout).await {
         Ok(r) => r,
@@ -227,7 +229,7 @@ fn response_timeout(s: &ForwardSettings, path: &str) -> Duration {
 }
 
 /// Rewrites a client request into the request a node receives.
-fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool) {
+fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trailers: bool) {
     // HTTP/2 carries the host in :authority; Botpress builds URLs from Host.
     if !req.headers().contains_key(HOST) {
         if let Some(a) = req
@@ -252,17 +254,38 @@ fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool) {
     strip_hop_by_hop(h, upgrade);
     // bpgate answers `Expect: 100-continue` itself, when it starts reading the body.
     h.remove(EXPECT);
+    // A node only sends trailers to a peer that accepts them; bpgate can pass them on to an
+    // HTTP/2 client or an HTTP/1.1 client that asked for them.
+    if trailers {
+        h.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    let local_port;
+    let port = match &s.public_port {
+        Some(p) => p,
+        None => {
+            local_port = HeaderValue::from(x.conn.local.port());
+            &local_port
+        }
+    };
     set_forwarding_headers(
         h,
         &ForwardingContext {
             peer: x.conn.peer.ip(),
             peer_trusted: x.peer_trusted,
             client: x.client_ip,
-            port: &s.public_port,
+            port,
             prefix: s.prefix.as_ref(),
         },
     );
     h.insert(X_REQUEST_ID.clone(), x.id.clone());
+}
+
+fn te_trailers(h: &http::HeaderMap) -> bool {
+    h.get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// A request for a health check or a probe: `GET path` with `Host: authority`.

@@ -1,0 +1,659 @@
+//! The core gateway end to end: real TLS, HTTP/1.1 and HTTP/2 clients, real upstream servers.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn gate_with(node: &Node, toml: &str) -> Gate {
+    init();
+    Gate::builder()
+        .upstream(node.url())
+        .toml(toml)
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn https_get_and_post_over_h1_and_h2_with_alpn() {
+    let node = Node::start("n1", echo()).await;
+    let gate = gate_with(&node, "").await;
+    for h2 in [false, true] {
+        let mut c = if h2 {
+            Client::h2(&gate).await
+        } else {
+            Client::h1(&gate).await
+        };
+        let a = c.get("/api/v1/ping?x=1").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            a.version,
+            if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            }
+        );
+        let j = a.json();
+        assert_eq!(j["uri"], "/api/v1/ping?x=1", "origin-form target upstream");
+        assert_eq!(j["version"], "HTTP/1.1", "upstream always HTTP/1.1");
+        assert_eq!(
+            a.seen("host").as_deref(),
+            Some("localhost"),
+            "Host preserved"
+        );
+        assert_eq!(a.seen("x-forwarded-proto").as_deref(), Some("https"));
+        assert!(a.header("strict-transport-security").is_some());
+        assert!(a.header("x-request-id").is_some());
+        let body = Bytes::from(vec![b'z'; 100_000]);
+        let a = c
+            .call(post("/api/v1/x").body(full(body.clone())).unwrap())
+            .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.json()["body_len"], 100_000);
+        assert_eq!(a.json()["body_sha"], sha(&body));
+    }
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn raw_path_bytes_are_preserved() {
+    let node = Node::start("n1", echo()).await;
+    let gate = gate_with(&node, "").await;
+    let mut c = Client::h1(&gate).await;
+    let a = c
+        .get("/api/v1/bots/b/flow/skills%2Fchoice-1.flow.json?q=%2F")
+        .await;
+    assert_eq!(
+        a.json()["uri"],
+        "/api/v1/bots/b/flow/skills%2Fchoice-1.flow.json?q=%2F"
+    );
+    gate.stop().await;
+}
+
+/// A node that reads request bodies slowly and streams large responses on demand, counting
+/// what it has produced, so the test sees whether bpgate buffers.
+fn slow_node(received: Arc<AtomicU64>, produced: Arc<AtomicU64>) -> Handler {
+    Arc::new(move |req: Request<Incoming>, _| {
+        let received = received.clone();
+        let produced = produced.clone();
+        Box::pin(async move {
+            if req.uri().path() == "/upload" {
+                let mut body = req.into_body();
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                while let Some(f) = body.frame().await {
+                    if let Ok(d) = f.unwrap().into_data() {
+                        received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Response::new(full(received.load(Ordering::Relaxed).to_string()))
+            } else {
+                // 20 MiB in 64 KiB chunks, produced only as fast as they are pulled.
+                let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+                let stream = futures_util::stream::iter(0..320).map(move |_| {
+                    produced.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.clone()))
+                });
+                Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+            }
+        })
+    })
+}
+
+#[tokio::test]
+async fn twenty_mib_upload_and_download_stream_with_back_pressure() {
+    init();
+    let (received, produced) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let node = Node::start("slow", slow_node(received.clone(), produced.clone())).await;
+    let gate = gate_with(&node, "").await;
+
+    // Upload: while the node is not reading, bpgate must not swallow the body.
+    let sent = Arc::new(AtomicU64::new(0));
+    let s2 = sent.clone();
+    let chunk = Bytes::from(vec![1u8; 64 * 1024]);
+    let stream = futures_util::stream::iter(0..320).map(move |_| {
+        s2.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.clone()))
+    });
+    let mut c = Client::h1(&gate).await;
+    let req = post("/upload")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+        .unwrap();
+    let sent_probe = sent.clone();
+    let probe = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sent_probe.load(Ordering::Relaxed)
+    });
+    let a = c.call(req).await;
+    let sent_while_node_slept = probe.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.text(), (20u64 << 20).to_string(), "every byte arrives");
+    assert!(
+        sent_while_node_slept < 12 << 20,
+        "bpgate buffered {sent_while_node_slept} bytes of an unread upload"
+    );
+
+    // Download: the client reads slowly; the node must not be drained ahead of it.
+    let mut c = Client::h2(&gate).await;
+    let resp = c
+        .send(get("/download").body(full(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    let mut max_ahead = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            got += d.len() as u64;
+        }
+        if got % (2 << 20) < 16 * 1024 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            max_ahead = max_ahead.max(produced.load(Ordering::Relaxed) - got);
+        }
+    }
+    assert_eq!(got, 20 << 20);
+    assert!(
+        max_ahead < 12 << 20,
+        "the node ran {max_ahead} bytes ahead of a slow client"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() {
+    let node = Node::start("ws", echo()).await;
+    let gate = gate_with(&node, "").await;
+    let tls = tls_connect(&gate, &[b"http/1.1"]).await;
+    let url = format!(
+        "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
+        gate.https.port()
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    use tokio_tungstenite::tungstenite::Message;
+    let big = vec![9u8; 1 << 20];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_data().len(), big.len());
+    for i in 0..200 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for i in 0..200 {
+        assert_eq!(
+            ws.next()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_text()
+                .unwrap()
+                .as_str(),
+            format!("m{i}")
+        );
+    }
+    ws.close(None).await.unwrap();
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_untrusted_peer_is_replaced() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "").await;
+    let mut c = Client::h1(&gate).await;
+    let req = get("/x")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-forwarded-proto", "http")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-request-id", "spoofed-id")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let a = c.call(req).await;
+    assert_eq!(a.seen("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(a.seen("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(a.seen("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(a.seen("x-forwarded-host").as_deref(), Some("localhost"));
+    assert_eq!(
+        a.seen("x-forwarded-port").as_deref(),
+        Some(gate.https.port().to_string().as_str())
+    );
+    assert_eq!(
+        a.seen("forwarded").as_deref(),
+        Some("for=127.0.0.1;host=\"localhost\";proto=https")
+    );
+    assert_ne!(a.seen("x-request-id").as_deref(), Some("spoofed-id"));
+    assert_eq!(a.seen("x-request-id").as_deref(), a.header("x-request-id"));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_trusted_peer_chain_is_kept() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]").await;
+    let mut c = Client::h1(&gate).await;
+    let req = get("/x")
+        .header("x-forwarded-for", "203.0.113.5, 198.51.100.9")
+        .header("x-request-id", "lb-id-42")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let a = c.call(req).await;
+    assert_eq!(
+        a.seen("x-forwarded-for").as_deref(),
+        Some("203.0.113.5, 198.51.100.9, 127.0.0.1")
+    );
+    assert_eq!(
+        a.seen("x-real-ip").as_deref(),
+        Some("198.51.100.9"),
+        "rightmost untrusted hop"
+    );
+    assert_eq!(a.seen("x-request-id").as_deref(), Some("lb-id-42"));
+    let lines = gate.audit_lines();
+    assert_eq!(
+        lines.last().unwrap()["client_ip"],
+        "198.51.100.9",
+        "audit uses the same client IP"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    init();
+    let node = Node::start(
+        "n",
+        Arc::new(|req: Request<Incoming>, _| {
+            Box::pin(async move {
+                let seen: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+                Response::builder()
+                    .header("connection", "x-node-hop")
+                    .header("x-node-hop", "1")
+                    .header("keep-alive", "timeout=5")
+                    .header("proxy-authenticate", "Basic")
+                    .body(full(seen.join(",")))
+                    .unwrap()
+            })
+        }),
+    )
+    .await;
+    let gate = Gate::builder().upstream(node.url()).start().await;
+    let mut c = Client::h1(&gate).await;
+    let req = get("/x")
+        .header("connection", "x-client-hop")
+        .header("x-client-hop", "1")
+        .header("keep-alive", "300")
+        .header("proxy-authorization", "Basic abc")
+        .header("te", "gzip")
+        .header("x-end-to-end", "1")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let a = c.call(req).await;
+    let seen = a.text();
+    for h in [
+        "x-client-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "connection",
+    ] {
+        assert!(
+            !seen.split(',').any(|s| s == h),
+            "{h} reached the node: {seen}"
+        );
+    }
+    assert!(seen.contains("x-end-to-end"));
+    for h in ["x-node-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(a.headers.get(h).is_none(), "{h} reached the client");
+    }
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_upstream_is_504() {
+    init();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gate = Gate::builder()
+        .upstream(format!("http://{dead}"))
+        .start()
+        .await;
+    let mut c = Client::h1(&gate).await;
+    let a = c.get("/x").await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        a.text().contains(a.header("x-request-id").unwrap()),
+        "error names the request id"
+    );
+    gate.stop().await;
+
+    let slow = Node::start(
+        "slow",
+        Arc::new(|_req, _| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Response::new(full("late"))
+            })
+        }),
+    )
+    .await;
+    let gate = Gate::builder()
+        .upstream(slow.url())
+        .toml("[upstream]\nresponse_timeout = \"300ms\"\n[[upstream.timeouts]]\nprefix = \"/long\"\nresponse_timeout = \"5s\"")
+        .start()
+        .await;
+    let mut c = Client::h2(&gate).await;
+    assert_eq!(c.get("/x").await.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        c.get("/long/push").await.status,
+        StatusCode::OK,
+        "per-prefix timeout override"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn body_limit_is_413_declared_and_streamed() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[limits]\nmax_body = \"1k\"").await;
+    let mut c = Client::h1(&gate).await;
+    let a = c
+        .call(post("/x").body(full(vec![0u8; 2000])).unwrap())
+        .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Chunked, no Content-Length: caught while streaming.
+    let mut c = Client::h1(&gate).await;
+    let stream = futures_util::stream::iter(0..4).map(|_| {
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(vec![1u8; 600])))
+    });
+    let a = c
+        .call(
+            post("/x")
+                .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let mut c = Client::h1(&gate).await;
+    assert_eq!(
+        c.call(post("/x").body(full(vec![0u8; 1000])).unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let lines = gate.audit_lines();
+    assert_eq!(lines.iter().filter(|l| l["status"] == 413).count(), 2);
+    gate.stop().await;
+}
+
+async fn raw_exchange(gate: &Gate, bytes: &[u8]) -> String {
+    let mut tls = tls_connect(gate, &[b"http/1.1"]).await;
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn headers_too_large_is_431_and_malformed_is_400_and_both_are_audited() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(
+        &node,
+        "[limits]\nmax_header_bytes = \"16k\"\n[health]\nenabled = false",
+    )
+    .await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let r = raw_exchange(&gate, big.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+    let r = raw_exchange(
+        &gate,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert_eq!(
+        node.requests.load(Ordering::Relaxed),
+        0,
+        "nothing reached the node"
+    );
+    let lines = gate.audit_lines();
+    assert!(lines
+        .iter()
+        .any(|l| l["status"] == 431 && l["outcome"] == "rejected"));
+    assert!(lines
+        .iter()
+        .any(|l| l["status"] == 400 && l["outcome"] == "rejected"));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn slowloris_is_cut_by_the_header_read_timeout() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[limits]\nheader_read_timeout = \"500ms\"").await;
+    let mut tls = tls_connect(&gate, &[b"http/1.1"]).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "connection still open after 5 s");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn connection_limit_holds_extra_connections_back() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[limits]\nmax_connections = 1").await;
+    let mut first = Client::h1(&gate).await;
+    assert_eq!(first.get("/a").await.status, StatusCode::OK);
+    // The second connection waits in the backlog: its handshake cannot complete.
+    let second = tokio::time::timeout(
+        Duration::from_millis(500),
+        tls_connect(&gate, &[b"http/1.1"]),
+    )
+    .await;
+    assert!(
+        second.is_err(),
+        "a second connection was served beyond max_connections"
+    );
+    drop(first);
+    let mut third = tokio::time::timeout(Duration::from_secs(5), Client::h1(&gate))
+        .await
+        .expect("served after the first closed");
+    assert_eq!(third.get("/b").await.status, StatusCode::OK);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn redirect_listener_sends_308_to_https() {
+    init();
+    let node = Node::start("n", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .redirect_listener()
+        .env("EXTERNAL_URL", "https://bot.example.com")
+        .toml("[health]\nenabled = false")
+        .start()
+        .await;
+    let stream = tokio::net::TcpStream::connect(gate.http.unwrap())
+        .await
+        .unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/admin/x?y=1")
+        .header("host", "bot.example.com")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        resp.headers()["location"],
+        "https://bot.example.com/admin/x?y=1"
+    );
+    assert_eq!(node.requests.load(Ordering::Relaxed), 0);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
+    init();
+    let node = Node::start(
+        "slow",
+        Arc::new(|_req, _| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                Response::new(full("done"))
+            })
+        }),
+    )
+    .await;
+    let mut gate = Gate::builder().upstream(node.url()).start().await;
+    let mut c = Client::h1(&gate).await;
+    let inflight = tokio::spawn(async move { c.get("/slow").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.trigger_stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = tokio::net::TcpStream::connect(gate.https).await;
+    let a = inflight.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.text(), "done");
+    gate.wait_stopped().await;
+    assert!(
+        refused.is_err() || tokio::net::TcpStream::connect(gate.https).await.is_err(),
+        "new connections refused"
+    );
+    let lines = read_audit_dir(&gate.audit_dir);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/slow" && l["status"] == 200),
+        "the last line was flushed"
+    );
+}
+
+#[tokio::test]
+async fn expect_100_continue_and_trailers() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "").await;
+    let mut tls = tls_connect(&gate, &[b"http/1.1"]).await;
+    tls.write_all(
+        b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    tls.write_all(b"hello").await.unwrap();
+    let mut rest = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest[..n]);
+    assert!(text.contains("200 OK"), "{text}");
+    gate.stop().await;
+
+    // Trailers from the node reach an HTTP/2 client.
+    init();
+    let node = Node::start(
+        "t",
+        Arc::new(|_req, _| {
+            Box::pin(async move {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-checksum", "abc".parse().unwrap());
+                let frames = vec![
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(
+                        "body",
+                    ))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                Response::builder()
+                    .header("trailer", "x-checksum")
+                    .body(BodyExt::boxed(http_body_util::StreamBody::new(
+                        futures_util::stream::iter(frames),
+                    )))
+                    .unwrap()
+            })
+        }),
+    )
+    .await;
+    let gate = Gate::builder().upstream(node.url()).start().await;
+    let mut c = Client::h2(&gate).await;
+    let resp = c
+        .send(get("/t").body(full(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected
+            .trailers()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.as_bytes()),
+        Some(&b"abc"[..])
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn pooled_upstream_connections_are_reused() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "").await;
+    let mut c = Client::h1(&gate).await;
+    for _ in 0..50 {
+        assert_eq!(c.get("/x").await.status, StatusCode::OK);
+    }
+    assert!(
+        node.accepted.load(Ordering::Relaxed) <= 2,
+        "opened {} upstream connections for 50 sequential requests",
+        node.accepted.load(Ordering::Relaxed)
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn admin_health_and_readiness() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[health]\ninterval = \"100ms\"").await;
+    assert_eq!(gate.admin_get("/healthz").await.0, StatusCode::OK);
+    let ready = eventually(Duration::from_secs(5), || {
+        futures_util::FutureExt::now_or_never(async { true }).unwrap_or(false) && gate.gw.ready()
+    })
+    .await;
+    assert!(ready);
+    assert_eq!(gate.admin_get("/readyz").await.0, StatusCode::OK);
+    node.kill().await;
+    assert!(
+        eventually(Duration::from_secs(5), || !gate.gw.ready()).await,
+        "readyz must fail with every node down"
+    );
+    assert_eq!(
+        gate.admin_get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    gate.stop().await;
+}
