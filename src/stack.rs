@@ -63,7 +63,7 @@ pub fn forward_settings(loaded: &Loaded) -> ForwardSettings {
         .iter()
         .map(|t| (t.prefix.clone(), t.response_timeout))
         .collect();
-    prefix_timeouts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    prefix_timeouts.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
     ForwardSettings {
         trusted: Trusted(c.forwarding.trusted_proxies.clone()),
         public_port: loaded

@@ -123,7 +123,7 @@ impl CertInfo {
     /// Whether the certificate names `host` (exact or one-label wildcard).
     pub fn matches_host(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        if self.ip_names.iter().any(|ip| *ip == host) {
+        if self.ip_names.contains(&host) {
             return true;
         }
         self.dns_names.iter().any(|n| {

@@ -36,7 +36,9 @@ pub fn spawn_health_checks(
             let s = settings.load_full();
             if s.enabled {
                 let mut set = tokio::task::JoinSet::new();
-                for node in cluster.snapshot().nodes.iter().cloned() {
+                let snap = cluster.snapshot();
+                for node in snap.nodes.iter() {
+                    let node = node.clone();
                     let s = s.clone();
                     set.spawn(async move {
                         let r = check(&node, &s).await;

@@ -860,14 +860,18 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         );
     }
 
-    if c.listen.admin == c.listen.https || Some(c.listen.admin) == c.listen.http {
+    // Port 0 (an ephemeral port, as tests use) cannot clash.
+    let same = |a: SocketAddr, b: SocketAddr| a == b && a.port() != 0;
+    if same(c.listen.admin, c.listen.https)
+        || c.listen.http.is_some_and(|h| same(c.listen.admin, h))
+    {
         err(
             "listen.admin",
             "the admin listener must not share the public port".into(),
             "set BPGATE_ADMIN_LISTEN to another address, e.g. 127.0.0.1:9901".into(),
         );
     }
-    if Some(c.listen.https) == c.listen.http {
+    if c.listen.http.is_some_and(|h| same(c.listen.https, h)) {
         err(
             "listen.http",
             "the redirect listener must not share the HTTPS port".into(),

@@ -1,1 +1,170 @@
+use std::collections::HashMap;
 
+use super::*;
+
+fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, toml).unwrap();
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    load(&p, &|k| env.get(k).cloned(), &Overrides::default())
+}
+
+fn err(toml: &str, env: &[(&str, &str)]) -> String {
+    load_str(toml, env)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| panic!("expected an error for {toml:?} {env:?}"))
+}
+
+#[test]
+fn shipped_default_config_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bpgate.toml"))
+        .unwrap();
+    let l = load_str(&text, &[]).unwrap();
+    assert_eq!(l.config.listen.https.to_string(), "127.0.0.1:8443");
+    assert_eq!(l.config.listen.admin.to_string(), "127.0.0.1:9901");
+    assert_eq!(l.derived.nodes[0].authority, "127.0.0.1:3000");
+}
+
+#[test]
+fn unknown_key_names_the_closest_known_one() {
+    let e = err("[cors]\norgins = []\n", &[]);
+    assert!(
+        e.contains("cors.orgins") && e.contains("did you mean `cors.origins`"),
+        "{e}"
+    );
+    let e = err("listn = 1\n", &[]);
+    assert!(
+        e.contains("`listn`") && e.contains("did you mean `listen`"),
+        "{e}"
+    );
+    let e = err(
+        "[[upstream.nodes]]\nurl = \"http://a:1\"\nwieght = 2\n",
+        &[],
+    );
+    assert!(e.contains("did you mean `upstream.nodes.weight`"), "{e}");
+}
+
+#[test]
+fn env_overrides_file_and_errors_name_the_variable() {
+    let l = load_str(
+        "[listen]\nhttps = \"127.0.0.1:1\"\n",
+        &[("BPGATE_LISTEN", "127.0.0.1:2")],
+    )
+    .unwrap();
+    assert_eq!(l.config.listen.https.port(), 2);
+    let e = err("", &[("BPGATE_LISTEN", "not-an-address")]);
+    assert!(
+        e.contains("listen.https") && e.contains("env BPGATE_LISTEN"),
+        "{e}"
+    );
+    let e = err("", &[("BPGATE_WORKERS", "many")]);
+    assert!(e.contains("BPGATE_WORKERS"), "{e}");
+    let e = err("", &[("BPGATE_MAX_BODY", "12q")]);
+    assert!(
+        e.contains("limits.max_body") && e.contains("BPGATE_MAX_BODY"),
+        "{e}"
+    );
+    let l = load_str(
+        "",
+        &[
+            ("BPGATE_MAX_BODY", "10m"),
+            ("BPGATE_DRAIN_TIMEOUT", "7"),
+            ("BPGATE_HTTP_LISTEN", ""),
+        ],
+    )
+    .unwrap();
+    assert_eq!(l.config.limits.max_body.0, 10 << 20);
+    assert_eq!(l.config.shutdown.drain_timeout.as_secs(), 7);
+    assert!(
+        l.config.listen.http.is_none(),
+        "empty BPGATE_HTTP_LISTEN turns it off"
+    );
+}
+
+#[test]
+fn upstreams_and_trusted_proxies_from_env() {
+    let l = load_str(
+        "",
+        &[
+            (
+                "BPGATE_UPSTREAMS",
+                "http://10.0.0.5:3000, http://10.0.0.6:3000",
+            ),
+            ("BPGATE_TRUSTED_PROXIES", "10.0.0.0/8,192.168.1.7"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(l.derived.nodes.len(), 2);
+    assert_eq!(l.derived.nodes[1].name, "10.0.0.6:3000");
+    assert_eq!(l.config.forwarding.trusted_proxies.len(), 2);
+    let e = err("", &[("BPGATE_UPSTREAMS", "https://x:1")]);
+    assert!(
+        e.contains("upstream.urls.0") && e.contains("BPGATE_UPSTREAMS"),
+        "{e}"
+    );
+    let e = err("", &[("BPGATE_TRUSTED_PROXIES", "10.0.0.0/33")]);
+    assert!(e.contains("forwarding.trusted_proxies"), "{e}");
+}
+
+#[test]
+fn external_url_is_validated_and_gives_the_base_path() {
+    let l = load_str("", &[("EXTERNAL_URL", "https://Bot.Example.com/botpress/")]).unwrap();
+    assert_eq!(l.derived.base_path, "/botpress");
+    assert_eq!(
+        l.derived.public_origin.as_deref(),
+        Some("https://bot.example.com")
+    );
+    for bad in [
+        "bot.example.com",
+        "ftp://x/",
+        "https://x/?a=1",
+        "https://x/#f",
+        "https://x/a/../b",
+    ] {
+        let e = err("", &[("EXTERNAL_URL", bad)]);
+        assert!(
+            e.contains("external_url") && e.contains("EXTERNAL_URL"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!("25m".parse::<ByteSize>().unwrap().0, 25 << 20);
+    assert_eq!("64K".parse::<ByteSize>().unwrap().0, 64 << 10);
+    assert_eq!("1g".parse::<ByteSize>().unwrap().0, 1 << 30);
+    assert_eq!("100".parse::<ByteSize>().unwrap().0, 100);
+    assert!("x".parse::<ByteSize>().is_err());
+    assert_eq!(types::duration::parse("30").unwrap().as_secs(), 30);
+    assert_eq!(types::duration::parse("500ms").unwrap().as_millis(), 500);
+    assert!(types::duration::parse("soon").is_err());
+}
+
+#[test]
+fn several_errors_are_reported_together_and_secrets_are_redacted() {
+    let e = err(
+        "[sticky]\ncookie_name = \"jwtToken\"\n[health]\nrise = 0\n",
+        &[],
+    );
+    assert!(
+        e.contains("sticky.cookie_name") && e.contains("health.rise"),
+        "{e}"
+    );
+    let l = load_str(
+        "[sticky]\nsecret = \"super-secret-value-123\"\n",
+        &[("BPGATE_JWT_SECRET", "jwt-secret-value")],
+    )
+    .unwrap();
+    let out = l.config.redacted_toml();
+    assert!(
+        !out.contains("super-secret-value-123") && !out.contains("jwt-secret-value"),
+        "{out}"
+    );
+    assert!(out.contains("<redacted>"));
+}

@@ -1,0 +1,186 @@
+//! The binary's command line: `bpgate config`, start-up refusals, certificate errors.
+
+mod support;
+
+use std::process::Command;
+
+use bpgate::tls::{load_pair, TlsError};
+use support::Pki;
+
+fn bpgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bpgate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BPGATE_") || k == "EXTERNAL_URL" || k == "BP_PRODUCTION" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[test]
+fn config_command_prints_effective_settings_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[sticky]\nsecret = \"file-secret-0123456789\"\n").unwrap();
+    let out = bpgate()
+        .args(["config", "--config"])
+        .arg(&cfg)
+        .env("BPGATE_LISTEN", "127.0.0.1:9443")
+        .env("BPGATE_JWT_SECRET", "jwt-secret-abcdef")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("https = \"127.0.0.1:9443\""),
+        "env applied: {text}"
+    );
+    assert!(
+        !text.contains("file-secret-0123456789") && !text.contains("jwt-secret-abcdef"),
+        "{text}"
+    );
+    assert!(text.contains("<redacted>"));
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_key_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[limits]\nmax_bdy = \"1m\"\n").unwrap();
+    for sub in [&["config"][..], &[][..]] {
+        let out = bpgate()
+            .args(sub)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("limits.max_bdy") && err.contains("did you mean `limits.max_body`"),
+            "{err}"
+        );
+    }
+    let out = bpgate()
+        .arg("config")
+        .env("EXTERNAL_URL", "bot.example.com")
+        .arg("--config")
+        .arg(dir.path().join("none.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing explicit config file is an error"
+    );
+    let out = bpgate()
+        .arg("config")
+        .env("EXTERNAL_URL", "nope")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EXTERNAL_URL"));
+}
+
+#[test]
+fn version_and_help() {
+    let out = bpgate().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = bpgate().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("config") && help.contains("--config"),
+        "{help}"
+    );
+}
+
+#[test]
+fn certificate_errors_are_clear() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let missing = d.join("nope.pem");
+    let e = load_pair(&missing, &pki.key).err().unwrap();
+    assert!(
+        matches!(e, TlsError::Missing { .. }) && e.to_string().contains("BPGATE_TLS_CERT"),
+        "{e}"
+    );
+    let e = load_pair(d, &pki.key).err().unwrap();
+    assert!(matches!(e, TlsError::Unreadable { .. }), "{e}");
+    let empty = d.join("empty.pem");
+    std::fs::write(&empty, "hello\n").unwrap();
+    let e = load_pair(&empty, &pki.key).err().unwrap();
+    assert!(
+        matches!(e, TlsError::NoCertificate { .. }) && e.to_string().contains("BEGIN CERTIFICATE"),
+        "{e}"
+    );
+    let e = load_pair(&pki.cert, &empty).err().unwrap();
+    assert!(
+        matches!(e, TlsError::NoKey { .. }) && e.to_string().contains("PKCS#8"),
+        "{e}"
+    );
+    let other = Pki::new();
+    let e = load_pair(&pki.cert, &other.key).err().unwrap();
+    assert!(
+        matches!(e, TlsError::KeyMismatch { .. }) && e.to_string().contains("does not match"),
+        "{e}"
+    );
+    let ok = load_pair(&pki.cert, &pki.key).unwrap();
+    assert!(!ok.info.expired(bpgate::cluster::unix_now() as i64));
+    let old = Pki::with_validity(-30, -1);
+    let expired = load_pair(&old.cert, &old.key).unwrap();
+    assert!(
+        expired.info.expired(bpgate::cluster::unix_now() as i64),
+        "expired certificates load (with a warning) and are flagged"
+    );
+}
+
+#[test]
+fn non_default_missing_certificate_refuses_to_start_and_generates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let out = bpgate()
+        .current_dir(dir.path())
+        .env("BPGATE_TLS_CERT", &cert)
+        .env("BPGATE_TLS_KEY", dir.path().join("key.pem"))
+        .env("BPGATE_LISTEN", "127.0.0.1:0")
+        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !cert.exists(),
+        "bpgate must not generate certificates at non-default paths"
+    );
+}
+
+#[test]
+fn unwritable_audit_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = bpgate()
+        .env("BPGATE_TLS_CERT", &pki.cert)
+        .env("BPGATE_TLS_KEY", &pki.key)
+        .env("BPGATE_LISTEN", "127.0.0.1:0")
+        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("BPGATE_AUDIT_DIR", blocker.join("audit"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit.dir") && err.contains("BPGATE_AUDIT_DIR"),
+        "{err}"
+    );
+}
