@@ -282,7 +282,7 @@ pub struct Gate {
 }
 
 pub struct GateBuilder {
-    toml: String,
+    toml: Vec<String>,
     env: HashMap<String, String>,
     upstreams: Vec<String>,
     redirect: bool,
@@ -292,7 +292,7 @@ pub struct GateBuilder {
 impl Gate {
     pub fn builder() -> GateBuilder {
         GateBuilder {
-            toml: String::new(),
+            toml: Vec::new(),
             env: HashMap::new(),
             upstreams: vec![],
             redirect: false,
@@ -304,8 +304,7 @@ impl Gate {
 impl GateBuilder {
     /// TOML appended to the generated config (sections allowed).
     pub fn toml(mut self, t: &str) -> Self {
-        self.toml.push_str(t);
-        self.toml.push('\n');
+        self.toml.push(t.to_string());
         self
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -335,7 +334,7 @@ impl GateBuilder {
             pki.cert, pki.key, audit_dir, ups.join(",")
         );
         let path = dir.path().join("bpgate.toml");
-        let merged = merge_toml(&toml, &self.toml);
+        let merged = self.toml.iter().fold(toml, |acc, extra| merge_toml(&acc, extra));
         std::fs::write(&path, merged).unwrap();
         let env = self.env.clone();
         let loaded = bpgate::config::load(&path, &|k| env.get(k).cloned(), &Default::default())
@@ -383,6 +382,8 @@ fn merge_toml(base: &str, extra: &str) -> String {
         for (k, v) in e {
             match (b.get_mut(&k), v) {
                 (Some(toml::Value::Table(bt)), toml::Value::Table(et)) => merge(bt, et),
+                // Arrays of tables (`[[upstream.nodes]]`) accumulate across fragments.
+                (Some(toml::Value::Array(ba)), toml::Value::Array(ea)) if ea.iter().all(|x| x.is_table()) && !ea.is_empty() => ba.extend(ea),
                 (_, v) => {
                     b.insert(k, v);
                 }

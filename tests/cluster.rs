@@ -1,0 +1,332 @@
+//! Cluster routing against fake Botpress nodes that behave like engine.io polling: a node hands
+//! out a session id on the first request and answers 400 "Session ID unknown" to any id it did
+//! not issue.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use support::*;
+
+/// An engine.io-like node.
+fn engine_io() -> Handler {
+    let sessions: Arc<Mutex<HashSet<String>>> = Arc::default();
+    Arc::new(move |req: Request<Incoming>, cx: NodeCtx| {
+        let sessions = sessions.clone();
+        Box::pin(async move {
+            if req.headers().get("upgrade").is_some() {
+                let mut r = ws_echo(req);
+                r.headers_mut().insert("x-node", cx.name.parse().unwrap());
+                return r;
+            }
+            let q = req.uri().query().unwrap_or("");
+            let sid = q.split('&').find_map(|kv| kv.strip_prefix("sid=")).map(str::to_string);
+            let cookie_leaked = req.headers().get_all("cookie").iter().any(|v| v.to_str().unwrap_or("").contains("bpgate_node"));
+            let (status, body) = match sid {
+                _ if cookie_leaked => (StatusCode::IM_A_TEAPOT, "sticky cookie reached the node".to_string()),
+                None => {
+                    let id = format!("{}-{}", cx.name, fastrand::u64(..));
+                    sessions.lock().unwrap().insert(id.clone());
+                    (StatusCode::OK, format!("0{{\"sid\":\"{id}\"}}"))
+                }
+                Some(s) if sessions.lock().unwrap().contains(&s) => (StatusCode::OK, "ok".to_string()),
+                Some(_) => (StatusCode::BAD_REQUEST, r#"{"code":1,"message":"Session ID unknown"}"#.to_string()),
+            };
+            Response::builder().status(status).header("x-node", cx.name.as_str()).body(full(body)).unwrap()
+        })
+    })
+}
+
+/// A browser: one connection, a cookie jar for bpgate's cookie, and an engine.io session.
+struct Browser {
+    client: Client,
+    cookie: Option<String>,
+    sid: Option<String>,
+    keep_cookies: bool,
+}
+
+struct Poll {
+    status: StatusCode,
+    node: String,
+    set_cookie: bool,
+}
+
+impl Browser {
+    async fn new(gate: &Gate, ip: Option<IpAddr>, keep_cookies: bool) -> Browser {
+        let tls = tls_connect_from(gate, &[b"http/1.1"], ip).await;
+        Browser { client: Client::over(tls).await, cookie: None, sid: None, keep_cookies }
+    }
+
+    async fn poll(&mut self) -> Poll {
+        let mut path = "/socket.io/?EIO=4&transport=polling".to_string();
+        if let Some(s) = &self.sid {
+            path.push_str("&sid=");
+            path.push_str(s);
+        }
+        let mut b = get(&path);
+        if let Some(c) = &self.cookie {
+            b = b.header("cookie", format!("other=1; {c}"));
+        }
+        let a = self.client.call(b.body(full(Bytes::new())).unwrap()).await;
+        let set = a.headers.get_all("set-cookie").iter().find_map(|v| {
+            let s = v.to_str().ok()?;
+            s.starts_with("bpgate_node=").then(|| s.split(';').next().unwrap().to_string())
+        });
+        let set_cookie = set.is_some();
+        if self.keep_cookies {
+            if let Some(c) = set {
+                self.cookie = Some(c);
+            }
+        }
+        if a.status == StatusCode::OK && a.text().starts_with("0{") {
+            let t = a.text();
+            self.sid = Some(t[9..t.len() - 2].to_string());
+        }
+        if a.status != StatusCode::OK {
+            // engine.io reconnects with a new handshake.
+            self.sid = None;
+        }
+        Poll { status: a.status, node: a.header("x-node").unwrap_or("").to_string(), set_cookie }
+    }
+}
+
+async fn cluster(n: usize, toml: &str) -> (Vec<Node>, Gate) {
+    init();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(Node::start(&format!("node-{i}"), engine_io()).await);
+    }
+    let mut b = Gate::builder().toml("[sticky]\nsecret = \"a-shared-secret-of-some-length\"\n[health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1").toml(toml);
+    for (i, node) in nodes.iter().enumerate() {
+        b = b.toml(&format!("[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-{i}\"", node.url()));
+    }
+    let gate = b.toml("[upstream]\nurls = []").start().await;
+    (nodes, gate)
+}
+
+fn ip(i: usize) -> Option<IpAddr> {
+    Some(IpAddr::from([127, 0, 1 + (i / 200) as u8, 10 + (i % 200) as u8]))
+}
+
+#[tokio::test]
+async fn fifty_browsers_fifty_polls_all_succeed_and_spread() {
+    let (_nodes, gate) = cluster(3, "").await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut b = Browser::new(&gate, ip(i), true).await;
+        tasks.push(tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            for _ in 0..50 {
+                let p = b.poll().await;
+                assert_eq!(p.status, StatusCode::OK, "a poll failed on {}", p.node);
+                seen.insert(p.node);
+            }
+            assert_eq!(seen.len(), 1, "a browser moved between nodes: {seen:?}");
+            seen.into_iter().next().unwrap()
+        }));
+    }
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        *per_node.entry(t.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "new sessions must reach every node: {per_node:?}");
+    assert!(per_node.values().all(|n| *n >= 5), "{per_node:?}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn cookie_refusing_browser_stays_put_by_client_ip() {
+    let (_nodes, gate) = cluster(3, "").await;
+    let mut b = Browser::new(&gate, ip(7), false).await;
+    let first = b.poll().await;
+    for _ in 0..30 {
+        let p = b.poll().await;
+        assert_eq!(p.status, StatusCode::OK);
+        assert_eq!(p.node, first.node);
+    }
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn dead_node_clients_are_repinned_and_a_restarted_node_gets_new_sessions() {
+    let (mut nodes, gate) = cluster(3, "").await;
+    let mut browsers = Vec::new();
+    for i in 0..30 {
+        let mut b = Browser::new(&gate, ip(i), true).await;
+        assert_eq!(b.poll().await.status, StatusCode::OK);
+        browsers.push(b);
+    }
+    let victim = nodes.remove(0);
+    let victim_name = victim.name.clone();
+    let addr = victim.kill().await;
+    // One health interval later (200 ms, fall = 1) the node is out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut failed = 0;
+    for b in browsers.iter_mut() {
+        let mut ok = false;
+        for _ in 0..2 {
+            let p = b.poll().await;
+            assert_ne!(p.node, victim_name);
+            if p.status == StatusCode::OK {
+                ok = true;
+            } else {
+                failed += 1; // the old sid is unknown on the new node: one reconnect
+            }
+        }
+        assert!(ok, "a browser never recovered");
+        assert!(b.poll().await.status == StatusCode::OK);
+    }
+    assert!(failed <= 30, "only the first poll after the move may fail, got {failed}");
+    let failover = gate.gw.cluster.stats.failover.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(failover > 0, "cookies pinned to the dead node must fail over");
+
+    // The node comes back on the same address: after `rise` checks it takes new sessions.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let _back = Node::start_on(&victim_name, listener, engine_io()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut landed = HashSet::new();
+    for i in 100..160 {
+        let mut b = Browser::new(&gate, ip(i), true).await;
+        landed.insert(b.poll().await.node);
+    }
+    assert!(landed.contains(&victim_name), "the restarted node got no new session: {landed:?}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn drain_keeps_pinned_clients_and_stops_new_sessions() {
+    let (_nodes, gate) = cluster(2, "[sticky]\nfallback = \"none\"").await;
+    let mut pinned = Browser::new(&gate, None, true).await;
+    let node = pinned.poll().await.node;
+    let (s, _) = gate.admin_post(&format!("/upstreams/{node}/drain")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, view) = gate.admin_get("/upstreams").await;
+    assert!(view.contains("\"draining\""), "{view}");
+    for _ in 0..10 {
+        let p = pinned.poll().await;
+        assert_eq!((p.status, p.node.as_str()), (StatusCode::OK, node.as_str()));
+    }
+    for _ in 0..20 {
+        let mut b = Browser::new(&gate, None, true).await;
+        assert_ne!(b.poll().await.node, node, "a drained node got a new session");
+    }
+    gate.admin_post(&format!("/upstreams/{node}/undrain")).await;
+    let mut got = false;
+    for _ in 0..40 {
+        let mut b = Browser::new(&gate, None, true).await;
+        got |= b.poll().await.node == node;
+    }
+    assert!(got, "an undrained node must get new sessions again");
+    assert_eq!(gate.admin_post("/upstreams/nope/drain").await.0, StatusCode::NOT_FOUND);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn forged_expired_and_garbled_cookies_are_a_new_pin() {
+    let (_nodes, gate) = cluster(2, "").await;
+    let mut b = Browser::new(&gate, None, true).await;
+    b.poll().await;
+    let good = b.cookie.clone().unwrap();
+    let value = good.trim_start_matches("bpgate_node=").to_string();
+    let mut tampered = value.clone().into_bytes();
+    tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
+    let other = bpgate::cluster::StickyCodec::new(b"some-other-secret-entirely", None, "bpgate_node", "/", 86_400);
+    let foreign = other.seal(other.current().node_id("node-0"), bpgate::cluster::unix_now());
+    let ours = bpgate::cluster::StickyCodec::new(b"a-shared-secret-of-some-length", None, "bpgate_node", "/", 86_400);
+    let expired = ours.seal(ours.current().node_id("node-0"), bpgate::cluster::unix_now() - 2 * 86_400);
+    for bad in [String::from_utf8(tampered).unwrap(), "garbage".to_string(), foreign, expired] {
+        let mut c = Browser::new(&gate, None, true).await;
+        c.cookie = Some(format!("bpgate_node={bad}"));
+        let p = c.poll().await;
+        assert_eq!(p.status, StatusCode::OK, "a bad cookie is no error");
+        assert!(p.set_cookie, "a bad cookie gets a new pin");
+    }
+    let mut c = Browser::new(&gate, None, true).await;
+    c.cookie = Some(good);
+    assert!(!c.poll().await.set_cookie, "a good cookie is not re-issued");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_with_one_secret_agree_and_websocket_follows_the_pin() {
+    init();
+    let n0 = Node::start("node-0", engine_io()).await;
+    let n1 = Node::start("node-1", engine_io()).await;
+    let conf = format!(
+        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"none\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"",
+        n0.url(),
+        n1.url()
+    );
+    // The replica lists the nodes in the other order: ids come from names, not positions.
+    let conf_b = format!(
+        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"none\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"",
+        n1.url(),
+        n0.url()
+    );
+    let a = Gate::builder().toml(&conf).start().await;
+    let b = Gate::builder().toml(&conf_b).start().await;
+    for _ in 0..10 {
+        let mut on_a = Browser::new(&a, None, true).await;
+        let node = on_a.poll().await.node;
+        let mut on_b = Browser::new(&b, None, true).await;
+        on_b.cookie = on_a.cookie.clone();
+        on_b.sid = on_a.sid.clone();
+        let p = on_b.poll().await;
+        assert_eq!((p.status, p.node.as_str()), (StatusCode::OK, node.as_str()));
+
+        // The WebSocket upgrade with that cookie lands on the same node.
+        let tls = tls_connect(&b, &[b"http/1.1"]).await;
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
+            b.https.port()
+        ))
+        .unwrap();
+        req.headers_mut().insert("cookie", on_a.cookie.clone().unwrap().parse().unwrap());
+        let (_ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        assert_eq!(resp.headers()["x-node"], node.as_str());
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn all_nodes_down_is_503_with_retry_after() {
+    let (nodes, gate) = cluster(2, "").await;
+    for n in nodes {
+        n.kill().await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut c = Client::h1(&gate).await;
+    let a = c.get("/x").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.header("retry-after").is_some());
+    assert_eq!(gate.admin_get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried_on_another_node() {
+    init();
+    let live = Node::start("live", echo()).await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let gate = Gate::builder()
+        .toml(&format!(
+            "[health]\nenabled = false\n[sticky]\nfallback = \"none\"\n[upstream]\nurls = [\"http://{dead}\", \"{}\"]",
+            live.url()
+        ))
+        .start()
+        .await;
+    for _ in 0..20 {
+        let mut c = Client::h1(&gate).await;
+        let a = c.call(post("/x").body(full("payload")).unwrap()).await;
+        assert_eq!(a.status, StatusCode::OK, "a POST that never reached a node is retried");
+        assert_eq!(a.json()["body_len"], 7);
+    }
+    gate.stop().await;
+}
