@@ -26,19 +26,38 @@ fn engine_io() -> Handler {
                 return r;
             }
             let q = req.uri().query().unwrap_or("");
-            let sid = q.split('&').find_map(|kv| kv.strip_prefix("sid=")).map(str::to_string);
-            let cookie_leaked = req.headers().get_all("cookie").iter().any(|v| v.to_str().unwrap_or("").contains("bpgate_node"));
+            let sid = q
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("sid="))
+                .map(str::to_string);
+            let cookie_leaked = req
+                .headers()
+                .get_all("cookie")
+                .iter()
+                .any(|v| v.to_str().unwrap_or("").contains("bpgate_node"));
             let (status, body) = match sid {
-                _ if cookie_leaked => (StatusCode::IM_A_TEAPOT, "sticky cookie reached the node".to_string()),
+                _ if cookie_leaked => (
+                    StatusCode::IM_A_TEAPOT,
+                    "sticky cookie reached the node".to_string(),
+                ),
                 None => {
                     let id = format!("{}-{}", cx.name, fastrand::u64(..));
                     sessions.lock().unwrap().insert(id.clone());
                     (StatusCode::OK, format!("0{{\"sid\":\"{id}\"}}"))
                 }
-                Some(s) if sessions.lock().unwrap().contains(&s) => (StatusCode::OK, "ok".to_string()),
-                Some(_) => (StatusCode::BAD_REQUEST, r#"{"code":1,"message":"Session ID unknown"}"#.to_string()),
+                Some(s) if sessions.lock().unwrap().contains(&s) => {
+                    (StatusCode::OK, "ok".to_string())
+                }
+                Some(_) => (
+                    StatusCode::BAD_REQUEST,
+                    r#"{"code":1,"message":"Session ID unknown"}"#.to_string(),
+                ),
             };
-            Response::builder().status(status).header("x-node", cx.name.as_str()).body(full(body)).unwrap()
+            Response::builder()
+                .status(status)
+                .header("x-node", cx.name.as_str())
+                .body(full(body))
+                .unwrap()
         })
     })
 }
@@ -60,7 +79,12 @@ struct Poll {
 impl Browser {
     async fn new(gate: &Gate, ip: Option<IpAddr>, keep_cookies: bool) -> Browser {
         let tls = tls_connect_from(gate, &[b"http/1.1"], ip).await;
-        Browser { client: Client::over(tls).await, cookie: None, sid: None, keep_cookies }
+        Browser {
+            client: Client::over(tls).await,
+            cookie: None,
+            sid: None,
+            keep_cookies,
+        }
     }
 
     async fn poll(&mut self) -> Poll {
@@ -76,7 +100,8 @@ impl Browser {
         let a = self.client.call(b.body(full(Bytes::new())).unwrap()).await;
         let set = a.headers.get_all("set-cookie").iter().find_map(|v| {
             let s = v.to_str().ok()?;
-            s.starts_with("bpgate_node=").then(|| s.split(';').next().unwrap().to_string())
+            s.starts_with("bpgate_node=")
+                .then(|| s.split(';').next().unwrap().to_string())
         });
         let set_cookie = set.is_some();
         if self.keep_cookies {
@@ -92,7 +117,11 @@ impl Browser {
             // engine.io reconnects with a new handshake.
             self.sid = None;
         }
-        Poll { status: a.status, node: a.header("x-node").unwrap_or("").to_string(), set_cookie }
+        Poll {
+            status: a.status,
+            node: a.header("x-node").unwrap_or("").to_string(),
+            set_cookie,
+        }
     }
 }
 
@@ -104,14 +133,22 @@ async fn cluster(n: usize, toml: &str) -> (Vec<Node>, Gate) {
     }
     let mut b = Gate::builder().toml("[sticky]\nsecret = \"a-shared-secret-of-some-length\"\n[health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nrise = 1\nfall = 1").toml(toml);
     for (i, node) in nodes.iter().enumerate() {
-        b = b.toml(&format!("[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-{i}\"", node.url()));
+        b = b.toml(&format!(
+            "[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-{i}\"",
+            node.url()
+        ));
     }
     let gate = b.toml("[upstream]\nurls = []").start().await;
     (nodes, gate)
 }
 
 fn ip(i: usize) -> Option<IpAddr> {
-    Some(IpAddr::from([127, 0, 1 + (i / 200) as u8, 10 + (i % 200) as u8]))
+    Some(IpAddr::from([
+        127,
+        0,
+        1 + (i / 200) as u8,
+        10 + (i % 200) as u8,
+    ]))
 }
 
 #[tokio::test]
@@ -135,7 +172,11 @@ async fn fifty_browsers_fifty_polls_all_succeed_and_spread() {
     for t in tasks {
         *per_node.entry(t.await.unwrap()).or_default() += 1;
     }
-    assert_eq!(per_node.len(), 3, "new sessions must reach every node: {per_node:?}");
+    assert_eq!(
+        per_node.len(),
+        3,
+        "new sessions must reach every node: {per_node:?}"
+    );
     assert!(per_node.values().all(|n| *n >= 5), "{per_node:?}");
     gate.stop().await;
 }
@@ -182,9 +223,20 @@ async fn dead_node_clients_are_repinned_and_a_restarted_node_gets_new_sessions()
         assert!(ok, "a browser never recovered");
         assert!(b.poll().await.status == StatusCode::OK);
     }
-    assert!(failed <= 30, "only the first poll after the move may fail, got {failed}");
-    let failover = gate.gw.cluster.stats.failover.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(failover > 0, "cookies pinned to the dead node must fail over");
+    assert!(
+        failed <= 30,
+        "only the first poll after the move may fail, got {failed}"
+    );
+    let failover = gate
+        .gw
+        .cluster
+        .stats
+        .failover
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        failover > 0,
+        "cookies pinned to the dead node must fail over"
+    );
 
     // The node comes back on the same address: after `rise` checks it takes new sessions.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -195,7 +247,10 @@ async fn dead_node_clients_are_repinned_and_a_restarted_node_gets_new_sessions()
         let mut b = Browser::new(&gate, ip(i), true).await;
         landed.insert(b.poll().await.node);
     }
-    assert!(landed.contains(&victim_name), "the restarted node got no new session: {landed:?}");
+    assert!(
+        landed.contains(&victim_name),
+        "the restarted node got no new session: {landed:?}"
+    );
     gate.stop().await;
 }
 
@@ -214,7 +269,11 @@ async fn drain_keeps_pinned_clients_and_stops_new_sessions() {
     }
     for _ in 0..20 {
         let mut b = Browser::new(&gate, None, true).await;
-        assert_ne!(b.poll().await.node, node, "a drained node got a new session");
+        assert_ne!(
+            b.poll().await.node,
+            node,
+            "a drained node got a new session"
+        );
     }
     gate.admin_post(&format!("/upstreams/{node}/undrain")).await;
     let mut got = false;
@@ -223,7 +282,10 @@ async fn drain_keeps_pinned_clients_and_stops_new_sessions() {
         got |= b.poll().await.node == node;
     }
     assert!(got, "an undrained node must get new sessions again");
-    assert_eq!(gate.admin_post("/upstreams/nope/drain").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        gate.admin_post("/upstreams/nope/drain").await.0,
+        StatusCode::NOT_FOUND
+    );
     gate.stop().await;
 }
 
@@ -236,11 +298,34 @@ async fn forged_expired_and_garbled_cookies_are_a_new_pin() {
     let value = good.trim_start_matches("bpgate_node=").to_string();
     let mut tampered = value.clone().into_bytes();
     tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
-    let other = bpgate::cluster::StickyCodec::new(b"some-other-secret-entirely", None, "bpgate_node", "/", 86_400);
-    let foreign = other.seal(other.current().node_id("node-0"), bpgate::cluster::unix_now());
-    let ours = bpgate::cluster::StickyCodec::new(b"a-shared-secret-of-some-length", None, "bpgate_node", "/", 86_400);
-    let expired = ours.seal(ours.current().node_id("node-0"), bpgate::cluster::unix_now() - 2 * 86_400);
-    for bad in [String::from_utf8(tampered).unwrap(), "garbage".to_string(), foreign, expired] {
+    let other = bpgate::cluster::StickyCodec::new(
+        b"some-other-secret-entirely",
+        None,
+        "bpgate_node",
+        "/",
+        86_400,
+    );
+    let foreign = other.seal(
+        other.current().node_id("node-0"),
+        bpgate::cluster::unix_now(),
+    );
+    let ours = bpgate::cluster::StickyCodec::new(
+        b"a-shared-secret-of-some-length",
+        None,
+        "bpgate_node",
+        "/",
+        86_400,
+    );
+    let expired = ours.seal(
+        ours.current().node_id("node-0"),
+        bpgate::cluster::unix_now() - 2 * 86_400,
+    );
+    for bad in [
+        String::from_utf8(tampered).unwrap(),
+        "garbage".to_string(),
+        foreign,
+        expired,
+    ] {
         let mut c = Browser::new(&gate, None, true).await;
         c.cookie = Some(format!("bpgate_node={bad}"));
         let p = c.poll().await;
@@ -282,12 +367,16 @@ async fn two_replicas_with_one_secret_agree_and_websocket_follows_the_pin() {
 
         // The WebSocket upgrade with that cookie lands on the same node.
         let tls = tls_connect(&b, &[b"http/1.1"]).await;
-        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
-            "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
-            b.https.port()
-        ))
-        .unwrap();
-        req.headers_mut().insert("cookie", on_a.cookie.clone().unwrap().parse().unwrap());
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!(
+                    "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
+                    b.https.port()
+                ),
+            )
+            .unwrap();
+        req.headers_mut()
+            .insert("cookie", on_a.cookie.clone().unwrap().parse().unwrap());
         let (_ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
         assert_eq!(resp.headers()["x-node"], node.as_str());
     }
@@ -306,7 +395,10 @@ async fn all_nodes_down_is_503_with_retry_after() {
     let a = c.get("/x").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(a.header("retry-after").is_some());
-    assert_eq!(gate.admin_get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        gate.admin_get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     gate.stop().await;
 }
 
@@ -314,7 +406,11 @@ async fn all_nodes_down_is_503_with_retry_after() {
 async fn connect_failure_is_retried_on_another_node() {
     init();
     let live = Node::start("live", echo()).await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gate = Gate::builder()
         .toml(&format!(
             "[health]\nenabled = false\n[sticky]\nfallback = \"none\"\n[upstream]\nurls = [\"http://{dead}\", \"{}\"]",
@@ -325,7 +421,11 @@ async fn connect_failure_is_retried_on_another_node() {
     for _ in 0..20 {
         let mut c = Client::h1(&gate).await;
         let a = c.call(post("/x").body(full("payload")).unwrap()).await;
-        assert_eq!(a.status, StatusCode::OK, "a POST that never reached a node is retried");
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "a POST that never reached a node is retried"
+        );
         assert_eq!(a.json()["body_len"], 7);
     }
     gate.stop().await;

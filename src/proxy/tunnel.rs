@@ -77,6 +77,7 @@ pub async fn run(
         start,
         last: AtomicU64::new(0),
         first_eof: AtomicU8::new(0),
+        eof_at: AtomicU64::new(0),
     });
     let mut a = Tracked {
         io: TokioIo::new(c),
@@ -91,12 +92,21 @@ pub async fn run(
         bytes: 0,
     };
     let watchdog = async {
-        let tick = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let tick = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             tokio::time::sleep(tick).await;
             let last = Duration::from_millis(state.last.load(Ordering::Relaxed));
             if start.elapsed().saturating_sub(last) >= idle {
-                return;
+                return "idle_timeout";
+            }
+            // One side closed; the other keeps a half-open connection only briefly.
+            let eof = state.eof_at.load(Ordering::Relaxed);
+            if eof != 0 && start.elapsed().saturating_sub(Duration::from_millis(eof)) >= LINGER {
+                return if state.first_eof.load(Ordering::Relaxed) == 2 {
+                    "upstream"
+                } else {
+                    "client"
+                };
             }
         }
     };
@@ -105,7 +115,7 @@ pub async fn run(
             Ok(_) => match state.first_eof.load(Ordering::Relaxed) { 2 => "upstream", _ => "client" },
             Err(_) => "error",
         },
-        _ = watchdog => "idle_timeout",
+        why = watchdog => why,
         _ = stop.cancelled() => "shutdown",
     };
     // Each wrapper counted what it read, which stays right however the copy ended.
@@ -123,7 +133,12 @@ struct State {
     last: AtomicU64,
     /// 1 = client, 2 = node: the side whose read hit end-of-stream first.
     first_eof: AtomicU8,
+    /// Milliseconds since `start` when that happened (0: not yet).
+    eof_at: AtomicU64,
 }
+
+/// How long a tunnel stays half-open after one side closed.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// Counts bytes read from one side and notes activity and who closed first.
 struct Tracked<T> {
@@ -140,7 +155,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let r = match Pin::new(&mut self.io).poll_read(cx, buf) {
+            // Browsers often drop TLS without close_notify; that is a close, not a failure.
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        };
         if let Poll::Ready(Ok(())) = r {
             let n = buf.filled().len() - before;
             if n == 0 {

@@ -334,7 +334,10 @@ impl GateBuilder {
             pki.cert, pki.key, audit_dir, ups.join(",")
         );
         let path = dir.path().join("bpgate.toml");
-        let merged = self.toml.iter().fold(toml, |acc, extra| merge_toml(&acc, extra));
+        let merged = self
+            .toml
+            .iter()
+            .fold(toml, |acc, extra| merge_toml(&acc, extra));
         std::fs::write(&path, merged).unwrap();
         let env = self.env.clone();
         let loaded = bpgate::config::load(&path, &|k| env.get(k).cloned(), &Default::default())
@@ -383,7 +386,11 @@ fn merge_toml(base: &str, extra: &str) -> String {
             match (b.get_mut(&k), v) {
                 (Some(toml::Value::Table(bt)), toml::Value::Table(et)) => merge(bt, et),
                 // Arrays of tables (`[[upstream.nodes]]`) accumulate across fragments.
-                (Some(toml::Value::Array(ba)), toml::Value::Array(ea)) if ea.iter().all(|x| x.is_table()) && !ea.is_empty() => ba.extend(ea),
+                (Some(toml::Value::Array(ba)), toml::Value::Array(ea))
+                    if ea.iter().all(|x| x.is_table()) && !ea.is_empty() =>
+                {
+                    ba.extend(ea)
+                }
                 (_, v) => {
                     b.insert(k, v);
                 }

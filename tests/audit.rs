@@ -1,0 +1,309 @@
+//! The audit trail: complete under load, across rotation, with users, visitors and tunnels.
+
+mod support;
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_requests_five_thousand_lines_across_a_rotation() {
+    init();
+    let node = Node::start("n", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[health]\nenabled = false")
+        .start()
+        .await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let mut c = if i % 2 == 0 {
+            Client::h1(&gate).await
+        } else {
+            Client::h2(&gate).await
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for j in 0..50 {
+                let body = vec![b'x'; (i * 50 + j) % 300];
+                let a = c
+                    .call(post(&format!("/api/{i}/{j}")).body(full(body)).unwrap())
+                    .await;
+                assert_eq!(a.status, StatusCode::OK);
+                ids.push((
+                    a.header("x-request-id").unwrap().to_string(),
+                    a.body.len(),
+                    (i * 50 + j) % 300,
+                ));
+            }
+            ids
+        }));
+        if i == 50 {
+            // Rotate while requests are in flight.
+            let sink = gate.gw.audit.clone().unwrap();
+            tokio::task::spawn_blocking(move || sink.rotate());
+        }
+    }
+    let mut expected = Vec::new();
+    for t in tasks {
+        expected.extend(t.await.unwrap());
+    }
+    let lines = gate.audit_lines();
+    assert_eq!(
+        lines.len(),
+        5000,
+        "one line per request, none lost or split"
+    );
+    let ids: HashSet<&str> = lines
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5000, "request ids are unique");
+    let by_id: std::collections::HashMap<&str, &serde_json::Value> = lines
+        .iter()
+        .map(|l| (l["request_id"].as_str().unwrap(), l))
+        .collect();
+    for (id, out, inb) in &expected {
+        let l = by_id[id.as_str()];
+        assert_eq!(l["status"], 200);
+        assert_eq!(l["bytes_out"], *out as u64);
+        assert_eq!(l["bytes_in"], *inb as u64);
+        assert_eq!(l["outcome"], "ok");
+        assert_eq!(
+            l["upstream"],
+            "127.0.0.1:".to_string() + &node.addr.port().to_string()
+        );
+    }
+    let files = std::fs::read_dir(&gate.audit_dir).unwrap().count();
+    assert!(files >= 2, "the rotation produced a second file");
+    gate.stop().await;
+}
+
+fn jwt(secret: &str, email: &str, exp: u64) -> String {
+    #[derive(serde::Serialize)]
+    struct C<'a> {
+        email: &'a str,
+        strategy: &'a str,
+        aud: &'a str,
+        #[serde(rename = "isSuperAdmin")]
+        super_admin: bool,
+        exp: u64,
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &C {
+            email,
+            strategy: "default",
+            aud: "collaborators",
+            super_admin: true,
+            exp,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn users_from_bearer_and_cookie_and_tokens_never_written() {
+    init();
+    let node = Node::start("n", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .env("BPGATE_JWT_SECRET", "app-secret")
+        .start()
+        .await;
+    let soon = bpgate::cluster::unix_now() + 3600;
+    let cases = [
+        (
+            "authorization",
+            format!("Bearer {}", jwt("app-secret", "ok@x.io", soon)),
+            "/a",
+            Some("ok@x.io"),
+            "jwt",
+            None,
+        ),
+        (
+            "authorization",
+            format!("Bearer {}", jwt("forged", "evil@x.io", soon)),
+            "/b",
+            None,
+            "jwt_invalid",
+            Some("evil@x.io"),
+        ),
+        (
+            "cookie",
+            format!("jwtToken={}", jwt("app-secret", "old@x.io", 1000)),
+            "/c",
+            None,
+            "jwt_expired",
+            Some("old@x.io"),
+        ),
+        (
+            "cookie",
+            format!("jwtToken={}; x=1", jwt("app-secret", "cookie@x.io", soon)),
+            "/d",
+            Some("cookie@x.io"),
+            "jwt",
+            None,
+        ),
+    ];
+    let mut tokens = Vec::new();
+    for (h, v, path, _, _, _) in &cases {
+        tokens.push(v.clone());
+        let mut c = Client::h1(&gate).await;
+        c.call(
+            get(path)
+                .header(*h, v.as_str())
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    }
+    let mut c = Client::h1(&gate).await;
+    c.get("/e?token=sekrit&visitorId=v").await;
+    let lines = gate.audit_lines();
+    for (_, _, path, user, source, claimed) in &cases {
+        let l = lines.iter().find(|l| l["path"] == *path).unwrap();
+        assert_eq!(l["user"].as_str(), *user, "{path}");
+        assert_eq!(l["user_source"], *source, "{path}");
+        assert_eq!(l["claimed_user"].as_str(), *claimed, "{path}");
+    }
+    let anon = lines.iter().find(|l| l["path"] == "/e").unwrap();
+    assert!(anon["user"].is_null() && anon["user_source"].is_null());
+    assert_eq!(anon["query"], "token=REDACTED&visitorId=v");
+    let raw = std::fs::read_to_string(gate.audit_dir.join("audit.jsonl")).unwrap();
+    for t in tokens {
+        let token = t
+            .trim_start_matches("Bearer ")
+            .trim_start_matches("jwtToken=")
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(
+            !raw.contains(&token),
+            "a token was written to the audit trail"
+        );
+    }
+    assert!(!raw.contains("sekrit"));
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn visitor_id_and_websocket_open_and_close_lines() {
+    init();
+    let node = Node::start("n", echo()).await;
+    let gate = Gate::builder().upstream(node.url()).start().await;
+    let tls = tls_connect(&gate, &[b"http/1.1"]).await;
+    let url = format!(
+        "wss://localhost:{}/socket.io/?EIO=4&transport=websocket&visitorId=V123abc",
+        gate.https.port()
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    let ok = eventually(std::time::Duration::from_secs(5), || {
+        gate.audit_lines()
+            .iter()
+            .any(|l| l["event"] == "tunnel_close")
+    })
+    .await;
+    assert!(ok, "no tunnel_close line");
+    let lines = gate.audit_lines();
+    let open = lines.iter().find(|l| l["status"] == 101).unwrap();
+    assert_eq!(open["visitor_id"], "V123abc");
+    let close = lines.iter().find(|l| l["event"] == "tunnel_close").unwrap();
+    assert_eq!(close["request_id"], open["request_id"]);
+    // RFC 6455: after the close handshake the server drops TCP first.
+    assert_eq!(close["closed_by"], "upstream");
+    assert!(close["bytes_in"].as_u64().unwrap() > 5 && close["bytes_out"].as_u64().unwrap() > 5);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_header_bytes_cannot_forge_a_line_and_refusals_are_recorded() {
+    init();
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gate = Gate::builder()
+        .upstream(format!("http://{dead}"))
+        .toml("[health]\nenabled = false")
+        .start()
+        .await;
+    let mut c = Client::h1(&gate).await;
+    let ua = http::HeaderValue::from_bytes(b"x\",\"user\":\"admin@evil\xff\t\"}").unwrap();
+    let a = c
+        .call(
+            get("/q")
+                .header("user-agent", ua)
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    let lines = gate.audit_lines();
+    assert_eq!(lines.len(), 1);
+    let l = &lines[0];
+    assert!(l["user"].is_null(), "forged a user field: {l}");
+    assert!(l["user_agent"]
+        .as_str()
+        .unwrap()
+        .starts_with("x\",\"user\""));
+    assert_eq!(l["status"], 502);
+    assert_eq!(l["outcome"], "upstream_error");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn client_abort_is_marked() {
+    init();
+    let node = Node::start(
+        "slow",
+        std::sync::Arc::new(|_req, _| {
+            Box::pin(async move {
+                let stream = futures_util::stream::iter(0..1000).then(|_| async {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                        Bytes::from(vec![0u8; 1024]),
+                    ))
+                });
+                http::Response::new(http_body_util::BodyExt::boxed(
+                    http_body_util::StreamBody::new(stream),
+                ))
+            })
+        }),
+    )
+    .await;
+    let gate = Gate::builder().upstream(node.url()).start().await;
+    let mut c = Client::h1(&gate).await;
+    let resp = c
+        .send(get("/stream").body(full(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let _ = http_body_util::BodyExt::frame(&mut body).await;
+    drop(body);
+    drop(c);
+    let ok = eventually(std::time::Duration::from_secs(5), || {
+        gate.audit_lines().iter().any(|l| l["path"] == "/stream")
+    })
+    .await;
+    assert!(ok);
+    let lines = gate.audit_lines();
+    assert_eq!(
+        lines.iter().find(|l| l["path"] == "/stream").unwrap()["outcome"],
+        "client_abort"
+    );
+    gate.stop().await;
+}
