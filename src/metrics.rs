@@ -303,9 +303,12 @@ pub fn render_from(m: &MetricsInput) -> String {
 mod tests {
     use super::*;
 
+    /// `(name, labels, value)` of one sample line.
+    type Sample = (String, Vec<(String, String)>, f64);
+
     /// Checks the exposition line by line: `# HELP`, `# TYPE`, `# UNIT`, a sample
     /// `name{k="v",..} value`, and `# EOF` exactly once, last. Returns the samples.
-    fn parse(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+    fn parse(text: &str) -> Vec<Sample> {
         let mut samples = Vec::new();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.last(), Some(&"# EOF"), "must end with # EOF");
@@ -380,11 +383,7 @@ mod tests {
         out
     }
 
-    fn value(
-        samples: &[(String, Vec<(String, String)>, f64)],
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> f64 {
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         samples
             .iter()
             .find(|(n, l, _)| {
