@@ -194,7 +194,7 @@ pub fn render_from(m: &MetricsInput) -> String {
     );
     r.register(
         "tls_handshakes",
-        "Completed TLS handshakes",
+        "TLS handshakes started (failures are also counted in bpgate_tls_handshake_failures_total)",
         ConstCounter::new(m.handshakes),
     );
     r.register(
