@@ -28,6 +28,7 @@ pub mod config;
 pub mod cors;
 pub mod exchange;
 pub mod headers;
+pub mod metrics;
 pub mod posture;
 pub mod proxy;
 pub mod server;

@@ -1,0 +1,561 @@
+//! Prometheus metrics for `GET /metrics` on the admin listener.
+//!
+//! The request path never calls into a metrics library: it only bumps the plain atomics it
+//! already keeps ([`ServerStats`](crate::server::ServerStats), the cluster's
+//! [`StickyStats`](crate::cluster::StickyStats), each node's pool counters, the audit writer's
+//! [`AuditStats`](crate::audit::AuditStats)). A scrape reads those atomics once into a
+//! [`MetricsInput`] and [`render_from`] builds a fresh `prometheus-client` [`Registry`] from the
+//! values, encodes it and drops it. A scrape therefore costs a few allocations on the admin
+//! listener and nothing on the hot path, and a node removed by a reload simply stops appearing.
+//!
+//! The output is the OpenMetrics text format (it ends with `# EOF` and counter families are
+//! typed without their `_total` suffix); serve it with [`CONTENT_TYPE`] so Prometheus parses it
+//! as OpenMetrics.
+//!
+//! Label cardinality is bounded by the configuration: the only open-ended label is `node`,
+//! whose values are the configured node names. No paths, client addresses or users.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::server::Gateway;
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One upstream node's values at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeInput {
+    pub name: String,
+    pub healthy: bool,
+    pub draining: bool,
+    pub in_flight: u64,
+    pub ejections: u64,
+    pub connections_opened: u64,
+    pub requests: u64,
+}
+
+/// The audit writer's values at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditInput {
+    pub lines: u64,
+    pub write_errors: u64,
+    pub rotations: u64,
+    pub queue_depth: i64,
+}
+
+/// Everything one scrape reports, read from the gateway's atomics (plain data, so the
+/// rendering is testable without a running gateway).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsInput {
+    pub requests: u64,
+    pub connections_h1: u64,
+    pub connections_h2: u64,
+    pub handshakes: u64,
+    pub handshake_timeout: u64,
+    pub handshake_eof: u64,
+    pub handshake_protocol: u64,
+    pub handshake_other: u64,
+    pub nodes: Vec<NodeInput>,
+    pub sticky_hit: u64,
+    pub sticky_new: u64,
+    pub sticky_failover: u64,
+    pub sticky_forged: u64,
+    pub sticky_expired: u64,
+    /// `None` when the audit trail is disabled: the audit families are then left out.
+    pub audit: Option<AuditInput>,
+    /// The serving certificate's `notAfter`, unix seconds.
+    pub cert_not_after: i64,
+    pub uptime_seconds: f64,
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl MetricsInput {
+    /// Reads the gateway's counters (relaxed loads; each value is individually current).
+    pub fn from_gateway(gw: &Gateway) -> MetricsInput {
+        let s = &gw.stats;
+        let sticky = &gw.cluster.stats;
+        let nodes = gw
+            .cluster
+            .snapshot()
+            .nodes
+            .iter()
+            .map(|n| {
+                let v = n.view();
+                NodeInput {
+                    name: v.name,
+                    healthy: v.healthy,
+                    draining: v.draining,
+                    in_flight: v.in_flight as u64,
+                    ejections: v.ejections,
+                    connections_opened: v.connections_opened,
+                    requests: v.requests,
+                }
+            })
+            .collect();
+        MetricsInput {
+            requests: load(&s.requests),
+            connections_h1: s.connections_h1.load(Ordering::Relaxed) as u64,
+            connections_h2: s.connections_h2.load(Ordering::Relaxed) as u64,
+            handshakes: load(&s.handshakes),
+            handshake_timeout: load(&s.handshake_timeout),
+            handshake_eof: load(&s.handshake_eof),
+            handshake_protocol: load(&s.handshake_protocol),
+            handshake_other: load(&s.handshake_other),
+            nodes,
+            sticky_hit: load(&sticky.hit),
+            sticky_new: load(&sticky.new),
+            sticky_failover: load(&sticky.failover),
+            sticky_forged: load(&sticky.forged),
+            sticky_expired: load(&sticky.expired),
+            audit: gw.audit.as_ref().map(|a| AuditInput {
+                lines: load(&a.stats.lines),
+                write_errors: load(&a.stats.write_errors),
+                rotations: load(&a.stats.rotations),
+                queue_depth: a.stats.queue_depth.load(Ordering::Relaxed),
+            }),
+            cert_not_after: gw.cert_info.load().not_after,
+            uptime_seconds: gw.uptime().as_secs_f64(),
+        }
+    }
+}
+
+/// The exposition for `GET /metrics`.
+pub fn render(gw: &Gateway) -> String {
+    render_from(&MetricsInput::from_gateway(gw))
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn label(key: &'static str, value: &str) -> Labels {
+    vec![(key, escape_label_value(value))]
+}
+
+/// `prometheus-client` writes label values verbatim; node names are printable ASCII but may
+/// contain `"` or `\`, which the text format requires escaped.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn counter_family(pairs: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    for (l, v) in pairs {
+        f.get_or_create(&l).inc_by(v);
+    }
+    f
+}
+
+fn gauge_family(pairs: impl IntoIterator<Item = (Labels, i64)>) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    for (l, v) in pairs {
+        f.get_or_create(&l).set(v);
+    }
+    f
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Builds a one-off registry from `m` and encodes it (OpenMetrics text, `# EOF` last).
+pub fn render_from(m: &MetricsInput) -> String {
+    // Counters are registered without `_total`: the encoder appends it.
+    let mut r = Registry::with_prefix("bpgate");
+    r.register(
+        "requests",
+        "HTTP requests received on the public listener (all protocols)",
+        ConstCounter::new(m.requests),
+    );
+    r.register(
+        "connections",
+        "Open client connections by negotiated protocol",
+        gauge_family([
+            (label("protocol", "h1"), clamp_i64(m.connections_h1)),
+            (label("protocol", "h2"), clamp_i64(m.connections_h2)),
+        ]),
+    );
+    r.register(
+        "tls_handshakes",
+        "TLS handshakes started (failures are also counted in bpgate_tls_handshake_failures_total)",
+        ConstCounter::new(m.handshakes),
+    );
+    r.register(
+        "tls_handshake_failures",
+        "Failed TLS handshakes by reason",
+        counter_family([
+            (label("reason", "timeout"), m.handshake_timeout),
+            (label("reason", "eof"), m.handshake_eof),
+            (label("reason", "protocol"), m.handshake_protocol),
+            (label("reason", "other"), m.handshake_other),
+        ]),
+    );
+
+    let node = |f: fn(&NodeInput) -> i64| {
+        gauge_family(m.nodes.iter().map(|n| (label("node", &n.name), f(n))))
+    };
+    let node_counter = |f: fn(&NodeInput) -> u64| {
+        counter_family(m.nodes.iter().map(|n| (label("node", &n.name), f(n))))
+    };
+    r.register(
+        "upstream_healthy",
+        "1 when the node passes health checks, else 0",
+        node(|n| i64::from(n.healthy)),
+    );
+    r.register(
+        "upstream_draining",
+        "1 when the node is drained (no new sessions), else 0",
+        node(|n| i64::from(n.draining)),
+    );
+    r.register(
+        "upstream_in_flight",
+        "Requests currently forwarded to the node",
+        node(|n| clamp_i64(n.in_flight)),
+    );
+    r.register(
+        "upstream_ejections",
+        "Times the node was taken out of rotation (active or passive failures)",
+        node_counter(|n| n.ejections),
+    );
+    r.register(
+        "upstream_connections_opened",
+        "Upstream TCP connections opened to the node",
+        node_counter(|n| n.connections_opened),
+    );
+    r.register(
+        "upstream_requests",
+        "Requests forwarded to the node",
+        node_counter(|n| n.requests),
+    );
+    r.register(
+        "sticky",
+        "Node selections by sticky-cookie outcome",
+        counter_family([
+            (label("outcome", "hit"), m.sticky_hit),
+            (label("outcome", "new"), m.sticky_new),
+            (label("outcome", "failover"), m.sticky_failover),
+            (label("outcome", "forged"), m.sticky_forged),
+            (label("outcome", "expired"), m.sticky_expired),
+        ]),
+    );
+    if let Some(a) = &m.audit {
+        r.register(
+            "audit_lines",
+            "Audit lines written",
+            ConstCounter::new(a.lines),
+        );
+        r.register(
+            "audit_write_errors",
+            "Audit write failures",
+            ConstCounter::new(a.write_errors),
+        );
+        r.register(
+            "audit_rotations",
+            "Audit file rotations",
+            ConstCounter::new(a.rotations),
+        );
+        r.register(
+            "audit_queue_depth",
+            "Audit lines queued between the request path and the writer thread",
+            ConstGauge::new(a.queue_depth),
+        );
+    }
+    r.register_with_unit(
+        "tls_certificate_expiry_timestamp",
+        "The serving certificate's notAfter, unix seconds",
+        Unit::Seconds,
+        ConstGauge::new(m.cert_not_after),
+    );
+    r.register_with_unit(
+        "uptime",
+        "Seconds since the gateway started",
+        Unit::Seconds,
+        ConstGauge::new(m.uptime_seconds),
+    );
+
+    let mut out = String::with_capacity(4096);
+    if let Err(e) = encode(&mut out, &r) {
+        // Writing into a String cannot fail; keep the scrape answerable regardless.
+        out.clear();
+        let _ = writeln!(out, "# bpgate: metrics encoding failed: {e}\n# EOF");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(name, labels, value)` of one sample line.
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// Checks the exposition line by line: `# HELP`, `# TYPE`, `# UNIT`, a sample
+    /// `name{k="v",..} value`, and `# EOF` exactly once, last. Returns the samples.
+    fn parse(text: &str) -> Vec<Sample> {
+        let mut samples = Vec::new();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"# EOF"), "must end with # EOF");
+        for (i, line) in lines.iter().enumerate() {
+            if *line == "# EOF" {
+                assert_eq!(i, lines.len() - 1, "# EOF must be last");
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut it = rest.splitn(3, ' ');
+                let kind = it.next().unwrap();
+                let name = it.next().unwrap();
+                assert!(
+                    matches!(kind, "HELP" | "TYPE" | "UNIT"),
+                    "bad comment: {line}"
+                );
+                assert!(name.starts_with("bpgate_"), "unprefixed: {line}");
+                if kind == "TYPE" {
+                    let t = it.next().unwrap();
+                    assert!(matches!(t, "counter" | "gauge"), "bad type: {line}");
+                }
+                continue;
+            }
+            let (name_labels, value) = line.rsplit_once(' ').expect(line);
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value: {line}"));
+            let (name, labels) = match name_labels.split_once('{') {
+                None => (name_labels.to_string(), Vec::new()),
+                Some((n, rest)) => {
+                    let body = rest.strip_suffix('}').expect(line);
+                    (n.to_string(), parse_labels(body, line))
+                }
+            };
+            assert!(
+                name.starts_with("bpgate_")
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "bad name: {line}"
+            );
+            samples.push((name, labels, value));
+        }
+        samples
+    }
+
+    fn parse_labels(body: &str, line: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut chars = body.chars().peekable();
+        while chars.peek().is_some() {
+            let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+            assert!(
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "bad label key in {line}"
+            );
+            assert_eq!(chars.next(), Some('"'), "unquoted label in {line}");
+            let mut val = String::new();
+            loop {
+                match chars.next().expect(line) {
+                    '\\' => match chars.next().expect(line) {
+                        'n' => val.push('\n'),
+                        c @ ('\\' | '"') => val.push(c),
+                        c => panic!("bad escape \\{c} in {line}"),
+                    },
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+            out.push((key, val));
+            match chars.next() {
+                None => break,
+                Some(',') => continue,
+                Some(c) => panic!("unexpected {c} in {line}"),
+            }
+        }
+        out
+    }
+
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+            .2
+    }
+
+    fn sample_input() -> MetricsInput {
+        MetricsInput {
+            requests: 42,
+            connections_h1: 3,
+            connections_h2: 1,
+            handshakes: 40,
+            handshake_timeout: 1,
+            handshake_eof: 2,
+            handshake_protocol: 3,
+            handshake_other: 4,
+            nodes: vec![
+                NodeInput {
+                    name: "botpress-0".into(),
+                    healthy: true,
+                    draining: false,
+                    in_flight: 2,
+                    ejections: 1,
+                    connections_opened: 7,
+                    requests: 30,
+                },
+                NodeInput {
+                    name: "we\"ird\\node".into(),
+                    healthy: false,
+                    draining: true,
+                    in_flight: 0,
+                    ejections: 5,
+                    connections_opened: 1,
+                    requests: 12,
+                },
+            ],
+            sticky_hit: 10,
+            sticky_new: 5,
+            sticky_failover: 1,
+            sticky_forged: 2,
+            sticky_expired: 3,
+            audit: Some(AuditInput {
+                lines: 41,
+                write_errors: 0,
+                rotations: 2,
+                queue_depth: 1,
+            }),
+            cert_not_after: 1_900_000_000,
+            uptime_seconds: 12.5,
+        }
+    }
+
+    #[test]
+    fn render_is_parseable_and_complete() {
+        let text = render_from(&sample_input());
+        let s = parse(&text);
+        assert_eq!(value(&s, "bpgate_requests_total", &[]), 42.0);
+        assert_eq!(value(&s, "bpgate_connections", &[("protocol", "h1")]), 3.0);
+        assert_eq!(value(&s, "bpgate_connections", &[("protocol", "h2")]), 1.0);
+        assert_eq!(value(&s, "bpgate_tls_handshakes_total", &[]), 40.0);
+        for (reason, v) in [
+            ("timeout", 1.0),
+            ("eof", 2.0),
+            ("protocol", 3.0),
+            ("other", 4.0),
+        ] {
+            assert_eq!(
+                value(
+                    &s,
+                    "bpgate_tls_handshake_failures_total",
+                    &[("reason", reason)]
+                ),
+                v
+            );
+        }
+        let n0 = [("node", "botpress-0")];
+        let n1 = [("node", "we\"ird\\node")];
+        assert_eq!(value(&s, "bpgate_upstream_healthy", &n0), 1.0);
+        assert_eq!(value(&s, "bpgate_upstream_healthy", &n1), 0.0);
+        assert_eq!(value(&s, "bpgate_upstream_draining", &n1), 1.0);
+        assert_eq!(value(&s, "bpgate_upstream_in_flight", &n0), 2.0);
+        assert_eq!(value(&s, "bpgate_upstream_ejections_total", &n1), 5.0);
+        assert_eq!(
+            value(&s, "bpgate_upstream_connections_opened_total", &n0),
+            7.0
+        );
+        assert_eq!(value(&s, "bpgate_upstream_requests_total", &n1), 12.0);
+        for (o, v) in [
+            ("hit", 10.0),
+            ("new", 5.0),
+            ("failover", 1.0),
+            ("forged", 2.0),
+            ("expired", 3.0),
+        ] {
+            assert_eq!(value(&s, "bpgate_sticky_total", &[("outcome", o)]), v);
+        }
+        assert_eq!(value(&s, "bpgate_audit_lines_total", &[]), 41.0);
+        assert_eq!(value(&s, "bpgate_audit_write_errors_total", &[]), 0.0);
+        assert_eq!(value(&s, "bpgate_audit_rotations_total", &[]), 2.0);
+        assert_eq!(value(&s, "bpgate_audit_queue_depth", &[]), 1.0);
+        assert_eq!(
+            value(&s, "bpgate_tls_certificate_expiry_timestamp_seconds", &[]),
+            1_900_000_000.0
+        );
+        assert_eq!(value(&s, "bpgate_uptime_seconds", &[]), 12.5);
+    }
+
+    #[test]
+    fn audit_disabled_and_no_nodes_still_parse() {
+        let mut m = sample_input();
+        m.audit = None;
+        m.nodes.clear();
+        let text = render_from(&m);
+        let s = parse(&text);
+        assert!(!text.contains("bpgate_audit_"));
+        assert!(s.iter().all(|(n, _, _)| !n.starts_with("bpgate_upstream_")));
+        assert_eq!(value(&s, "bpgate_requests_total", &[]), 42.0);
+    }
+
+    #[test]
+    fn no_label_outside_the_bounded_set() {
+        let s = parse(&render_from(&sample_input()));
+        for (name, labels, _) in &s {
+            for (k, _) in labels {
+                assert!(
+                    matches!(k.as_str(), "protocol" | "reason" | "node" | "outcome"),
+                    "{name} has unexpected label {k}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn renders_a_real_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::tls::generate_self_signed(&["localhost"], "test").unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let audit_dir = dir.path().join("audit");
+        let toml = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n\n[upstream]\nurls = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]\n\n[audit]\ndir = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+            audit_dir.display().to_string(),
+        );
+        let cfg = dir.path().join("bpgate.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let loaded = crate::config::load(&cfg, &|_| None, &Default::default()).unwrap();
+        let gw = Gateway::start(loaded).unwrap();
+        gw.stats.requests.fetch_add(3, Ordering::Relaxed);
+        gw.cluster.stats.new.fetch_add(2, Ordering::Relaxed);
+
+        let text = render(&gw);
+        let s = parse(&text);
+        assert_eq!(value(&s, "bpgate_requests_total", &[]), 3.0);
+        assert_eq!(value(&s, "bpgate_sticky_total", &[("outcome", "new")]), 2.0);
+        let nodes: Vec<_> = s
+            .iter()
+            .filter(|(n, _, _)| n == "bpgate_upstream_healthy")
+            .collect();
+        assert_eq!(nodes.len(), 2, "{text}");
+        assert!(value(&s, "bpgate_tls_certificate_expiry_timestamp_seconds", &[]) > 0.0);
+        assert!(text.contains("bpgate_audit_lines_total"));
+        gw.flush_audit();
+    }
+}
