@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when serving and at least one node is up, else 503 |
+//! | `GET /metrics` | Prometheus (OpenMetrics) text |
 //! | `GET /upstreams` | every node's state as JSON |
 //! | `POST /upstreams/{name}/drain`, `/undrain` | stop / resume new sessions to a node |
 //! | `POST /audit/rotate` | rotate the audit file now |
@@ -54,6 +55,11 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["metrics"]) => {
+            let mut r = Response::new(Full::new(Bytes::from(crate::metrics::render(gw))));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            r
+        }
         (&Method::GET, ["readyz"]) => {
             let ready = gw.ready();
             let body = json!({
@@ -108,11 +114,11 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
                 &json!({ "error": "the audit trail is disabled" }),
             ),
         },
-        (_, ["healthz"] | ["readyz"] | ["upstreams"] | ["audit", "rotate"])
+        (_, ["healthz"] | ["readyz"] | ["metrics"] | ["upstreams"] | ["audit", "rotate"])
         | (_, ["upstreams", _, _]) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; see GET /healthz, /readyz, /upstreams\n",
+            "not found; see GET /healthz, /readyz, /metrics, /upstreams\n",
         ),
     }
 }
