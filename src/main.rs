@@ -123,6 +123,22 @@ fn run(loaded: config::Loaded) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        #[cfg(unix)]
+        {
+            // SIGHUP: pick up renewed certificate files. (Live config reload is not implemented:
+            // other settings need a restart, and a HUP must not end the process.)
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+                while hup.recv().await.is_some() {
+                    match gw.reload_certificate() {
+                        Ok(()) => tracing::info!("SIGHUP: certificate reloaded; other settings need a restart"),
+                        Err(e) => tracing::error!("SIGHUP: kept the current certificate: {e}"),
+                    }
+                }
+            });
+        }
         gw.run(listeners, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

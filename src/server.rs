@@ -535,6 +535,21 @@ impl Gateway {
         r
     }
 
+    /// Loads the certificate files again and serves the new pair to new handshakes; open
+    /// connections keep theirs. A bad pair (unparsable, mismatched, expired) is refused and the
+    /// current one stays. Called on SIGHUP.
+    pub fn reload_certificate(&self) -> Result<(), String> {
+        let loaded = self.loaded.load();
+        let (cert, key) = (&loaded.config.tls.cert, &loaded.config.tls.key);
+        let pair = tls::load_pair(cert, key).map_err(|e| e.to_string())?;
+        if pair.info.expired(cluster::unix_now() as i64) {
+            return Err(format!("the new certificate expired on {}", pair.info.not_after_rfc3339()));
+        }
+        self.cert.replace(pair.key);
+        self.cert_info.store(Arc::new(pair.info));
+        Ok(())
+    }
+
     /// Readiness: serving, not draining, and at least one node up.
     pub fn ready(&self) -> bool {
         !self.shutdown.is_cancelled() && self.cluster.ready(self.health.load().enabled)
