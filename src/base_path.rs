@@ -103,7 +103,7 @@ impl Compiled {
             let is_public = self.public_origin.as_deref().is_some_and(|o| {
                 o.len() == scheme_len + end && o.eq_ignore_ascii_case(&v[..o.len()])
             });
-            if !is_node && !(self.strip && is_public) {
+            if !(is_node || (self.strip && is_public)) {
                 return None;
             }
             let path = if self.strip {
