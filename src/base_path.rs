@@ -646,6 +646,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn raw_backslash_through_the_layer() {
+        // When `http` lets a raw `\` through, the layer refuses it before Botpress sees it.
+        eprintln!(
+            "backslash accepted: {}",
+            "/botpress\\..".parse::<Uri>().is_ok()
+        );
+        if "/botpress\\..".parse::<Uri>().is_ok() {
+            let (r, seen) = run(
+                policy("/botpress", PRESERVE, None),
+                "GET",
+                "/botpress\\..",
+                &[],
+            )
+            .await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            assert!(seen.is_empty());
+        }
+    }
+
+    #[tokio::test]
     async fn redirects_to_base() {
         for (m, uri, loc) in [
             ("GET", "/", "/botpress/"),

@@ -132,6 +132,8 @@ async fn outside_the_base_path_never_reaches_botpress() {
             ("/botpressX", StatusCode::NOT_FOUND),
             ("/botpress/..%2f..%2fadmin", StatusCode::BAD_REQUEST),
             ("/botpress/%2e%2e/x", StatusCode::BAD_REQUEST),
+            ("/botpress\\..", StatusCode::BAD_REQUEST),
+            ("/botpress/../admin", StatusCode::NOT_FOUND),
             ("/", StatusCode::FOUND),
         ] {
             let a = c.get(path).await;
