@@ -126,7 +126,9 @@ impl Compiled {
     }
 
     /// `Set-Cookie`'s `Path` put under the prefix (`proxy_cookie_path`). `Path=/` becomes the bare
-    /// prefix, like the sticky cookie, so the cookie is also sent for `<base>` itself.
+    /// prefix, like the sticky cookie, so the cookie is also sent for `<base>` itself. A path
+    /// already at or under the prefix is left alone: the sticky cookie is added by node selection,
+    /// below this layer, with `Path=<base>` already.
     fn rewrite_cookie(&self, v: &str) -> Option<String> {
         let mut out = String::with_capacity(v.len() + self.base.len());
         let mut changed = false;
@@ -135,7 +137,10 @@ impl Compiled {
                 out.push(';');
                 if let Some((k, val)) = part.split_once('=') {
                     let val = val.trim();
-                    if k.trim().eq_ignore_ascii_case("path") && val.starts_with('/') {
+                    if k.trim().eq_ignore_ascii_case("path")
+                        && val.starts_with('/')
+                        && region(val.as_bytes(), self.base.as_bytes()) == Region::Outside
+                    {
                         out.push_str(" Path=");
                         out.push_str(&self.base);
                         if val != "/" {
@@ -251,11 +256,14 @@ fn classify(raw: &str, base: &str) -> Verdict {
         }
     }
     let as_sent = resolve(rest.split('/').map(str::as_bytes));
-    let decoded: Vec<u8> = percent_decode(rest.as_bytes()).collect();
-    let as_decoded = resolve(decoded.split(|b| *b == b'/'));
     let region = region(&as_sent, base.as_bytes());
-    if region != self::region(&as_decoded, base.as_bytes()) {
-        return Verdict::Ambiguous;
+    // Without escapes both views are the same path; most requests stop here.
+    if rest.contains('%') {
+        let decoded: Vec<u8> = percent_decode(rest.as_bytes()).collect();
+        let as_decoded = resolve(decoded.split(|b| *b == b'/'));
+        if region != self::region(&as_decoded, base.as_bytes()) {
+            return Verdict::Ambiguous;
+        }
     }
     let resolved = if dots {
         match String::from_utf8(as_sent) {
@@ -709,6 +717,7 @@ mod tests {
                 ("set-cookie", "jwtToken=abc; Path=/; HttpOnly"),
                 ("set-cookie", "x=1; path=/api; Secure"),
                 ("set-cookie", "y=2"),
+                ("set-cookie", "bpgate_node=n1.sig; Path=/botpress; Secure"),
             ],
         )
         .await;
@@ -726,7 +735,8 @@ mod tests {
             [
                 "jwtToken=abc; Path=/botpress; HttpOnly",
                 "x=1; Path=/botpress/api; Secure",
-                "y=2"
+                "y=2",
+                "bpgate_node=n1.sig; Path=/botpress; Secure"
             ]
         );
     }

@@ -178,6 +178,10 @@ async fn strip_mode_rewrites_location_and_cookies() {
             a.header("set-cookie"),
             Some("jwtToken=abc; Path=/botpress; HttpOnly")
         );
+        // The sticky cookie (added below the base path layer) is not prefixed twice.
+        for c in a.headers.get_all("set-cookie") {
+            assert!(!c.to_str().unwrap().contains("/botpress/botpress"), "{c:?}");
+        }
         // Botpress's blanket CORS header is gone (no Origin: none of ours either).
         assert_eq!(a.header("access-control-allow-origin"), None);
     }
