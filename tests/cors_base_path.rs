@@ -186,3 +186,70 @@ async fn strip_mode_rewrites_location_and_cookies() {
         assert_eq!(a.header("access-control-allow-origin"), None);
     }
 }
+
+/// The worked example of `notes/cors_base_path.md`, as written there.
+#[tokio::test]
+async fn worked_example_config() {
+    init();
+    let node = Node::start("n1", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml(
+            r#"
+external_url = "https://bot.example.com/botpress"
+base_path = { mode = "preserve" }
+[cors]
+origins = ["https://app.example.com", "https://*.shop.example.com"]
+credentials = true
+expose_headers = ["X-Request-Id"]
+max_age = "10m"
+[health]
+enabled = false
+"#,
+        )
+        .start()
+        .await;
+    let mut c = Client::h1(&gate).await;
+    let preflight = |origin: &str| {
+        req("OPTIONS", "/botpress/api/v1/bots/x")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, csrf-token")
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    for (origin, status) in [
+        ("https://app.example.com", StatusCode::NO_CONTENT),
+        ("https://a.shop.example.com", StatusCode::NO_CONTENT),
+        ("https://shop.example.com", StatusCode::FORBIDDEN),
+        ("https://x.y.shop.example.com", StatusCode::FORBIDDEN),
+    ] {
+        let a = c.call(preflight(origin)).await;
+        assert_eq!(a.status, status, "{origin}");
+        if status == StatusCode::NO_CONTENT {
+            assert_eq!(a.header("access-control-allow-origin"), Some(origin));
+            assert_eq!(a.header("access-control-max-age"), Some("600"));
+        }
+    }
+    let post = |origin: &str| {
+        req("POST", "/botpress/api/v1/bots/x")
+            .header("origin", origin)
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        c.call(post("https://evil.example")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(node.requests.load(Ordering::Relaxed), 0);
+    let a = c.call(post("https://bot.example.com")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["uri"], "/botpress/api/v1/bots/x");
+    assert_eq!(a.seen("x-forwarded-prefix").as_deref(), Some("/botpress"));
+    assert_eq!(
+        a.header("access-control-expose-headers"),
+        Some("X-Request-Id")
+    );
+    assert_eq!(c.get("/").await.header("location"), Some("/botpress/"));
+    assert_eq!(c.get("/admin").await.status, StatusCode::NOT_FOUND);
+}
