@@ -1,0 +1,255 @@
+//! End to end: CORS preflights and requests outside the base path are answered by bpgate and
+//! never reach Botpress; strip mode removes the prefix and puts it back on redirects and cookies.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use support::*;
+
+/// A node that answers like Botpress's `GET /` (a root-relative redirect and a cookie at `/`),
+/// and echoes the URI it received in a header.
+fn redirecting() -> Handler {
+    Arc::new(|req, _cx| {
+        Box::pin(async move {
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", "/admin")
+                .header("set-cookie", "jwtToken=abc; Path=/; HttpOnly")
+                .header("access-control-allow-origin", "*")
+                .header("x-seen-uri", req.uri().to_string())
+                .body(full(Bytes::new()))
+                .unwrap()
+        })
+    })
+}
+
+fn req(method: &str, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
+        .header("host", "localhost")
+}
+
+#[tokio::test]
+async fn preflight_is_answered_by_bpgate() {
+    init();
+    let node = Node::start("n1", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[cors]\norigins = [\"https://app.example.com\", \"https://*.example.org\"]\n[health]\nenabled = false")
+        .start()
+        .await;
+    let mut c = Client::h1(&gate).await;
+    let a = c
+        .call(
+            req("OPTIONS", "/api/v1/bots")
+                .header("origin", "https://a.example.org")
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "content-type, csrf-token")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://a.example.org")
+    );
+    assert_eq!(a.header("access-control-allow-credentials"), Some("true"));
+    let a = c
+        .call(
+            req("OPTIONS", "/api/v1/bots")
+                .header("origin", "https://evil.example.com")
+                .header("access-control-request-method", "POST")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(!a
+        .headers
+        .keys()
+        .any(|k| k.as_str().starts_with("access-control-")));
+    // A disallowed origin on an actual request is refused too.
+    let a = c
+        .call(
+            req("POST", "/api/v1/bots")
+                .header("origin", "https://evil.example.com")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(node.requests.load(Ordering::Relaxed), 0, "reached Botpress");
+    // An allowed one is forwarded and gets bpgate's headers.
+    let a = c
+        .call(
+            req("GET", "/api/v1/bots")
+                .header("origin", "https://app.example.com")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(a.header("vary").unwrap().contains("Origin"));
+    assert_eq!(node.requests.load(Ordering::Relaxed), 1);
+    let lines = gate.audit_lines();
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["outcome"] == "rejected" && l["status"] == 403)
+            .count()
+            >= 2,
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn outside_the_base_path_never_reaches_botpress() {
+    init();
+    let node = Node::start("n1", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("base_path = \"/botpress\"\n[health]\nenabled = false")
+        .start()
+        .await;
+    for h2 in [false, true] {
+        let mut c = if h2 {
+            Client::h2(&gate).await
+        } else {
+            Client::h1(&gate).await
+        };
+        for (path, status) in [
+            ("/admin", StatusCode::NOT_FOUND),
+            ("/botpressX", StatusCode::NOT_FOUND),
+            ("/botpress/..%2f..%2fadmin", StatusCode::BAD_REQUEST),
+            ("/botpress/%2e%2e/x", StatusCode::BAD_REQUEST),
+            ("/botpress\\..", StatusCode::BAD_REQUEST),
+            ("/botpress/../admin", StatusCode::NOT_FOUND),
+            ("/", StatusCode::FOUND),
+        ] {
+            let a = c.get(path).await;
+            assert_eq!(a.status, status, "{path}");
+        }
+        let a = c.get("/botpress").await;
+        assert_eq!(a.header("location"), Some("/botpress/"));
+        assert_eq!(node.requests.load(Ordering::Relaxed), 0, "reached Botpress");
+    }
+    // Inside: forwarded byte for byte, `%2F` included.
+    let mut c = Client::h1(&gate).await;
+    let a = c.get("/botpress/api/a%2Fb?x=%2F").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["uri"], "/botpress/api/a%2Fb?x=%2F");
+    let a = c.get("/botpress/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(
+        a.json()["uri"],
+        "/botpress/socket.io/?EIO=4&transport=polling"
+    );
+}
+
+#[tokio::test]
+async fn strip_mode_rewrites_location_and_cookies() {
+    init();
+    let node = Node::start("n1", redirecting()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[base_path]\npath = \"/botpress\"\nmode = \"strip\"\n[health]\nenabled = false")
+        .start()
+        .await;
+    for h2 in [false, true] {
+        let mut c = if h2 {
+            Client::h2(&gate).await
+        } else {
+            Client::h1(&gate).await
+        };
+        let a = c.get("/botpress/?x=1").await;
+        assert_eq!(a.status, StatusCode::FOUND);
+        assert_eq!(a.header("x-seen-uri"), Some("/?x=1"));
+        assert_eq!(a.header("location"), Some("/botpress/admin"));
+        assert_eq!(
+            a.header("set-cookie"),
+            Some("jwtToken=abc; Path=/botpress; HttpOnly")
+        );
+        // The sticky cookie (added below the base path layer) is not prefixed twice.
+        for c in a.headers.get_all("set-cookie") {
+            assert!(!c.to_str().unwrap().contains("/botpress/botpress"), "{c:?}");
+        }
+        // Botpress's blanket CORS header is gone (no Origin: none of ours either).
+        assert_eq!(a.header("access-control-allow-origin"), None);
+    }
+}
+
+/// The worked example of `notes/cors_base_path.md`, as written there.
+#[tokio::test]
+async fn worked_example_config() {
+    init();
+    let node = Node::start("n1", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml(
+            r#"
+external_url = "https://bot.example.com/botpress"
+base_path = { mode = "preserve" }
+[cors]
+origins = ["https://app.example.com", "https://*.shop.example.com"]
+credentials = true
+expose_headers = ["X-Request-Id"]
+max_age = "10m"
+[health]
+enabled = false
+"#,
+        )
+        .start()
+        .await;
+    let mut c = Client::h1(&gate).await;
+    let preflight = |origin: &str| {
+        req("OPTIONS", "/botpress/api/v1/bots/x")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, csrf-token")
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    for (origin, status) in [
+        ("https://app.example.com", StatusCode::NO_CONTENT),
+        ("https://a.shop.example.com", StatusCode::NO_CONTENT),
+        ("https://shop.example.com", StatusCode::FORBIDDEN),
+        ("https://x.y.shop.example.com", StatusCode::FORBIDDEN),
+    ] {
+        let a = c.call(preflight(origin)).await;
+        assert_eq!(a.status, status, "{origin}");
+        if status == StatusCode::NO_CONTENT {
+            assert_eq!(a.header("access-control-allow-origin"), Some(origin));
+            assert_eq!(a.header("access-control-max-age"), Some("600"));
+        }
+    }
+    let post = |origin: &str| {
+        req("POST", "/botpress/api/v1/bots/x")
+            .header("origin", origin)
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        c.call(post("https://evil.example")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(node.requests.load(Ordering::Relaxed), 0);
+    let a = c.call(post("https://bot.example.com")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["uri"], "/botpress/api/v1/bots/x");
+    assert_eq!(a.seen("x-forwarded-prefix").as_deref(), Some("/botpress"));
+    assert_eq!(
+        a.header("access-control-expose-headers"),
+        Some("X-Request-Id")
+    );
+    assert_eq!(c.get("/").await.header("location"), Some("/botpress/"));
+    assert_eq!(c.get("/admin").await.status, StatusCode::NOT_FOUND);
+}
