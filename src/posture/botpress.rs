@@ -74,13 +74,11 @@ pub fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = v;
     for seg in path.split('.') {
         let map = cur.as_object()?;
-        cur = map
-            .get(seg)
-            .or_else(|| {
-                map.iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(seg))
-                    .map(|(_, v)| v)
-            })?;
+        cur = map.get(seg).or_else(|| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(seg))
+                .map(|(_, v)| v)
+        })?;
     }
     Some(cur)
 }
@@ -106,7 +104,10 @@ pub fn truthy(v: Option<&Value>) -> bool {
 
 impl BotpressView {
     pub fn env(&self, k: &str) -> Option<&str> {
-        self.env.get(k).map(String::as_str).filter(|s| !s.is_empty())
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
     pub fn env_yn(&self, k: &str) -> bool {
         self.env(k).is_some_and(yn)
@@ -118,7 +119,9 @@ impl BotpressView {
         truthy(self.cfg(path))
     }
     pub fn cfg_str(&self, path: &str) -> Option<&str> {
-        self.cfg(path).and_then(Value::as_str).filter(|s| !s.is_empty())
+        self.cfg(path)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
     }
     /// Botpress's external URL: `EXTERNAL_URL` beats `httpServer.externalUrl`.
     pub fn external_url(&self) -> Option<(&str, &'static str)> {
@@ -175,7 +178,8 @@ mod tests {
 
     #[test]
     fn overrides_match_case_insensitively_and_parse_json() {
-        let mut cfg = serde_json::json!({"pro": {"licenseKey": "paste"}, "httpServer": {"cors": {}}});
+        let mut cfg =
+            serde_json::json!({"pro": {"licenseKey": "paste"}, "httpServer": {"cors": {}}});
         let env: BTreeMap<String, String> = [
             ("BP_CONFIG_PRO_ENABLED", "true"),
             ("BP_CONFIG_PRO_LICENSEKEY", "abc"),

@@ -315,7 +315,9 @@ fn external_url(i: &Inputs<'_>) -> Finding {
             if !same {
                 a.bad(
                     Status::Fail,
-                    format!("bpgate's external_url is {g}: a mismatch breaks shortlinks and socket.io"),
+                    format!(
+                        "bpgate's external_url is {g}: a mismatch breaks shortlinks and socket.io"
+                    ),
                     format!("set EXTERNAL_URL={g} for Botpress too (both must be the same URL)"),
                 );
             } else {
@@ -333,10 +335,7 @@ fn redis(i: &Inputs<'_>) -> Finding {
     let cluster = bp.env_yn("CLUSTER_ENABLED");
     let fix_url = "set REDIS_URL=redis://HOST:6379 (same value on every node)";
     if several_nodes(i) {
-        a.note(format!(
-            "bpgate has {} nodes",
-            i.loaded.derived.nodes.len()
-        ));
+        a.note(format!("bpgate has {} nodes", i.loaded.derived.nodes.len()));
         match url {
             Some(u) => a.note(format!("REDIS_URL={}", url_secrets(u))),
             None => a.bad(
@@ -515,7 +514,11 @@ fn jwt_cookie(i: &Inputs<'_>) -> Finding {
 fn lang_server(i: &Inputs<'_>) -> Finding {
     let (eps, src) = i.bp.language_endpoints();
     let public: Vec<&String> = eps.iter().filter(|e| e.contains("botpress.io")).collect();
-    let shown = eps.iter().map(|e| url_secrets(e)).collect::<Vec<_>>().join(", ");
+    let shown = eps
+        .iter()
+        .map(|e| url_secrets(e))
+        .collect::<Vec<_>>()
+        .join(", ");
     if public.is_empty() {
         one(
             item::LANG_SERVER,
@@ -540,14 +543,15 @@ fn https(i: &Inputs<'_>) -> Finding {
     let info = match &c.info {
         Ok(info) => info,
         Err(e) => {
-            a.bad(Status::Fail, format!("no usable certificate: {e}"), fix_cert);
+            a.bad(
+                Status::Fail,
+                format!("no usable certificate: {e}"),
+                fix_cert,
+            );
             return a.done();
         }
     };
-    a.note(format!(
-        "{} ({} in chain)",
-        info.subject, info.chain_len
-    ));
+    a.note(format!("{} ({} in chain)", info.subject, info.chain_len));
     if info.development {
         a.bad(
             Status::Fail,
@@ -681,7 +685,9 @@ fn sticky(i: &Inputs<'_>) -> Finding {
         return one(
             item::STICKY,
             Status::Fail,
-            format!("{n} nodes with polling in socketTransports ({t}) but bpgate sticky.enabled=false"),
+            format!(
+                "{n} nodes with polling in socketTransports ({t}) but bpgate sticky.enabled=false"
+            ),
             "set sticky.enabled = true and BPGATE_STICKY_SECRET=$(openssl rand -base64 32)".into(),
         );
     }
@@ -690,13 +696,17 @@ fn sticky(i: &Inputs<'_>) -> Finding {
             item::STICKY,
             Status::Fail,
             format!("{n} nodes with polling ({t}) but no sticky.secret: cookies cannot be signed"),
-            "set BPGATE_STICKY_SECRET=$(openssl rand -base64 32), the same on every bpgate replica".into(),
+            "set BPGATE_STICKY_SECRET=$(openssl rand -base64 32), the same on every bpgate replica"
+                .into(),
         );
     }
     one(
         item::STICKY,
         Status::Pass,
-        format!("{n} nodes, polling allowed, bpgate sticky cookie `{}` signed", s.cookie_name),
+        format!(
+            "{n} nodes, polling allowed, bpgate sticky cookie `{}` signed",
+            s.cookie_name
+        ),
         String::new(),
     )
 }
@@ -724,13 +734,18 @@ fn file_logs(i: &Inputs<'_>) -> Finding {
 
 fn base_path(i: &Inputs<'_>) -> Finding {
     let gate = &i.loaded.derived.base_path;
-    let bp_path = i
-        .bp
-        .external_url()
-        .and_then(|(u, _)| parse_external_url(u).ok())
-        .map(|(_, _, p)| p)
-        .unwrap_or_default();
-    let show = |p: &str| if p.is_empty() { "/".to_string() } else { p.to_string() };
+    let bp_path =
+        i.bp.external_url()
+            .and_then(|(u, _)| parse_external_url(u).ok())
+            .map(|(_, _, p)| p)
+            .unwrap_or_default();
+    let show = |p: &str| {
+        if p.is_empty() {
+            "/".to_string()
+        } else {
+            p.to_string()
+        }
+    };
     if *gate == bp_path {
         one(
             item::BASE_PATH,
@@ -753,23 +768,23 @@ fn base_path(i: &Inputs<'_>) -> Finding {
 }
 
 fn auth(i: &Inputs<'_>) -> Finding {
-    let strategies = i
-        .bp
-        .cfg("pro.collaboratorsAuthStrategies")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default (basic)".into());
+    let strategies =
+        i.bp.cfg("pro.collaboratorsAuthStrategies")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default (basic)".into());
     one(
         item::AUTH,
         Status::Manual,
         format!("pro.collaboratorsAuthStrategies: {strategies}"),
-        "consider LDAP, SAML or OAuth2 in authStrategies and pro.collaboratorsAuthStrategies".into(),
+        "consider LDAP, SAML or OAuth2 in authStrategies and pro.collaboratorsAuthStrategies"
+            .into(),
     )
 }
 
@@ -785,7 +800,8 @@ fn server_config(i: &Inputs<'_>) -> Finding {
         one(
             item::SERVER_CONFIG,
             Status::Warn,
-            "the checklist's server-config page returns botpress.config.json, appSecret included".into(),
+            "the checklist's server-config page returns botpress.config.json, appSecret included"
+                .into(),
             "set BP_DISABLE_SERVER_CONFIG=true once the server is set up".into(),
         )
     }
@@ -846,8 +862,7 @@ fn direct_cors(i: &Inputs<'_>) -> Finding {
             String::new(),
         );
     }
-    if i
-        .loaded
+    if i.loaded
         .derived
         .nodes
         .iter()
@@ -856,7 +871,8 @@ fn direct_cors(i: &Inputs<'_>) -> Finding {
         return one(
             item::DIRECT_CORS,
             Status::Pass,
-            "Botpress allows any origin, but every node is on loopback: only bpgate reaches it".into(),
+            "Botpress allows any origin, but every node is on loopback: only bpgate reaches it"
+                .into(),
             String::new(),
         );
     }

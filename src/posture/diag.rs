@@ -28,7 +28,10 @@ pub async fn report(loaded: &Loaded, bp: BotpressView, timeout: Duration) -> Str
     r.title("bpgate diagnostic report");
     r.kv("generated", &crate::tls::rfc3339_secs(super::now_secs()));
     r.kv("bpgate version", env!("CARGO_PKG_VERSION"));
-    r.kv("probe timeout", &humantime::format_duration(timeout).to_string());
+    r.kv(
+        "probe timeout",
+        &humantime::format_duration(timeout).to_string(),
+    );
     r.line("Passwords and secrets are replaced by ***obfuscated***.");
 
     general(&mut r);
@@ -86,7 +89,8 @@ impl Report {
         self.0.push_str(&format!("{t}\n{}\n", "=".repeat(t.len())));
     }
     fn section(&mut self, t: &str) {
-        self.0.push_str(&format!("\n{t}\n{}\n", "-".repeat(t.len())));
+        self.0
+            .push_str(&format!("\n{t}\n{}\n", "-".repeat(t.len())));
     }
     fn kv(&mut self, k: &str, v: &str) {
         self.0.push_str(&format!("{k}: {v}\n"));
@@ -196,8 +200,8 @@ pub async fn http_get(authority: &str, path: &str) -> Result<(u16, String), Stri
         .await
         .map_err(|e| e.to_string())?;
     let conn = tokio::spawn(conn);
-    let req = crate::proxy::probe_request(authority, path)
-        .ok_or_else(|| format!("bad path {path}"))?;
+    let req =
+        crate::proxy::probe_request(authority, path).ok_or_else(|| format!("bad path {path}"))?;
     let resp = tx
         .send_request(req)
         .await
@@ -585,7 +589,10 @@ fn files(r: &mut Report, i: &Inputs<'_>) {
     let c = &i.loaded.config;
     match &i.audit_dir {
         Ok(()) => r.line(&format!("audit.dir {}: writable", c.audit.dir.display())),
-        Err(e) => r.line(&format!("audit.dir {}: NOT writable: {e}", c.audit.dir.display())),
+        Err(e) => r.line(&format!(
+            "audit.dir {}: NOT writable: {e}",
+            c.audit.dir.display()
+        )),
     }
     for (what, p) in [("tls.cert", &c.tls.cert), ("tls.key", &c.tls.key)] {
         match std::fs::read(p) {
@@ -615,7 +622,16 @@ fn certificate(r: &mut Report, loaded: &Loaded) {
                     ""
                 }
             ));
-            r.kv("names", &p.info.dns_names.iter().chain(&p.info.ip_names).cloned().collect::<Vec<_>>().join(", "));
+            r.kv(
+                "names",
+                &p.info
+                    .dns_names
+                    .iter()
+                    .chain(&p.info.ip_names)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
         }
         Err(e) => r.line(&format!("pair does not load: {e}")),
     }

@@ -329,8 +329,8 @@ pub fn system_trust(chain: &[CertificateDer<'_>], host: Option<&str>) -> Result<
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(host.unwrap_or("localhost").to_string())
-        .map_err(|e| e.to_string())?;
+    let name =
+        ServerName::try_from(host.unwrap_or("localhost").to_string()).map_err(|e| e.to_string())?;
     use rustls::client::danger::ServerCertVerifier;
     verifier
         .verify_server_cert(leaf, rest, &name, &[], UnixTime::now())
@@ -529,8 +529,7 @@ pub fn production_failures_at(loaded: &Loaded, cert: &CertInfo, now: i64) -> Vec
             item: item::CORS,
             status: Status::Fail,
             evidence: "cors.origins contains `*`".into(),
-            fix: "set BPGATE_CORS_ORIGINS to your own origins, e.g. https://app.example.com"
-                .into(),
+            fix: "set BPGATE_CORS_ORIGINS to your own origins, e.g. https://app.example.com".into(),
         });
     }
     if loaded.derived.nodes.len() > 1 && c.sticky.enabled && c.sticky.secret.is_empty() {

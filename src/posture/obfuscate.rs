@@ -22,8 +22,7 @@ pub fn env_value(key: &str, value: &str) -> String {
     if is_secret_key(key) {
         return MASK.to_string();
     }
-    if let Ok(mut v @ (Value::Object(_) | Value::Array(_))) = serde_json::from_str::<Value>(value)
-    {
+    if let Ok(mut v @ (Value::Object(_) | Value::Array(_))) = serde_json::from_str::<Value>(value) {
         json(&mut v);
         return v.to_string();
     }
