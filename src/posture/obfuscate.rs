@@ -5,9 +5,12 @@ use serde_json::Value;
 
 pub const MASK: &str = "***obfuscated***";
 
-/// Key names whose whole value is hidden (case-insensitive substring match).
+/// Key names whose whole value is hidden (case-insensitive substring match): Botpress's diag
+/// list plus `license` and `passwd`. A matching key hides its whole value, objects included
+/// (so `jwtToken` disappears whole, as in Botpress's report), because a nested secret need not
+/// have a telling name.
 const SECRET_WORDS: &[&str] = &[
-    "secret", "password", "passwd", "pw", "token", "key", "cert", "license", "auth",
+    "secret", "password", "passwd", "pw", "token", "key", "cert", "license",
 ];
 
 /// Whether a variable or JSON key names a secret.
