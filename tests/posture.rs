@@ -36,6 +36,37 @@ enum Cert {
     OtherHost,
     ExpiresInDays(i64),
     Missing,
+    /// Leaf for bot.example.com issued by a private CA; the file holds leaf then CA.
+    PrivateCa,
+    /// Same leaf, followed by a certificate that did not issue it.
+    BrokenChain,
+}
+
+/// (chain PEM, leaf key PEM) for a leaf issued by a fresh private CA, followed by `extra` (the
+/// CA itself, or an unrelated certificate).
+fn private_ca_chain(broken: bool) -> (String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Test Private CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["bot.example.com".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "bot.example.com");
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca).unwrap();
+    let second = if broken {
+        bpgate::tls::generate_self_signed(&["unrelated.example.com"], "Unrelated")
+            .unwrap()
+            .0
+    } else {
+        ca.pem()
+    };
+    (
+        format!("{}{}", leaf_cert.pem(), second),
+        leaf_key.serialize_pem(),
+    )
 }
 
 /// One test deployment: Botpress's files and bpgate's config, written out on [`Fx::load`].
@@ -169,6 +200,8 @@ key = "{}"
                 bpgate::tls::generate_self_signed(&["other.example.com"], "other.example.com")
                     .unwrap()
             }
+            Cert::PrivateCa => private_ca_chain(false),
+            Cert::BrokenChain => private_ca_chain(true),
             Cert::ExpiresInDays(d) => {
                 let mut params =
                     rcgen::CertificateParams::new(vec!["bot.example.com".to_string()]).unwrap();
@@ -768,6 +801,29 @@ fn each_broken_item_is_reported() {
             assert!(any_fail, "case `{name}`");
         }
     }
+}
+
+#[test]
+fn https_evidence_names_the_problem() {
+    let evidence = |cert: Cert| {
+        let mut fx = Fx::compliant();
+        fx.cert = cert;
+        let f = fx.check();
+        f.iter()
+            .find(|x| x.item == item::HTTPS)
+            .unwrap()
+            .evidence
+            .clone()
+    };
+    let e = evidence(Cert::PrivateCa);
+    assert!(e.contains("does not chain to a system-trusted CA"), "{e}");
+    assert!(e.contains("(2 in chain)"), "{e}");
+    let e = evidence(Cert::BrokenChain);
+    assert!(e.contains("chain not well-formed"), "{e}");
+    let e = evidence(Cert::ExpiresInDays(20));
+    assert!(e.contains("expires in 20 days"), "{e}");
+    let e = evidence(Cert::OtherHost);
+    assert!(e.contains("does not name bot.example.com"), "{e}");
 }
 
 #[test]
