@@ -546,3 +546,81 @@ pub fn production_failures_at(loaded: &Loaded, cert: &CertInfo, now: i64) -> Vec
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser, Subcommand};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Cmd,
+    }
+
+    #[derive(Subcommand, Debug)]
+    enum Cmd {
+        Check(CheckArgs),
+        Diag(DiagArgs),
+    }
+
+    #[test]
+    fn args_parse_as_main_will_wire_them() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "bpgate",
+            "check",
+            "--botpress-env",
+            "/bp/.env",
+            "--botpress-config",
+            "/bp/c.json",
+            "--format",
+            "json",
+        ])
+        .unwrap();
+        let Cmd::Check(a) = c.command else {
+            panic!("not check")
+        };
+        assert_eq!(a.format, Format::Json);
+        assert_eq!(a.files.botpress_env, Some(PathBuf::from("/bp/.env")));
+        assert_eq!(a.files.nlu_config, None);
+        let c = Cli::try_parse_from(["bpgate", "diag", "--timeout", "500ms"]).unwrap();
+        let Cmd::Diag(d) = c.command else {
+            panic!("not diag")
+        };
+        assert_eq!(d.timeout, Duration::from_millis(500));
+        assert_eq!(d.out, PathBuf::from("diagnostic.txt"));
+        let c = Cli::try_parse_from(["bpgate", "check"]).unwrap();
+        let Cmd::Check(a) = c.command else {
+            panic!("not check")
+        };
+        assert_eq!(a.format, Format::Text);
+    }
+
+    #[test]
+    fn chain_problem_accepts_single_and_reports_unparsable() {
+        assert_eq!(chain_problem(&[]), None);
+        let bad = CertificateDer::from(vec![1u8, 2, 3]);
+        assert!(chain_problem(&[bad])
+            .unwrap_or_default()
+            .contains("cannot be parsed"));
+    }
+
+    #[test]
+    fn write_test_finds_existing_ancestor() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(write_test(&d.path().join("a/b/c")).is_ok());
+        assert!(
+            !d.path().join("a").exists(),
+            "the check must not create directories"
+        );
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "test file left behind"
+        );
+        let f = d.path().join("file");
+        std::fs::write(&f, "x").unwrap();
+        assert!(write_test(&f.join("sub")).is_err());
+    }
+}
