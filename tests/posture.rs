@@ -527,6 +527,15 @@ fn each_broken_item_is_reported() {
             Status::Fail,
         ),
         (
+            "botpress cors * with credentials",
+            |fx| {
+                fx.gate("cors.enabled", false.into())
+                    .cfg("httpServer.cors.origin", Some("*".into()));
+            },
+            item::CORS,
+            Status::Fail,
+        ),
+        (
             "cors by botpress only",
             |fx| {
                 fx.gate("cors.enabled", false.into());

@@ -448,13 +448,6 @@ fn cors(i: &Inputs<'_>) -> Finding {
             Some(o) => format!("bpgate CORS is off; Botpress httpServer.cors.origin={o}"),
             None => "bpgate CORS is off; Botpress restricts CORS".to_string(),
         });
-        if b.enabled && b.credentials && b.origin.as_deref().is_some_and(|o| o.contains('*')) {
-            a.bad(
-                Status::Fail,
-                "Botpress CORS origin has `*` with credentials",
-                "set httpServer.cors.origin to your own origin",
-            );
-        }
     } else {
         a.bad(
             Status::Fail,
