@@ -1,1 +1,0 @@
-//! Production posture: `bpgate check` and `bpgate diag`. (Stub.)

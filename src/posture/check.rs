@@ -1,0 +1,896 @@
+//! The posture checks, pure: [`check`] turns [`Inputs`] into one [`Finding`] per item, in the
+//! order of Botpress's Production Checklist, then the items bpgate adds.
+
+use serde_json::Value;
+
+use super::obfuscate::url_secrets;
+use super::{Finding, Inputs, Status};
+use crate::config::parse_external_url;
+
+/// Item names, in output order. Tests and the README refer to them.
+pub mod item {
+    pub const PRO: &str = "Botpress Professional";
+    pub const POSTGRES: &str = "Postgres database";
+    pub const BPFS: &str = "Database BPFS storage";
+    pub const PRODUCTION: &str = "Production mode";
+    pub const EXTERNAL_URL: &str = "External URL";
+    pub const REDIS: &str = "Redis";
+    pub const CORS: &str = "CORS restricted";
+    pub const JWT_COOKIE: &str = "JWT cookie storage";
+    pub const LANG_SERVER: &str = "Own language server";
+    pub const HTTPS: &str = "HTTPS";
+    pub const AUDIT: &str = "Audit trail";
+    pub const STICKY: &str = "Sticky sessions";
+    pub const FILE_LOGS: &str = "File logs";
+    pub const BASE_PATH: &str = "Base path";
+    pub const ROLES: &str = "Roles and permissions";
+    pub const AUTH: &str = "Authentication methods";
+    pub const REVERSE_PROXY_LB: &str = "Reverse proxy and load balancing";
+    pub const DIAG_REPORT: &str = "Diagnostic report";
+    pub const SERVER_CONFIG: &str = "Server config page disabled";
+    pub const TRUST_PROXY: &str = "REVERSE_PROXY (client IPs)";
+    pub const DIRECT_CORS: &str = "Botpress CORS without bpgate";
+    pub const SERVER_DIAG: &str = "Server diag page disabled";
+}
+
+/// Warn this many days before the certificate expires, fail at [`FAIL_DAYS`].
+pub const WARN_DAYS: i64 = 30;
+pub const FAIL_DAYS: i64 = 7;
+
+/// Collects sub-checks of one item; the item's status is the worst of them.
+struct Acc {
+    item: &'static str,
+    status: Status,
+    evidence: Vec<String>,
+    fix: Vec<String>,
+}
+
+impl Acc {
+    fn new(item: &'static str) -> Self {
+        Acc {
+            item,
+            status: Status::Pass,
+            evidence: Vec::new(),
+            fix: Vec::new(),
+        }
+    }
+    fn note(&mut self, e: impl Into<String>) -> &mut Self {
+        self.evidence.push(e.into());
+        self
+    }
+    fn bad(&mut self, s: Status, e: impl Into<String>, fix: impl Into<String>) -> &mut Self {
+        if s.rank() > self.status.rank() {
+            self.status = s;
+        }
+        self.evidence.push(e.into());
+        let f = fix.into();
+        if !f.is_empty() && !self.fix.contains(&f) {
+            self.fix.push(f);
+        }
+        self
+    }
+    fn done(self) -> Finding {
+        Finding {
+            item: self.item,
+            status: self.status,
+            evidence: self.evidence.join("; "),
+            fix: self.fix.join("; "),
+        }
+    }
+}
+
+fn one(item: &'static str, status: Status, evidence: String, fix: String) -> Finding {
+    Finding {
+        item,
+        status,
+        evidence,
+        fix,
+    }
+}
+
+/// Runs every check.
+pub fn check(i: &Inputs<'_>) -> Vec<Finding> {
+    vec![
+        pro(i),
+        postgres(i),
+        bpfs(i),
+        production(i),
+        external_url(i),
+        redis(i),
+        cors(i),
+        jwt_cookie(i),
+        lang_server(i),
+        https(i),
+        audit(i),
+        sticky(i),
+        file_logs(i),
+        base_path(i),
+        one(
+            item::ROLES,
+            Status::Manual,
+            "roles are stored in Botpress's workspaces, not in its config files".into(),
+            "review Admin > Workspace > Roles (workspaces.json `roles`) and give each collaborator the least role".into(),
+        ),
+        auth(i),
+        one(
+            item::REVERSE_PROXY_LB,
+            Status::Pass,
+            format!(
+                "bpgate terminates TLS and balances {} node(s)",
+                i.loaded.derived.nodes.len()
+            ),
+            String::new(),
+        ),
+        one(
+            item::DIAG_REPORT,
+            Status::Manual,
+            "a report is generated on demand".into(),
+            "run `bpgate diag` (same --botpress-* flags) and review diagnostic.txt; secrets are obfuscated".into(),
+        ),
+        server_config(i),
+        trust_proxy(i),
+        direct_cors(i),
+        server_diag(i),
+    ]
+}
+
+fn several_nodes(i: &Inputs<'_>) -> bool {
+    i.loaded.derived.nodes.len() > 1
+}
+
+fn pro(i: &Inputs<'_>) -> Finding {
+    let bp = &i.bp;
+    let mut a = Acc::new(item::PRO);
+    let enabled = bp.cfg_bool("pro.enabled") || bp.env_yn("PRO_ENABLED");
+    let key = bp
+        .cfg_str("pro.licenseKey")
+        .or_else(|| bp.env("BP_LICENSE_KEY"))
+        .filter(|k| !k.to_ascii_lowercase().contains("paste your license key"));
+    if !enabled {
+        let s = if several_nodes(i) {
+            Status::Fail
+        } else {
+            Status::Warn
+        };
+        a.bad(
+            s,
+            if several_nodes(i) {
+                "pro.enabled is false, but cluster mode (several nodes) needs Botpress Professional"
+            } else {
+                "pro.enabled is false"
+            },
+            "set BP_CONFIG_PRO_ENABLED=true (pro.enabled)",
+        );
+    } else {
+        a.note("pro.enabled is true");
+    }
+    match key {
+        Some(_) => {
+            a.note("a license key is set");
+        }
+        None => {
+            let s = if enabled { Status::Fail } else { Status::Warn };
+            a.bad(
+                s,
+                "no license key",
+                "set BP_CONFIG_PRO_LICENSEKEY=<your key> (pro.licenseKey)",
+            );
+        }
+    }
+    a.done()
+}
+
+fn postgres(i: &Inputs<'_>) -> Finding {
+    match i.bp.env("DATABASE_URL") {
+        Some(u)
+            if u.to_ascii_lowercase().starts_with("postgres://")
+                || u.to_ascii_lowercase().starts_with("postgresql://") =>
+        {
+            one(
+                item::POSTGRES,
+                Status::Pass,
+                format!("DATABASE_URL={}", url_secrets(u)),
+                String::new(),
+            )
+        }
+        Some(u) => one(
+            item::POSTGRES,
+            Status::Fail,
+            format!("DATABASE_URL={} is read as an SQLite path", url_secrets(u)),
+            "set DATABASE_URL=postgres://USER:PASSWORD@HOST:5432/DB".into(),
+        ),
+        None => one(
+            item::POSTGRES,
+            Status::Fail,
+            "DATABASE_URL is unset: Botpress uses SQLite (data/storage/core.sqlite)".into(),
+            "set DATABASE_URL=postgres://USER:PASSWORD@HOST:5432/DB".into(),
+        ),
+    }
+}
+
+fn bpfs(i: &Inputs<'_>) -> Finding {
+    match i.bp.env("BPFS_STORAGE") {
+        Some(v) if v.eq_ignore_ascii_case("database") => one(
+            item::BPFS,
+            Status::Pass,
+            "BPFS_STORAGE=database".into(),
+            String::new(),
+        ),
+        other => one(
+            item::BPFS,
+            // Several nodes on disk storage each see their own files: bots diverge.
+            if several_nodes(i) {
+                Status::Fail
+            } else {
+                Status::Warn
+            },
+            format!(
+                "BPFS_STORAGE={} (bots and config live on one node's disk)",
+                other.unwrap_or("unset, default disk")
+            ),
+            "set BPFS_STORAGE=database".into(),
+        ),
+    }
+}
+
+fn production(i: &Inputs<'_>) -> Finding {
+    if i.bp.env_yn("BP_PRODUCTION") {
+        one(
+            item::PRODUCTION,
+            Status::Pass,
+            "BP_PRODUCTION is true".into(),
+            String::new(),
+        )
+    } else if i.bp.env_yn("CLUSTER_ENABLED") {
+        one(
+            item::PRODUCTION,
+            Status::Pass,
+            "CLUSTER_ENABLED=true forces production mode".into(),
+            String::new(),
+        )
+    } else {
+        one(
+            item::PRODUCTION,
+            Status::Fail,
+            format!(
+                "BP_PRODUCTION={}: stack traces are shown to users and debug logging is on",
+                i.bp.env("BP_PRODUCTION").unwrap_or("unset")
+            ),
+            "set BP_PRODUCTION=true".into(),
+        )
+    }
+}
+
+fn external_url(i: &Inputs<'_>) -> Finding {
+    let mut a = Acc::new(item::EXTERNAL_URL);
+    let gate = i.loaded.config.external_url.as_deref();
+    let fix_value = gate.unwrap_or("https://bot.example.com");
+    let Some((bp_url, src)) = i.bp.external_url() else {
+        a.bad(
+            Status::Fail,
+            "Botpress has no EXTERNAL_URL: it assumes http://localhost:3000",
+            format!("set EXTERNAL_URL={fix_value} in Botpress's environment"),
+        );
+        if gate.is_none() {
+            a.bad(
+                Status::Fail,
+                "bpgate has no external_url",
+                "set EXTERNAL_URL (bpgate's external_url) to the public https URL",
+            );
+        }
+        return a.done();
+    };
+    a.note(format!("Botpress {src}={}", url_secrets(bp_url)));
+    let parsed = parse_external_url(bp_url);
+    match &parsed {
+        Err(p) => {
+            a.bad(
+                Status::Fail,
+                p.clone(),
+                format!("set EXTERNAL_URL={fix_value} in Botpress's environment"),
+            );
+        }
+        Ok((origin, _, _)) if !origin.starts_with("https://") => {
+            a.bad(
+                Status::Fail,
+                "it is not https: cookies, license validation and links would use http",
+                format!("set EXTERNAL_URL={fix_value} in Botpress's environment"),
+            );
+        }
+        Ok(_) => {}
+    }
+    match gate {
+        None => {
+            a.bad(
+                Status::Fail,
+                "bpgate has no external_url",
+                format!("set bpgate's external_url (EXTERNAL_URL) to {bp_url}"),
+            );
+        }
+        Some(g) => {
+            let same = match (&parsed, parse_external_url(g)) {
+                (Ok((o1, _, p1)), Ok((o2, _, p2))) => *o1 == o2 && *p1 == p2,
+                _ => false,
+            };
+            if !same {
+                a.bad(
+                    Status::Fail,
+                    format!(
+                        "bpgate's external_url is {g}: a mismatch breaks shortlinks and socket.io"
+                    ),
+                    format!("set EXTERNAL_URL={g} for Botpress too (both must be the same URL)"),
+                );
+            } else {
+                a.note("equal to bpgate's external_url");
+            }
+        }
+    }
+    a.done()
+}
+
+fn redis(i: &Inputs<'_>) -> Finding {
+    let bp = &i.bp;
+    let mut a = Acc::new(item::REDIS);
+    let url = bp.env("REDIS_URL");
+    let cluster = bp.env_yn("CLUSTER_ENABLED");
+    let fix_url = "set REDIS_URL=redis://HOST:6379 (same value on every node)";
+    if several_nodes(i) {
+        a.note(format!("bpgate has {} nodes", i.loaded.derived.nodes.len()));
+        match url {
+            Some(u) => a.note(format!("REDIS_URL={}", url_secrets(u))),
+            None => a.bad(
+                Status::Fail,
+                "REDIS_URL is unset: nodes cannot share state",
+                fix_url,
+            ),
+        };
+        if cluster {
+            a.note("CLUSTER_ENABLED=true");
+        } else {
+            a.bad(
+                Status::Fail,
+                "CLUSTER_ENABLED is not true",
+                "set CLUSTER_ENABLED=true on every node",
+            );
+        }
+    } else if cluster && url.is_none() {
+        a.bad(
+            Status::Fail,
+            "CLUSTER_ENABLED=true without REDIS_URL: Botpress kills the server",
+            fix_url,
+        );
+    } else {
+        a.note("one node: Redis is not needed");
+        if let Some(u) = url {
+            a.note(format!("REDIS_URL={}", url_secrets(u)));
+        }
+    }
+    match bp.env("BP_REDIS_SCOPE") {
+        Some(s) => a.note(format!("BP_REDIS_SCOPE={s}")),
+        None if url.is_some() => a.note(
+            "BP_REDIS_SCOPE unset (set it to prod/staging only if environments share one Redis)",
+        ),
+        None => &mut a,
+    };
+    a.done()
+}
+
+/// How Botpress's own `httpServer.cors` stands.
+struct BpCors {
+    enabled: bool,
+    origin: Option<String>,
+    restricted: bool,
+    credentials: bool,
+}
+
+fn bp_cors(i: &Inputs<'_>) -> BpCors {
+    let enabled = match i.bp.cfg("httpServer.cors.enabled") {
+        None | Some(Value::Null) => true, // schema default
+        v => super::botpress::truthy(v),
+    };
+    let origin = match i.bp.cfg("httpServer.cors.origin") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Array(a)) if !a.is_empty() => Some(
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("?").to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => None,
+    };
+    let wildcard = origin
+        .as_deref()
+        .is_none_or(|o| o.split(',').any(|x| x.trim() == "*"));
+    BpCors {
+        enabled,
+        restricted: !enabled || !wildcard,
+        origin,
+        credentials: i.bp.cfg_bool("httpServer.cors.credentials"),
+    }
+}
+
+fn gate_wildcard(c: &crate::config::Cors) -> bool {
+    c.origins.iter().any(|o| o.trim() == "*")
+}
+
+/// Whether cross-origin requests are restricted by bpgate or by Botpress.
+fn cors_restricted(i: &Inputs<'_>) -> bool {
+    let g = &i.loaded.config.cors;
+    (g.enabled && !gate_wildcard(g)) || (!g.enabled && bp_cors(i).restricted)
+}
+
+fn cors(i: &Inputs<'_>) -> Finding {
+    let g = &i.loaded.config.cors;
+    let b = bp_cors(i);
+    let mut a = Acc::new(item::CORS);
+    if g.enabled && gate_wildcard(g) {
+        a.bad(
+            Status::Fail,
+            format!(
+                "bpgate cors.origins contains `*`{}",
+                if g.credentials {
+                    " with credentials: any site can make authenticated requests"
+                } else {
+                    ""
+                }
+            ),
+            "set BPGATE_CORS_ORIGINS to your own origins, e.g. https://app.example.com",
+        );
+    } else if g.enabled {
+        a.note(if g.origins.is_empty() {
+            "bpgate restricts CORS to the public origin".to_string()
+        } else {
+            format!("bpgate restricts CORS to {}", g.origins.join(", "))
+        });
+    } else if b.restricted {
+        a.note(match &b.origin {
+            _ if !b.enabled => "bpgate CORS is off; Botpress httpServer.cors.enabled=false".into(),
+            Some(o) => format!("bpgate CORS is off; Botpress httpServer.cors.origin={o}"),
+            None => "bpgate CORS is off; Botpress restricts CORS".to_string(),
+        });
+    } else {
+        a.bad(
+            Status::Fail,
+            format!(
+                "bpgate CORS is off and Botpress allows any origin{}",
+                if b.credentials {
+                    " with credentials"
+                } else {
+                    ""
+                }
+            ),
+            "set bpgate cors.enabled=true with BPGATE_CORS_ORIGINS=https://app.example.com (or httpServer.cors.origin in botpress.config.json)",
+        );
+    }
+    a.done()
+}
+
+fn jwt_cookie(i: &Inputs<'_>) -> Finding {
+    let mut a = Acc::new(item::JWT_COOKIE);
+    let on = i.bp.cfg_bool("jwtToken.useCookieStorage");
+    if !on {
+        a.bad(
+            Status::Warn,
+            "jwtToken.useCookieStorage is false: the admin token sits in localStorage, readable by any script",
+            "set BP_CONFIG_JWTTOKEN_USECOOKIESTORAGE=true (jwtToken.useCookieStorage) once CORS is restricted",
+        );
+        return a.done();
+    }
+    a.note("jwtToken.useCookieStorage is true");
+    if !cors_restricted(i) {
+        a.bad(
+            Status::Fail,
+            "cookie storage with an unrestricted CORS policy lets other sites send the cookie",
+            "restrict CORS first (see the CORS item)",
+        );
+        return a.done();
+    }
+    let g = &i.loaded.config.cors;
+    if g.enabled && !g.origins.is_empty() && !g.credentials {
+        a.bad(
+            Status::Warn,
+            "bpgate allows other origins but cors.credentials=false: they will not send the cookie",
+            "set bpgate cors.credentials = true if those origins call Botpress's API",
+        );
+    }
+    let b = bp_cors(i);
+    if !g.enabled && b.enabled && b.origin.is_some() && !b.credentials {
+        a.bad(
+            Status::Warn,
+            "Botpress allows another origin but httpServer.cors.credentials is false",
+            "set httpServer.cors.credentials=true (BP_CONFIG_HTTPSERVER_CORS_CREDENTIALS=true)",
+        );
+    }
+    a.done()
+}
+
+fn lang_server(i: &Inputs<'_>) -> Finding {
+    let (eps, src) = i.bp.language_endpoints();
+    let public: Vec<&String> = eps.iter().filter(|e| e.contains("botpress.io")).collect();
+    let shown = eps
+        .iter()
+        .map(|e| url_secrets(e))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if public.is_empty() {
+        one(
+            item::LANG_SERVER,
+            Status::Pass,
+            format!("{src}: {shown}"),
+            String::new(),
+        )
+    } else {
+        one(
+            item::LANG_SERVER,
+            Status::Warn,
+            format!("{src}: {shown} is Botpress's public, rate-limited server"),
+            "run `./bp lang` (port 3100) and set languageSources to [{\"endpoint\":\"http://LANG_HOST:3100\"}] in data/global/config/nlu.json".into(),
+        )
+    }
+}
+
+fn https(i: &Inputs<'_>) -> Finding {
+    let mut a = Acc::new(item::HTTPS);
+    let c = &i.cert;
+    let fix_cert = "set BPGATE_TLS_CERT and BPGATE_TLS_KEY (tls.cert, tls.key) to your certificate chain and key";
+    let info = match &c.info {
+        Ok(info) => info,
+        Err(e) => {
+            a.bad(
+                Status::Fail,
+                format!("no usable certificate: {e}"),
+                fix_cert,
+            );
+            return a.done();
+        }
+    };
+    a.note(format!("{} ({} in chain)", info.subject, info.chain_len));
+    if info.development {
+        a.bad(
+            Status::Fail,
+            "this is bpgate's development certificate",
+            fix_cert,
+        );
+    }
+    let days = (info.not_after - i.now).div_euclid(86_400);
+    if info.expired(i.now) {
+        a.bad(
+            Status::Fail,
+            format!("expired on {}", info.not_after_rfc3339()),
+            "renew the certificate",
+        );
+    } else if days < FAIL_DAYS {
+        a.bad(
+            Status::Fail,
+            format!("expires in {days} day(s), {}", info.not_after_rfc3339()),
+            "renew the certificate now",
+        );
+    } else if days < WARN_DAYS {
+        a.bad(
+            Status::Warn,
+            format!("expires in {days} days, {}", info.not_after_rfc3339()),
+            "renew the certificate before it expires",
+        );
+    } else {
+        a.note(format!("valid until {}", info.not_after_rfc3339()));
+    }
+    match &i.loaded.derived.public_host {
+        Some(h) if info.matches_host(h) => {
+            a.note(format!("names {h}"));
+        }
+        Some(h) => {
+            a.bad(
+                Status::Fail,
+                format!(
+                    "does not name {h} (it names {})",
+                    info.dns_names
+                        .iter()
+                        .chain(&info.ip_names)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "install a certificate whose subjectAltName includes the EXTERNAL_URL host",
+            );
+        }
+        None => {
+            a.bad(
+                Status::Warn,
+                "cannot match a host: bpgate's external_url is unset",
+                "set EXTERNAL_URL for bpgate",
+            );
+        }
+    }
+    if let Some(p) = &c.chain_problem {
+        a.bad(
+            Status::Fail,
+            format!("chain not well-formed: {p}"),
+            "put the leaf first, then each intermediate in order, in the tls.cert file",
+        );
+    }
+    if info.self_signed && !info.development {
+        a.bad(
+            Status::Warn,
+            "self-signed: browsers will not trust it unless it is installed",
+            "use a certificate from a public CA (e.g. Let's Encrypt) unless every client trusts this one",
+        );
+    } else if !info.development {
+        if let Err(e) = &c.trust {
+            a.bad(
+                Status::Warn,
+                format!("does not chain to a system-trusted CA ({e}); fine for a private CA your clients trust"),
+                "include the intermediates, or make sure clients trust your private CA",
+            );
+        }
+    }
+    a.done()
+}
+
+fn audit(i: &Inputs<'_>) -> Finding {
+    let mut a = Acc::new(item::AUDIT);
+    let au = &i.loaded.config.audit;
+    if !au.enabled {
+        a.bad(
+            Status::Fail,
+            "bpgate audit.enabled=false: no record of who did what",
+            "set audit.enabled = true in bpgate's config",
+        );
+    } else {
+        match &i.audit_dir {
+            Ok(()) => a.note(format!("bpgate writes the trail to {}", au.dir.display())),
+            Err(e) => a.bad(
+                Status::Fail,
+                format!("audit.dir {} is not writable: {e}", au.dir.display()),
+                "create the directory and give bpgate's user write access, or set BPGATE_AUDIT_DIR",
+            ),
+        };
+    }
+    match i.bp.env("DEBUG") {
+        Some(d) if d.contains("bp:audit") => a.note("Botpress DEBUG includes bp:audit too"),
+        _ => a.note("Botpress's own bp:audit:* scope is optional with bpgate's trail"),
+    };
+    a.done()
+}
+
+fn sticky(i: &Inputs<'_>) -> Finding {
+    let transports = i.bp.socket_transports();
+    let polling = transports.iter().any(|t| t == "polling");
+    let n = i.loaded.derived.nodes.len();
+    let s = &i.loaded.config.sticky;
+    let t = transports.join(",");
+    if n <= 1 {
+        return one(
+            item::STICKY,
+            Status::Pass,
+            format!("one node: not needed (socketTransports {t})"),
+            String::new(),
+        );
+    }
+    if !polling {
+        return one(
+            item::STICKY,
+            Status::Pass,
+            format!("{n} nodes, socketTransports {t}: websocket only needs no stickiness"),
+            String::new(),
+        );
+    }
+    if !s.enabled {
+        return one(
+            item::STICKY,
+            Status::Fail,
+            format!(
+                "{n} nodes with polling in socketTransports ({t}) but bpgate sticky.enabled=false"
+            ),
+            "set sticky.enabled = true and BPGATE_STICKY_SECRET=$(openssl rand -base64 32)".into(),
+        );
+    }
+    if s.secret.is_empty() {
+        return one(
+            item::STICKY,
+            Status::Fail,
+            format!("{n} nodes with polling ({t}) but no sticky.secret: cookies cannot be signed"),
+            "set BPGATE_STICKY_SECRET=$(openssl rand -base64 32), the same on every bpgate replica"
+                .into(),
+        );
+    }
+    one(
+        item::STICKY,
+        Status::Pass,
+        format!(
+            "{n} nodes, polling allowed, bpgate sticky cookie `{}` signed",
+            s.cookie_name
+        ),
+        String::new(),
+    )
+}
+
+fn file_logs(i: &Inputs<'_>) -> Finding {
+    if i.bp.cfg_bool("logs.fileOutput.enabled") {
+        one(
+            item::FILE_LOGS,
+            Status::Pass,
+            format!(
+                "logs.fileOutput.enabled=true (folder {})",
+                i.bp.cfg_str("logs.fileOutput.folder").unwrap_or("./")
+            ),
+            String::new(),
+        )
+    } else {
+        one(
+            item::FILE_LOGS,
+            Status::Warn,
+            "logs.fileOutput.enabled is false: logs only go to the database and stdout".into(),
+            "set BP_CONFIG_LOGS_FILEOUTPUT_ENABLED=true (logs.fileOutput.enabled)".into(),
+        )
+    }
+}
+
+fn base_path(i: &Inputs<'_>) -> Finding {
+    let gate = &i.loaded.derived.base_path;
+    let bp_path =
+        i.bp.external_url()
+            .and_then(|(u, _)| parse_external_url(u).ok())
+            .map(|(_, _, p)| p)
+            .unwrap_or_default();
+    let show = |p: &str| {
+        if p.is_empty() {
+            "/".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    if *gate == bp_path {
+        one(
+            item::BASE_PATH,
+            Status::Pass,
+            format!("bpgate and Botpress both serve under {}", show(gate)),
+            String::new(),
+        )
+    } else {
+        one(
+            item::BASE_PATH,
+            Status::Fail,
+            format!(
+                "bpgate serves under {} but Botpress's EXTERNAL_URL path is {}",
+                show(gate),
+                show(&bp_path)
+            ),
+            "give Botpress and bpgate the same EXTERNAL_URL (its path is the base path); remove bpgate's base_path".into(),
+        )
+    }
+}
+
+fn auth(i: &Inputs<'_>) -> Finding {
+    let strategies =
+        i.bp.cfg("pro.collaboratorsAuthStrategies")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default (basic)".into());
+    one(
+        item::AUTH,
+        Status::Manual,
+        format!("pro.collaboratorsAuthStrategies: {strategies}"),
+        "consider LDAP, SAML or OAuth2 in authStrategies and pro.collaboratorsAuthStrategies"
+            .into(),
+    )
+}
+
+fn server_config(i: &Inputs<'_>) -> Finding {
+    if i.bp.env_yn("BP_DISABLE_SERVER_CONFIG") {
+        one(
+            item::SERVER_CONFIG,
+            Status::Pass,
+            "BP_DISABLE_SERVER_CONFIG=true".into(),
+            String::new(),
+        )
+    } else {
+        one(
+            item::SERVER_CONFIG,
+            Status::Warn,
+            "the checklist's server-config page returns botpress.config.json, appSecret included"
+                .into(),
+            "set BP_DISABLE_SERVER_CONFIG=true once the server is set up".into(),
+        )
+    }
+}
+
+fn trust_proxy(i: &Inputs<'_>) -> Finding {
+    match i.bp.env("REVERSE_PROXY") {
+        Some(v) if super::botpress::yn(v) => one(
+            item::TRUST_PROXY,
+            Status::Warn,
+            format!("REVERSE_PROXY={v} trusts every hop: the left-most X-Forwarded-For wins"),
+            "set REVERSE_PROXY=loopback (or bpgate's address) so only bpgate's header is believed".into(),
+        ),
+        Some(v) if !matches!(v.to_ascii_lowercase().as_str(), "false" | "no" | "n" | "0") => {
+            one(
+                item::TRUST_PROXY,
+                Status::Pass,
+                format!("REVERSE_PROXY={v}"),
+                String::new(),
+            )
+        }
+        v => one(
+            item::TRUST_PROXY,
+            Status::Fail,
+            format!(
+                "REVERSE_PROXY={}: Botpress records bpgate's IP for every user (audit, last_ip, rate limit)",
+                v.unwrap_or("unset")
+            ),
+            "set REVERSE_PROXY=loopback on Botpress (or bpgate's address if not on the same host)".into(),
+        ),
+    }
+}
+
+fn is_loopback_authority(a: &str) -> bool {
+    let host = a
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(a)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn direct_cors(i: &Inputs<'_>) -> Finding {
+    let b = bp_cors(i);
+    if b.restricted {
+        return one(
+            item::DIRECT_CORS,
+            Status::Pass,
+            if b.enabled {
+                format!("httpServer.cors.origin={}", b.origin.unwrap_or_default())
+            } else {
+                "httpServer.cors.enabled=false".into()
+            },
+            String::new(),
+        );
+    }
+    if i.loaded
+        .derived
+        .nodes
+        .iter()
+        .all(|n| is_loopback_authority(&n.authority))
+    {
+        return one(
+            item::DIRECT_CORS,
+            Status::Pass,
+            "Botpress allows any origin, but every node is on loopback: only bpgate reaches it"
+                .into(),
+            String::new(),
+        );
+    }
+    one(
+        item::DIRECT_CORS,
+        Status::Warn,
+        "Botpress's httpServer.cors allows any origin; anyone reaching a node without bpgate gets that policy".into(),
+        "firewall the nodes so only bpgate reaches them, or set httpServer.cors.origin to your origin".into(),
+    )
+}
+
+fn server_diag(i: &Inputs<'_>) -> Finding {
+    if i.bp.env_yn("BP_DISABLE_SERVER_DIAG") {
+        one(
+            item::SERVER_DIAG,
+            Status::Pass,
+            "BP_DISABLE_SERVER_DIAG=true".into(),
+            String::new(),
+        )
+    } else {
+        one(
+            item::SERVER_DIAG,
+            Status::Warn,
+            "the admin UI can generate Botpress's diag report (config files included)".into(),
+            "set BP_DISABLE_SERVER_DIAG=true; use `bpgate diag` from the host instead".into(),
+        )
+    }
+}
