@@ -27,6 +27,9 @@ struct Cli {
     /// Comma-separated node URLs (overrides BPGATE_UPSTREAMS and the file).
     #[arg(long, global = true, value_name = "URLS")]
     upstreams: Option<String>,
+    /// Start in production mode even when posture items fail (they are logged loudly).
+    #[arg(long, global = true)]
+    allow_insecure: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -37,6 +40,10 @@ enum Command {
     Run,
     /// Validate the configuration and print the effective settings, secrets redacted.
     Config,
+    /// Check a Botpress deployment against the production checklist (exit 1 when an item fails).
+    Check(bpgate::posture::CheckArgs),
+    /// Write a diagnostic report (connectivity probes, certificates, obfuscated configuration).
+    Diag(bpgate::posture::DiagArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,7 +72,10 @@ fn main() -> ExitCode {
         }
         Ok(l)
     }) {
-        Ok(l) => l,
+        Ok(mut l) => {
+            l.allow_insecure = cli.allow_insecure;
+            l
+        }
         Err(e) => {
             eprintln!(
                 "bpgate: invalid configuration ({}):\n{e}",
@@ -82,6 +92,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(loaded),
+        Command::Check(args) => bpgate::posture::run_check(&loaded, &args, &env),
+        Command::Diag(args) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(bpgate::posture::run_diag(&loaded, &args, &env)),
+            Err(e) => {
+                eprintln!("bpgate: cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -130,10 +151,14 @@ fn run(loaded: config::Loaded) -> ExitCode {
             let gw = gw.clone();
             tokio::spawn(async move {
                 use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
                 while hup.recv().await.is_some() {
                     match gw.reload_certificate() {
-                        Ok(()) => tracing::info!("SIGHUP: certificate reloaded; other settings need a restart"),
+                        Ok(()) => tracing::info!(
+                            "SIGHUP: certificate reloaded; other settings need a restart"
+                        ),
                         Err(e) => tracing::error!("SIGHUP: kept the current certificate: {e}"),
                     }
                 }

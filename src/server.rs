@@ -118,7 +118,12 @@ impl Gateway {
     /// Loads the certificate, starts the audit writer and builds the pipeline. Nothing is bound.
     pub fn start(loaded: Loaded) -> Result<Arc<Gateway>, StartError> {
         let c = &loaded.config;
-        if tls::ensure_dev_cert(&c.tls.cert, &c.tls.key).map_err(|e| StartError(e.to_string()))? {
+        let production = c.mode == crate::config::Mode::Production;
+        // Production never gets a generated certificate: a missing one is an error.
+        if !production
+            && tls::ensure_dev_cert(&c.tls.cert, &c.tls.key)
+                .map_err(|e| StartError(e.to_string()))?
+        {
             tracing::warn!(
                 cert = %c.tls.cert.display(),
                 "generated a self-signed DEVELOPMENT certificate for localhost; browsers will warn and production mode refuses it. Install a real certificate (certs/README.md)"
@@ -128,6 +133,26 @@ impl Gateway {
             tls::load_pair(&c.tls.cert, &c.tls.key).map_err(|e| StartError(e.to_string()))?;
         if pair.info.expired(cluster::unix_now() as i64) {
             tracing::warn!(not_after = %pair.info.not_after_rfc3339(), cert = %c.tls.cert.display(), "the TLS certificate has EXPIRED; clients will refuse it");
+        }
+        if production {
+            let failures = crate::posture::production_failures(&loaded, &pair.info);
+            if !failures.is_empty() {
+                let list: Vec<String> = failures
+                    .iter()
+                    .map(|f| format!("  - {}: {}\n    fix: {}", f.item, f.evidence, f.fix))
+                    .collect();
+                if loaded.allow_insecure {
+                    tracing::warn!(
+                        "PRODUCTION MODE WITH POSTURE FAILURES (--allow-insecure):\n{}",
+                        list.join("\n")
+                    );
+                } else {
+                    return Err(StartError(format!(
+                        "production mode refuses to start; these posture items fail:\n{}\n(`--allow-insecure` overrides, loudly)",
+                        list.join("\n")
+                    )));
+                }
+            }
         }
         let cert = ReloadableCert::new(pair.key);
         let server_config = tls::server_config(cert.clone()).map_err(StartError)?;
@@ -543,7 +568,10 @@ impl Gateway {
         let (cert, key) = (&loaded.config.tls.cert, &loaded.config.tls.key);
         let pair = tls::load_pair(cert, key).map_err(|e| e.to_string())?;
         if pair.info.expired(cluster::unix_now() as i64) {
-            return Err(format!("the new certificate expired on {}", pair.info.not_after_rfc3339()));
+            return Err(format!(
+                "the new certificate expired on {}",
+                pair.info.not_after_rfc3339()
+            ));
         }
         self.cert.replace(pair.key);
         self.cert_info.store(Arc::new(pair.info));

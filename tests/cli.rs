@@ -184,3 +184,66 @@ fn unwritable_audit_dir_refuses_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn production_mode_refuses_posture_failures_unless_allow_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let base = |c: &mut Command| {
+        c.current_dir(dir.path())
+            .env("BP_PRODUCTION", "true")
+            .env("BPGATE_TLS_CERT", &pki.cert)
+            .env("BPGATE_TLS_KEY", &pki.key)
+            .env("BPGATE_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_UPSTREAMS", "http://127.0.0.1:9,http://127.0.0.1:10")
+            .env("BPGATE_AUDIT_DIR", dir.path().join("audit"));
+    };
+    let mut c = bpgate();
+    base(&mut c);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("production mode refuses to start") && err.contains("BPGATE_STICKY_SECRET"),
+        "{err}"
+    );
+
+    // --allow-insecure starts anyway (loudly); stop it by its pid.
+    let mut c = bpgate();
+    base(&mut c);
+    let mut child = c
+        .arg("--allow-insecure")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "bpgate exited despite --allow-insecure"
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "graceful exit on SIGTERM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-insecure"), "{err}");
+}
+
+#[test]
+fn development_certificate_is_generated_only_at_default_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bpgate()
+        .current_dir(dir.path())
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        bpgate::tls::ensure_dev_cert(&dir.path().join("x.pem"), &dir.path().join("y.pem"))
+            .map(|g| !g)
+            .unwrap()
+    );
+}

@@ -650,6 +650,8 @@ impl Origins {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
+    /// `--allow-insecure`: start in production mode despite posture failures (loudly).
+    pub allow_insecure: bool,
     pub derived: Derived,
     pub path: PathBuf,
     pub origins: Origins,
@@ -732,6 +734,7 @@ pub fn load(
         derived,
         path: path.to_path_buf(),
         origins,
+        allow_insecure: false,
     })
 }
 
