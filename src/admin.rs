@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus (OpenMetrics) text |
 //! | `GET /upstreams` | every node's state as JSON |
 //! | `POST /upstreams/{name}/drain`, `/undrain` | stop / resume new sessions to a node |
+//! | `POST /reload` | re-read the configuration and the certificate (as SIGHUP), outcome as JSON |
 //! | `POST /audit/rotate` | rotate the audit file now |
 
 use std::convert::Infallible;
@@ -106,6 +107,22 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
                 ),
             }
         }
+        (&Method::POST, ["reload"]) => {
+            let gw = gw.clone();
+            let out = tokio::task::spawn_blocking(move || gw.reload_all())
+                .await
+                .unwrap_or_default();
+            let ok = out["config"]["ok"].as_bool().unwrap_or(false)
+                && out["certificate"]["ok"].as_bool().unwrap_or(false);
+            json_response(
+                if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                },
+                &out,
+            )
+        }
         (&Method::POST, ["audit", "rotate"]) => match &gw.audit {
             Some(a) => {
                 let a = a.clone();
@@ -117,7 +134,15 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
                 &json!({ "error": "the audit trail is disabled" }),
             ),
         },
-        (_, ["healthz"] | ["readyz"] | ["metrics"] | ["upstreams"] | ["audit", "rotate"])
+        (
+            _,
+            ["healthz"]
+            | ["readyz"]
+            | ["metrics"]
+            | ["reload"]
+            | ["upstreams"]
+            | ["audit", "rotate"],
+        )
         | (_, ["upstreams", _, _]) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,

@@ -78,6 +78,8 @@ pub struct Note {
     pub outcome: Option<&'static str>,
     /// A short reason for operators, for bpgate-generated answers.
     pub reason: Option<&'static str>,
+    /// Microseconds from sending to the node until its response head.
+    pub upstream_us: Option<u64>,
 }
 
 /// Returns the note of a response, adding an empty one if it has none.

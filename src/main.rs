@@ -49,29 +49,32 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut overrides = Overrides::default();
+    let s = |v: &str| toml::Value::String(v.to_string());
     if let Some(v) = &cli.listen {
         overrides
             .values
-            .push(("listen.https".into(), v.clone(), "--listen".into()));
+            .push(("listen.https".into(), s(v), "--listen".into()));
     }
     if let Some(v) = &cli.admin_listen {
         overrides
             .values
-            .push(("listen.admin".into(), v.clone(), "--admin-listen".into()));
+            .push(("listen.admin".into(), s(v), "--admin-listen".into()));
+    }
+    if let Some(u) = &cli.upstreams {
+        let urls = u
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(s)
+            .collect();
+        overrides.values.push((
+            "upstream.urls".into(),
+            toml::Value::Array(urls),
+            "--upstreams".into(),
+        ));
     }
     let env = |k: &str| std::env::var(k).ok();
-    let loaded = match config::load(&cli.config, &env, &overrides).and_then(|mut l| {
-        if let Some(u) = &cli.upstreams {
-            l.config.upstream.urls = u
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            l.config.upstream.nodes.clear();
-            l.derived = config::validate(&l.config, &l.origins)?;
-        }
-        Ok(l)
-    }) {
+    let loaded = match config::load(&cli.config, &env, &overrides) {
         Ok(mut l) => {
             l.allow_insecure = cli.allow_insecure;
             l
@@ -91,7 +94,7 @@ fn main() -> ExitCode {
             print!("{}", loaded.config.redacted_toml());
             ExitCode::SUCCESS
         }
-        Command::Run => run(loaded),
+        Command::Run => run(loaded, overrides),
         Command::Check(args) => bpgate::posture::run_check(&loaded, &args, &env),
         Command::Diag(args) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -106,7 +109,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(loaded: config::Loaded) -> ExitCode {
+fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
     let _log_guard = init_logging(&loaded.config.log.filter, loaded.config.log.format);
     let workers = loaded.derived.workers;
     let rt = if workers == 1 {
@@ -144,10 +147,15 @@ fn run(loaded: config::Loaded) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        gw.set_reloader(move |old| {
+            let env = |k: &str| std::env::var(k).ok();
+            let mut l = config::load(&old.path, &env, &overrides)?;
+            l.allow_insecure = old.allow_insecure;
+            Ok(l)
+        });
         #[cfg(unix)]
         {
-            // SIGHUP: pick up renewed certificate files. (Live config reload is not implemented:
-            // other settings need a restart, and a HUP must not end the process.)
+            // SIGHUP: re-read the configuration and the certificate files.
             let gw = gw.clone();
             tokio::spawn(async move {
                 use tokio::signal::unix::{signal, SignalKind};
@@ -155,12 +163,9 @@ fn run(loaded: config::Loaded) -> ExitCode {
                     return;
                 };
                 while hup.recv().await.is_some() {
-                    match gw.reload_certificate() {
-                        Ok(()) => tracing::info!(
-                            "SIGHUP: certificate reloaded; other settings need a restart"
-                        ),
-                        Err(e) => tracing::error!("SIGHUP: kept the current certificate: {e}"),
-                    }
+                    let gw = gw.clone();
+                    let out = tokio::task::spawn_blocking(move || gw.reload_all()).await;
+                    tracing::info!(outcome = %out.unwrap_or_default(), "SIGHUP handled");
                 }
             });
         }

@@ -26,6 +26,115 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::server::Gateway;
 
+/// Upper bounds (seconds) of the request-duration histogram buckets; `+Inf` follows.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+/// Per-request counters, bumped once when an exchange ends (plain atomics, fixed label sets).
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    by_class_method: [[AtomicU64; 8]; 5],
+    duration: [AtomicU64; 13],
+    duration_sum_us: AtomicU64,
+    upstream: [AtomicU64; 13],
+    upstream_sum_us: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub tunnels_closed: AtomicU64,
+    pub config_reloads_ok: AtomicU64,
+    pub config_reloads_failed: AtomicU64,
+    pub cert_reloads_ok: AtomicU64,
+    pub cert_reloads_failed: AtomicU64,
+}
+
+fn bucket(us: u64) -> usize {
+    let s = us as f64 / 1e6;
+    DURATION_BUCKETS
+        .iter()
+        .position(|b| s <= *b)
+        .unwrap_or(DURATION_BUCKETS.len())
+}
+
+pub fn status_class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+impl RequestMetrics {
+    /// One finished exchange. `upstream_us`: time from sending to the node's response head.
+    pub fn record(
+        &self,
+        status: u16,
+        method: &http::Method,
+        duration_us: u64,
+        upstream_us: Option<u64>,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let m = METHODS
+            .iter()
+            .position(|x| *x == method.as_str())
+            .unwrap_or(7);
+        self.by_class_method[status_class(status)][m].fetch_add(1, Ordering::Relaxed);
+        self.duration[bucket(duration_us)].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(duration_us, Ordering::Relaxed);
+        if let Some(u) = upstream_us {
+            self.upstream[bucket(u)].fetch_add(1, Ordering::Relaxed);
+            self.upstream_sum_us.fetch_add(u, Ordering::Relaxed);
+        }
+        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+}
+
+/// A histogram whose bucket counts were read from atomics at scrape time.
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    /// (upper bound, count in this bucket), not cumulative; the encoder accumulates.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl ConstHistogram {
+    fn from(counts: &[AtomicU64; 13], sum_us: &AtomicU64) -> Self {
+        let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(counts.iter().map(load))
+            .collect();
+        ConstHistogram {
+            sum: load(sum_us) as f64 / 1e6,
+            count: buckets.iter().map(|b| b.1).sum(),
+            buckets,
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for ConstHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -73,6 +182,20 @@ pub struct MetricsInput {
     /// The serving certificate's `notAfter`, unix seconds.
     pub cert_not_after: i64,
     pub uptime_seconds: f64,
+    /// (status class, method, count).
+    pub requests_by: Vec<(&'static str, &'static str, u64)>,
+    /// (node, status class, count).
+    pub node_classes: Vec<(String, &'static str, u64)>,
+    /// Per-bucket counts (upper bound, count) and the sum in seconds.
+    pub duration: (Vec<(f64, u64)>, f64),
+    pub upstream_time: (Vec<(f64, u64)>, f64),
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub tunnels_open: u64,
+    pub config_reloads_ok: u64,
+    pub config_reloads_failed: u64,
+    pub cert_reloads_ok: u64,
+    pub cert_reloads_failed: u64,
 }
 
 fn load(a: &AtomicU64) -> u64 {
@@ -102,6 +225,23 @@ impl MetricsInput {
                 }
             })
             .collect();
+        let rm = &gw.request_metrics;
+        let mut requests_by = Vec::new();
+        for (c, row) in rm.by_class_method.iter().enumerate() {
+            for (m, v) in row.iter().enumerate() {
+                let v = load(v);
+                if v > 0 {
+                    requests_by.push((CLASSES[c], METHODS[m], v));
+                }
+            }
+        }
+        let mut node_classes = Vec::new();
+        for n in gw.cluster.snapshot().nodes.iter() {
+            for (c, v) in n.status_counts.iter().enumerate() {
+                node_classes.push((n.spec.name.clone(), CLASSES[c], load(v)));
+            }
+        }
+        let hist = |h: ConstHistogram| (h.buckets, h.sum);
         MetricsInput {
             requests: load(&s.requests),
             connections_h1: s.connections_h1.load(Ordering::Relaxed) as u64,
@@ -117,6 +257,17 @@ impl MetricsInput {
             sticky_failover: load(&sticky.failover),
             sticky_forged: load(&sticky.forged),
             sticky_expired: load(&sticky.expired),
+            requests_by,
+            node_classes,
+            duration: hist(ConstHistogram::from(&rm.duration, &rm.duration_sum_us)),
+            upstream_time: hist(ConstHistogram::from(&rm.upstream, &rm.upstream_sum_us)),
+            bytes_in: load(&rm.bytes_in),
+            bytes_out: load(&rm.bytes_out),
+            tunnels_open: gw.background.tunnels.load(Ordering::Relaxed) as u64,
+            config_reloads_ok: load(&rm.config_reloads_ok),
+            config_reloads_failed: load(&rm.config_reloads_failed),
+            cert_reloads_ok: load(&rm.cert_reloads_ok),
+            cert_reloads_failed: load(&rm.cert_reloads_failed),
             audit: gw.audit.as_ref().map(|a| AuditInput {
                 lines: load(&a.stats.lines),
                 write_errors: load(&a.stats.write_errors),
@@ -186,10 +337,86 @@ pub fn render_from(m: &MetricsInput) -> String {
     );
     r.register(
         "connections",
-        "Open client connections by negotiated protocol",
+        "Open client connections by protocol (tunnel = upgraded WebSocket connections)",
         gauge_family([
             (label("protocol", "h1"), clamp_i64(m.connections_h1)),
             (label("protocol", "h2"), clamp_i64(m.connections_h2)),
+            (label("protocol", "tunnel"), clamp_i64(m.tunnels_open)),
+        ]),
+    );
+    let by = Family::<Vec<(&'static str, String)>, Counter>::default();
+    for (class, method, v) in &m.requests_by {
+        by.get_or_create(&vec![
+            ("class", class.to_string()),
+            ("method", method.to_string()),
+        ])
+        .inc_by(*v);
+    }
+    r.register(
+        "responses",
+        "Finished exchanges by status class and method",
+        by,
+    );
+    let by_node = Family::<Vec<(&'static str, String)>, Counter>::default();
+    for (node, class, v) in &m.node_classes {
+        by_node
+            .get_or_create(&vec![
+                ("node", escape_label_value(node)),
+                ("class", class.to_string()),
+            ])
+            .inc_by(*v);
+    }
+    r.register(
+        "upstream_responses",
+        "Responses by node and status class (bpgate's own errors included)",
+        by_node,
+    );
+    r.register_with_unit(
+        "request_duration",
+        "Time from request head to the end of the response body",
+        Unit::Seconds,
+        ConstHistogram {
+            sum: m.duration.1,
+            count: m.duration.0.iter().map(|b| b.1).sum(),
+            buckets: m.duration.0.clone(),
+        },
+    );
+    r.register_with_unit(
+        "upstream_response_time",
+        "Time from sending a request to a node until its response head (the node's share of the duration)",
+        Unit::Seconds,
+        ConstHistogram {
+            sum: m.upstream_time.1,
+            count: m.upstream_time.0.iter().map(|b| b.1).sum(),
+            buckets: m.upstream_time.0.clone(),
+        },
+    );
+    r.register_with_unit(
+        "received",
+        "Request body bytes received from clients",
+        Unit::Bytes,
+        ConstCounter::new(m.bytes_in),
+    );
+    r.register_with_unit(
+        "sent",
+        "Response body bytes sent to clients",
+        Unit::Bytes,
+        ConstCounter::new(m.bytes_out),
+    );
+    r.register(
+        "config_reloads",
+        "Configuration reloads by result",
+        counter_family([
+            (label("result", "success"), m.config_reloads_ok),
+            (label("result", "failure"), m.config_reloads_failed),
+        ]),
+    );
+    r.register(
+        "certificate_reloads",
+        "Certificate reloads by result",
+        counter_family([
+            (label("result", "success"), m.cert_reloads_ok),
+            (label("result", "failure"), m.cert_reloads_failed),
         ]),
     );
     r.register(
@@ -440,6 +667,7 @@ mod tests {
             }),
             cert_not_after: 1_900_000_000,
             uptime_seconds: 12.5,
+            ..Default::default()
         }
     }
 

@@ -26,7 +26,7 @@ use tower::Service;
 
 use crate::audit::{self, AuditGuard, AuditSink, Record};
 use crate::cluster::{self, Cluster, ClusterSettings, HealthSettings, StickyCodec};
-use crate::config::{Loaded, StickyFallback};
+use crate::config::{ConfigErrors, Loaded, StickyFallback};
 use crate::exchange::{ConnInfo, Exchange, ReqBody, RespBody};
 use crate::proxy::{self, Background, PoolSettings, Trusted};
 use crate::stack::{self, Stack};
@@ -110,6 +110,10 @@ pub struct Gateway {
     http: auto::Builder<TokioExecutor>,
     trusted: ArcSwap<Trusted>,
     started: Instant,
+    pub request_metrics: Arc<crate::metrics::RequestMetrics>,
+    redaction: Arc<ArcSwap<Vec<String>>>,
+    /// How a reload reads the configuration again (the binary re-applies its flags).
+    reloader: std::sync::RwLock<Arc<Reloader>>,
     /// The HTTPS listener's bound port, for redirects.
     https_port: std::sync::atomic::AtomicU16,
 }
@@ -189,23 +193,24 @@ impl Gateway {
             passive_ejection: c.health.enabled,
             generated_secret: generated,
         });
+        let redaction = audit::redaction(&c.audit);
         let (audit_sink, audit_guard) = if c.audit.enabled {
-            let (s, g) = audit::AuditSink::start(
-                audit::writer_settings(&c.audit),
-                audit::redaction(&c.audit),
-            )
-            .map_err(|e| StartError(e.to_string()))?;
+            let (s, g) =
+                audit::AuditSink::start(audit::writer_settings(&c.audit), redaction.clone())
+                    .map_err(|e| StartError(e.to_string()))?;
             (Some(s), Some(g))
         } else {
             tracing::warn!("the audit trail is disabled (audit.enabled = false)");
             (None, None)
         };
         let background = Background::default();
+        let request_metrics = Arc::new(crate::metrics::RequestMetrics::default());
         let stack = stack::build(
             &loaded,
             cluster.clone(),
             audit_sink.clone(),
             background.clone(),
+            request_metrics.clone(),
         )
         .map_err(StartError)?;
         let health = Arc::new(ArcSwap::from_pointee(health_settings(&loaded)));
@@ -229,7 +234,102 @@ impl Gateway {
             trusted,
             started: Instant::now(),
             https_port: Default::default(),
+            request_metrics,
+            redaction,
+            reloader: std::sync::RwLock::new(Arc::new(default_reloader)),
         }))
+    }
+
+    /// Replaces how `reload` reads the configuration (the binary passes its flags; tests pass
+    /// their own environment).
+    pub fn set_reloader(
+        &self,
+        f: impl Fn(&Loaded) -> Result<Loaded, ConfigErrors> + Send + Sync + 'static,
+    ) {
+        if let Ok(mut r) = self.reloader.write() {
+            *r = Arc::new(f);
+        }
+    }
+
+    /// Re-reads the configuration and applies what can change live — nodes (added, removed,
+    /// reweighted), CORS, response headers, base-path rewriting settings, trusted proxies, upstream
+    /// timeouts, health checks, the audit redaction list — to new requests. Open connections and
+    /// tunnels are untouched. Settings that need a restart are reported and keep their running
+    /// values. An invalid configuration changes nothing.
+    pub fn reload(&self) -> ReloadOutcome {
+        let old = self.loaded.load_full();
+        let reloader = self
+            .reloader
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let new = match reloader(&old) {
+            Ok(n) => n,
+            Err(e) => {
+                self.request_metrics
+                    .config_reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "configuration reload refused; keeping the running configuration:\n{e}"
+                );
+                return ReloadOutcome {
+                    ok: false,
+                    error: Some(e.to_string()),
+                    applied: vec![],
+                    restart_required: vec![],
+                };
+            }
+        };
+        let (merged, applied, restart_required) = merge_reload(&old, new);
+        if let Err(e) = self.apply(&merged) {
+            self.request_metrics
+                .config_reloads_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!("configuration reload refused: {e}");
+            return ReloadOutcome {
+                ok: false,
+                error: Some(e),
+                applied: vec![],
+                restart_required: vec![],
+            };
+        }
+        self.request_metrics
+            .config_reloads_ok
+            .fetch_add(1, Ordering::Relaxed);
+        if !restart_required.is_empty() {
+            tracing::warn!(
+                ?restart_required,
+                "these settings changed but need a restart; they keep their running values"
+            );
+        }
+        tracing::info!(?applied, "configuration reloaded");
+        ReloadOutcome {
+            ok: true,
+            error: None,
+            applied,
+            restart_required,
+        }
+    }
+
+    fn apply(&self, merged: &Loaded) -> Result<(), String> {
+        // Build the new stack first: if it fails nothing has changed yet.
+        let stack = stack::build(
+            merged,
+            self.cluster.clone(),
+            self.audit.clone(),
+            self.background.clone(),
+            self.request_metrics.clone(),
+        )?;
+        self.cluster.set_nodes(&merged.derived.nodes);
+        self.health.store(Arc::new(health_settings(merged)));
+        self.redaction
+            .store(Arc::new(merged.config.audit.redact_query.clone()));
+        self.trusted.store(Arc::new(Trusted(
+            merged.config.forwarding.trusted_proxies.clone(),
+        )));
+        self.stack.store(Arc::new(stack));
+        self.loaded.store(Arc::new(merged.clone()));
+        Ok(())
     }
 
     pub fn uptime(&self) -> Duration {
@@ -256,6 +356,7 @@ impl Gateway {
             base_path = %loaded.derived.base_path,
             "bpgate listening"
         );
+        let watcher = tokio::spawn(self.clone().watch_certificate());
         let https = tokio::spawn(self.clone().accept_https(listeners.https));
         let http = listeners
             .http
@@ -288,6 +389,7 @@ impl Gateway {
         }
         admin.abort();
         checks.abort();
+        watcher.abort();
         self.flush_audit();
         tracing::info!("bpgate stopped");
     }
@@ -563,7 +665,30 @@ impl Gateway {
     /// Loads the certificate files again and serves the new pair to new handshakes; open
     /// connections keep theirs. A bad pair (unparsable, mismatched, expired) is refused and the
     /// current one stays. Called on SIGHUP.
-    pub fn reload_certificate(&self) -> Result<(), String> {
+    pub fn reload_certificate(&self) -> Result<bool, String> {
+        let r = self.try_reload_certificate();
+        match &r {
+            Ok(true) => {
+                self.request_metrics
+                    .cert_reloads_ok
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(not_after = %self.cert_info.load().not_after_rfc3339(), "certificate reloaded; new handshakes use it");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.request_metrics
+                    .cert_reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "certificate reload refused; the current certificate stays in service: {e}"
+                );
+            }
+        }
+        r
+    }
+
+    /// `Ok(false)`: the files hold the certificate already in service.
+    fn try_reload_certificate(&self) -> Result<bool, String> {
         let loaded = self.loaded.load();
         let (cert, key) = (&loaded.config.tls.cert, &loaded.config.tls.key);
         let pair = tls::load_pair(cert, key).map_err(|e| e.to_string())?;
@@ -573,15 +698,150 @@ impl Gateway {
                 pair.info.not_after_rfc3339()
             ));
         }
+        if pair.key.cert == self.cert.current().cert {
+            return Ok(false);
+        }
         self.cert.replace(pair.key);
         self.cert_info.store(Arc::new(pair.info));
-        Ok(())
+        Ok(true)
+    }
+
+    /// Watches the certificate and key files (certbot replaces them on renewal) and reloads when
+    /// either changes.
+    async fn watch_certificate(self: Arc<Self>) {
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let (interval, cert, key) = {
+            let l = self.loaded.load();
+            (
+                l.config.tls.reload_interval,
+                l.config.tls.cert.clone(),
+                l.config.tls.key.clone(),
+            )
+        };
+        if interval.is_zero() {
+            return;
+        }
+        let mut last = (stamp(&cert), stamp(&key));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let now = (stamp(&cert), stamp(&key));
+            if now != last {
+                // A renewal writes two files; give the second one a moment to land.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                last = (stamp(&cert), stamp(&key));
+                let _ = self.reload_certificate();
+            }
+        }
+    }
+
+    /// SIGHUP and `POST /reload`: the configuration and the certificate.
+    pub fn reload_all(&self) -> serde_json::Value {
+        let config = self.reload();
+        let cert = self.reload_certificate();
+        serde_json::json!({
+            "config": config,
+            "certificate": match cert {
+                Ok(true) => serde_json::json!({"ok": true, "replaced": true}),
+                Ok(false) => serde_json::json!({"ok": true, "replaced": false}),
+                Err(e) => serde_json::json!({"ok": false, "error": e}),
+            },
+        })
     }
 
     /// Readiness: serving, not draining, and at least one node up.
     pub fn ready(&self) -> bool {
         !self.shutdown.is_cancelled() && self.cluster.ready(self.health.load().enabled)
     }
+}
+
+type Reloader = dyn Fn(&Loaded) -> Result<Loaded, ConfigErrors> + Send + Sync;
+
+/// Reads the same file again with the process environment.
+fn default_reloader(old: &Loaded) -> Result<Loaded, ConfigErrors> {
+    let env = |k: &str| std::env::var(k).ok();
+    crate::config::load(&old.path, &env, &crate::config::Overrides::default())
+}
+
+/// What a reload did, as `POST /reload` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Sections whose new values are in effect for new requests.
+    pub applied: Vec<String>,
+    /// Sections that changed but keep their running values until a restart.
+    pub restart_required: Vec<String>,
+}
+
+/// Sections a reload applies live, and those that need a restart (listeners, TLS setup,
+/// connection limits, the audit writer, the sticky key, logging, the public URL and base path
+/// that cookies and the sticky key are bound to).
+const LIVE: &[&str] = &[
+    "upstream",
+    "cors",
+    "headers",
+    "forwarding",
+    "health",
+    "audit.redact_query",
+];
+
+fn merge_reload(old: &Loaded, new: Loaded) -> (Loaded, Vec<String>, Vec<String>) {
+    let section = |c: &crate::config::Config| -> toml::Table {
+        toml::Value::try_from(c)
+            .ok()
+            .and_then(|v| v.as_table().cloned())
+            .unwrap_or_default()
+    };
+    let (a, b) = (section(&old.config), section(&new.config));
+    let mut applied = Vec::new();
+    let mut restart = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        if k == "audit" {
+            let (oa, na) = (
+                a.get(k).and_then(|v| v.as_table()),
+                b.get(k).and_then(|v| v.as_table()),
+            );
+            let redact = |t: Option<&toml::Table>| t.and_then(|t| t.get("redact_query")).cloned();
+            if redact(oa) != redact(na) {
+                applied.push("audit.redact_query".to_string());
+            }
+            let rest = |t: Option<&toml::Table>| {
+                t.map(|t| {
+                    t.iter()
+                        .filter(|(k, _)| *k != "redact_query")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<toml::Table>()
+                })
+            };
+            if rest(oa) != rest(na) {
+                restart.push("audit".to_string());
+            }
+        } else if a.get(k) != b.get(k) {
+            if LIVE.contains(&k.as_str()) {
+                applied.push(k.clone());
+            } else {
+                restart.push(k.clone());
+            }
+        }
+    }
+    // Keep the running values of everything that needs a restart.
+    let mut merged = old.clone();
+    merged.config.upstream = new.config.upstream.clone();
+    merged.config.cors = new.config.cors.clone();
+    merged.config.headers = new.config.headers.clone();
+    merged.config.forwarding = new.config.forwarding.clone();
+    merged.config.health = new.config.health.clone();
+    merged.config.audit.redact_query = new.config.audit.redact_query.clone();
+    merged.derived.nodes = new.derived.nodes;
+    (merged, applied, restart)
 }
 
 /// Per-connection activity, to close idle keep-alive connections.

@@ -29,6 +29,7 @@ pub fn build(
     cluster: Arc<Cluster>,
     audit: Option<AuditSink>,
     background: Background,
+    metrics: Arc<crate::metrics::RequestMetrics>,
 ) -> Result<Stack, String> {
     let c = &loaded.config;
     let d = &loaded.derived;
@@ -44,6 +45,7 @@ pub fn build(
     let audit = AuditContext {
         sink: audit,
         users: UserResolver::new(Some(c.audit.jwt_secret.expose())),
+        metrics,
     };
     Ok(ServiceBuilder::new()
         .layer(AuditLayer::new(audit))

@@ -35,6 +35,8 @@ pub struct AuditContext {
     /// `None` when `audit.enabled = false`.
     pub sink: Option<AuditSink>,
     pub users: UserResolver,
+    /// Per-request metrics, recorded at the same moment as the line.
+    pub metrics: Arc<crate::metrics::RequestMetrics>,
 }
 
 #[derive(Clone)]
@@ -80,20 +82,11 @@ where
     fn call(&mut self, req: Req) -> AuditFut {
         let x = exchange::exchange(&req).cloned();
         let id = x.as_ref().map(|x| x.id.clone());
-        let Some(sink) = self.cx.sink.clone() else {
-            let fut = self.inner.call(req);
-            return Box::pin(async move {
-                let mut resp = fut.await?;
-                set_request_id(&mut resp, id);
-                Ok(resp.map(|b| AuditBody {
-                    inner: b,
-                    pending: None,
-                }))
-            });
-        };
+        let sink = self.cx.sink.clone();
+        let metrics = self.cx.metrics.clone();
         let pending = x.map(|x| Pending::capture(&req, x, &self.cx.users));
         // Fail closed: while the trail cannot be written, nothing goes unaudited.
-        let fut = if sink.refusing() {
+        let fut = if sink.as_ref().is_some_and(|s| s.refusing()) {
             exchange::ready(exchange::error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the audit trail cannot be written",
@@ -119,12 +112,16 @@ where
             p.record.sticky = note.sticky;
             p.record.outcome = note.outcome.unwrap_or("ok");
             p.record.reason = note.reason;
+            p.upstream_us = note.upstream_us;
+            p.metrics = Some(metrics);
             p.bodiless = p.bodiless
                 || status.is_informational()
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED;
             if status == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(hook) = resp.extensions().get::<TunnelHook>() {
+                if let (Some(hook), Some(sink)) =
+                    (resp.extensions().get::<TunnelHook>(), sink.as_ref())
+                {
                     let mut close = p.record.clone();
                     let sink = sink.clone();
                     hook.set(move |r: &TunnelReport| {
@@ -143,7 +140,7 @@ where
                     });
                 }
             }
-            p.sink = Some(sink);
+            p.sink = sink;
             Ok(resp.map(|b| {
                 let mut body = AuditBody {
                     inner: b,
@@ -169,6 +166,8 @@ struct Pending {
     record: Record,
     exchange: Arc<Exchange>,
     sink: Option<AuditSink>,
+    metrics: Option<Arc<crate::metrics::RequestMetrics>>,
+    upstream_us: Option<u64>,
     /// HEAD and 1xx/204/304 answers have no body for hyper to read.
     bodiless: bool,
 }
@@ -212,6 +211,8 @@ impl Pending {
             bodiless: req.method() == Method::HEAD,
             exchange: x,
             sink: None,
+            metrics: None,
+            upstream_us: None,
         }
     }
 }
@@ -230,6 +231,8 @@ impl AuditBody {
             mut record,
             exchange,
             sink,
+            metrics,
+            upstream_us,
             ..
         } = *p;
         record.ts_ms = now_ms();
@@ -243,6 +246,16 @@ impl AuditBody {
                 BodyEnd::TooLarge => record.outcome = "rejected",
                 BodyEnd::Normal => {}
             }
+        }
+        if let (Some(m), Some(method)) = (&metrics, &record.method) {
+            m.record(
+                record.status,
+                method,
+                record.duration_us,
+                upstream_us,
+                record.bytes_in,
+                record.bytes_out,
+            );
         }
         if let Some(s) = sink {
             s.write(record);

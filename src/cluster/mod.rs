@@ -45,6 +45,8 @@ pub struct Node {
     fails: AtomicU32,
     oks: AtomicU32,
     pub ejections: AtomicU64,
+    /// Responses for requests routed here, by status class (1xx..5xx).
+    pub status_counts: [AtomicU64; 5],
     /// Whether any active check has succeeded yet (readiness).
     seen_up: AtomicBool,
     last_check: arc_swap::ArcSwapOption<CheckResult>,
@@ -90,6 +92,7 @@ impl Node {
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
+            status_counts: Default::default(),
             seen_up: AtomicBool::new(false),
             last_check: arc_swap::ArcSwapOption::empty(),
         }

@@ -118,6 +118,8 @@ where
                 Ok(r) => r,
                 Err(e) => e.into_response(id.as_ref()),
             };
+            node.status_counts[crate::metrics::status_class(resp.status().as_u16())]
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if cluster.sticky_enabled && set_cookie {
                 pin(&cluster, &snap, &node, &cookie, &mut resp);
             }

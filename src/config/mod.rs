@@ -623,7 +623,7 @@ impl std::error::Error for ConfigErrors {}
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// (key path, value, flag name), e.g. ("listen.https", "0.0.0.0:443", "--listen").
-    pub values: Vec<(String, String, String)>,
+    pub values: Vec<(String, toml::Value, String)>,
 }
 
 /// Where each explicitly set key came from, for error messages.
@@ -719,7 +719,7 @@ pub fn load(
     let mut errors = Vec::new();
     env::apply_env(&mut table, env, &mut origins, &mut errors);
     for (key, value, flag) in &overrides.values {
-        if let Err(e) = env::set_path(&mut table, key, toml::Value::String(value.clone())) {
+        if let Err(e) = env::set_path(&mut table, key, value.clone()) {
             errors.push(ConfigError::new(key.clone(), e, format!("check {flag}")));
         }
         origins.0.insert(key.clone(), format!("flag {flag}"));

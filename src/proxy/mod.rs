@@ -116,6 +116,8 @@ pub struct ForwardSettings {
 pub struct Background {
     pub tasks: TaskTracker,
     pub hard_stop: CancellationToken,
+    /// Open tunnels (metrics).
+    pub tunnels: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The forwarding service.
@@ -179,6 +181,7 @@ async fn forward(
     let timeout = response_timeout(&s, req.uri().path());
     prepare(&s, &x, &mut req, upgrade, trailers);
 
+    let sent = std::time::Instant::now();
     let (resp, mut lease) = match pool.send(req, timeout).await {
         Ok(r) => r,
         Err(SendError::Connect { req, error }) => return Err(ForwardError::Connect { req, error }),
@@ -204,8 +207,12 @@ async fn forward(
         match client_upgrade {
             Some(client) => {
                 let (idle, stop, h) = (s.tunnel_idle_timeout, bg.hard_stop.clone(), hook.clone());
-                bg.tasks
-                    .spawn(tunnel::run(client, upstream_upgrade, idle, stop, h));
+                let open = bg.tunnels.clone();
+                bg.tasks.spawn(async move {
+                    open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tunnel::run(client, upstream_upgrade, idle, stop, h).await;
+                    open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                });
                 parts.extensions.insert(hook);
                 http::Response::from_parts(parts, RespBody::empty())
             }
@@ -215,7 +222,9 @@ async fn forward(
     } else {
         http::Response::from_parts(parts, RespBody::Upstream(UpstreamBody::new(body, lease)))
     };
-    exchange::note_mut(&mut out).node = Some(pool.name.clone());
+    let n = exchange::note_mut(&mut out);
+    n.node = Some(pool.name.clone());
+    n.upstream_us = Some(sent.elapsed().as_micros() as u64);
     Ok(out)
 }
 
