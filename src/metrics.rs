@@ -555,7 +555,10 @@ mod tests {
                 assert!(name.starts_with("bpgate_"), "unprefixed: {line}");
                 if kind == "TYPE" {
                     let t = it.next().unwrap();
-                    assert!(matches!(t, "counter" | "gauge"), "bad type: {line}");
+                    assert!(
+                        matches!(t, "counter" | "gauge" | "histogram"),
+                        "bad type: {line}"
+                    );
                 }
                 continue;
             }
@@ -734,7 +737,9 @@ mod tests {
         let text = render_from(&m);
         let s = parse(&text);
         assert!(!text.contains("bpgate_audit_"));
-        assert!(s.iter().all(|(n, _, _)| !n.starts_with("bpgate_upstream_")));
+        // Per-node families are empty; the node-independent timing histogram stays.
+        assert!(s.iter().all(|(n, _, _)| !n.starts_with("bpgate_upstream_")
+            || n.starts_with("bpgate_upstream_response_time")));
         assert_eq!(value(&s, "bpgate_requests_total", &[]), 42.0);
     }
 
@@ -744,7 +749,17 @@ mod tests {
         for (name, labels, _) in &s {
             for (k, _) in labels {
                 assert!(
-                    matches!(k.as_str(), "protocol" | "reason" | "node" | "outcome"),
+                    matches!(
+                        k.as_str(),
+                        "protocol"
+                            | "reason"
+                            | "node"
+                            | "outcome"
+                            | "class"
+                            | "method"
+                            | "result"
+                            | "le"
+                    ),
                     "{name} has unexpected label {k}"
                 );
             }
