@@ -502,22 +502,6 @@ fn each_broken_item_is_reported() {
             Status::Fail,
         ),
         (
-            "gate cors wildcard",
-            |fx| {
-                fx.gate("cors.origins", toml::Value::Array(vec!["*".into()]));
-            },
-            item::CORS,
-            Status::Fail,
-        ),
-        (
-            "wildcard cors with cookies",
-            |fx| {
-                fx.gate("cors.origins", toml::Value::Array(vec!["*".into()]));
-            },
-            item::JWT_COOKIE,
-            Status::Fail,
-        ),
-        (
             "no cors anywhere",
             |fx| {
                 fx.gate("cors.enabled", false.into())
@@ -932,9 +916,7 @@ fn production_failures_cover_what_bpgate_owns() {
     f.gate("cors.enabled", false.into());
     assert_eq!(items(&f, &good), vec![item::CORS]);
 
-    let mut f = Fx::compliant();
-    f.gate("cors.origins", toml::Value::Array(vec!["*".into()]));
-    assert_eq!(items(&f, &good), vec![item::CORS]);
+    // `*` never gets this far: bpgate's config refuses it (see config_refuses_wildcard_origin).
 
     let mut f = Fx::compliant();
     f.gate("sticky.secret", "".into());
@@ -1172,4 +1154,16 @@ async fn diag_connects_to_real_postgres() {
             "postgres password leaked"
         );
     }
+}
+
+#[test]
+fn config_refuses_wildcard_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "[cors]\norigins = [\"*\"]\n").unwrap();
+    let e = bpgate::config::load(&p, &|_| None, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("cors.origins.0"), "{e}");
 }
