@@ -657,3 +657,161 @@ async fn admin_health_and_readiness() {
     );
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[limits]\nkeepalive_timeout = \"400ms\"").await;
+    let mut tls = tls_connect(&gate, &[b"http/1.1"]).await;
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now idle: bpgate closes the connection after the keep-alive timeout.
+    let start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "idle connection still open after 5 s");
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "closed too early"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn h2_concurrent_streams_are_capped() {
+    init();
+    let now = Arc::new(AtomicU64::new(0));
+    let max = Arc::new(AtomicU64::new(0));
+    let (n2, m2) = (now.clone(), max.clone());
+    let node = Node::start(
+        "n",
+        Arc::new(move |_req, _| {
+            let (now, max) = (n2.clone(), m2.clone());
+            Box::pin(async move {
+                let c = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(c, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Response::new(full("ok"))
+            })
+        }),
+    )
+    .await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[limits]\nh2_max_concurrent_streams = 2\n[health]\nenabled = false")
+        .start()
+        .await;
+    let mut c = Client::h2(&gate).await;
+    // One exchange first, so the client has bpgate's SETTINGS (streams sent before them may be
+    // refused with REFUSED_STREAM, which is also the cap at work).
+    assert_eq!(c.get("/warm").await.status, StatusCode::OK);
+    max.store(0, Ordering::SeqCst);
+    let Client::H2(tx) = c else { panic!("h2") };
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            tx.ready().await.unwrap();
+            let r = tx
+                .send_request(get("/x").body(full(Bytes::new())).unwrap())
+                .await
+                .unwrap();
+            r.status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        max.load(Ordering::SeqCst),
+        2,
+        "more than 2 streams ran at once on one connection"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn failed_and_stalled_handshakes_do_not_block_others() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[tls]\nhandshake_timeout = \"500ms\"").await;
+    // A client that never speaks, and one that speaks garbage.
+    let _silent = tokio::net::TcpStream::connect(gate.https).await.unwrap();
+    let mut garbage = tokio::net::TcpStream::connect(gate.https).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut c = Client::h1(&gate).await;
+    assert_eq!(c.get("/x").await.status, StatusCode::OK);
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), garbage.read_to_end(&mut sink)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, m) = gate.admin_get("/metrics").await;
+    let failures: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("bpgate_tls_handshake_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(failures >= 2.0, "both bad handshakes are counted:\n{m}");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn security_headers_on_every_answer_and_framing_left_to_csp() {
+    init();
+    let node = Node::start(
+        "n",
+        Arc::new(|_req, _| {
+            Box::pin(async move {
+                Response::builder()
+                    .header("x-frame-options", "SAMEORIGIN")
+                    .header("x-powered-by", "Botpress")
+                    .body(full("page"))
+                    .unwrap()
+            })
+        }),
+    )
+    .await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[headers]\nframe_ancestors = [\"'self'\", \"https://shop.example.com\"]\n[limits]\nmax_body = \"1k\"")
+        .start()
+        .await;
+    let mut c = Client::h1(&gate).await;
+    let chat = c.get("/lite/bot1/").await;
+    assert!(
+        chat.headers.get("x-frame-options").is_none(),
+        "XFO breaks webchat embedding"
+    );
+    assert!(chat.headers.get("x-powered-by").is_none());
+    assert_eq!(
+        chat.header("content-security-policy"),
+        Some("frame-ancestors 'self' https://shop.example.com")
+    );
+    assert_eq!(chat.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        chat.header("referrer-policy"),
+        Some("strict-origin-when-cross-origin")
+    );
+    let admin = c.get("/admin/").await;
+    assert_eq!(
+        admin.header("x-frame-options"),
+        Some("SAMEORIGIN"),
+        "other paths keep what Botpress sends"
+    );
+    let refused = c
+        .call(post("/x").body(full(vec![0u8; 4000])).unwrap())
+        .await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        refused.header("strict-transport-security"),
+        Some("max-age=31536000"),
+        "bpgate's own answers too"
+    );
+    gate.stop().await;
+}
