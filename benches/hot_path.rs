@@ -164,9 +164,7 @@ fn answer(_: Req) -> BoxFut {
 }
 
 /// The route layer's inner service (it expects the forwarder's error type).
-fn forward_ok(
-    _: Req,
-) -> std::future::Ready<Result<Resp, ForwardError>> {
+fn forward_ok(_: Req) -> std::future::Ready<Result<Resp, ForwardError>> {
     std::future::ready(Ok(http::Response::new(RespBody::empty())))
 }
 
@@ -213,6 +211,22 @@ fn jwt(email: &str) -> String {
 }
 
 // === benchmarks ===
+
+/// What the layer benchmarks cost without any layer: building the inner answer, boxing its
+/// future, dropping the request. Subtract it from a `layer_*` figure for the layer's own cost.
+fn baseline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("baseline");
+    let headers = browser_headers(&[]);
+    let svc = tower::service_fn(answer);
+    g.bench_function("inner_service_only", |b| {
+        b.iter_batched(
+            || request(Method::GET, "/api/v1/studio/welcome-bot/flows", &headers),
+            |r| drive(svc, r),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
 
 fn sticky(c: &mut Criterion) {
     let mut g = c.benchmark_group("sticky");
@@ -262,7 +276,13 @@ fn route(c: &mut Criterion) {
     let without = browser_headers(&[("cookie", "_ga=GA1.1.1234567890.1700000000; lang=en")]);
     g.bench_function("layer_cookie_hit", |b| {
         b.iter_batched(
-            || request(Method::GET, "/api/v1/studio/welcome-bot/flows", &with_cookie),
+            || {
+                request(
+                    Method::GET,
+                    "/api/v1/studio/welcome-bot/flows",
+                    &with_cookie,
+                )
+            },
             |r| drive(svc.clone(), r),
             BatchSize::SmallInput,
         )
@@ -304,11 +324,20 @@ fn cors(c: &mut Criterion) {
         .layer(tower::service_fn(answer));
     let preflight = browser_headers(&[
         ("access-control-request-method", "POST"),
-        ("access-control-request-headers", "content-type, x-bp-workspace-id"),
+        (
+            "access-control-request-headers",
+            "content-type, x-bp-workspace-id",
+        ),
     ]);
     g.bench_function("layer_preflight", |b| {
         b.iter_batched(
-            || request(Method::OPTIONS, "/api/v1/studio/welcome-bot/flows", &preflight),
+            || {
+                request(
+                    Method::OPTIONS,
+                    "/api/v1/studio/welcome-bot/flows",
+                    &preflight,
+                )
+            },
             |r| drive(svc.clone(), r),
             BatchSize::SmallInput,
         )
@@ -431,8 +460,12 @@ fn jwt_resolve(c: &mut Criterion) {
     let none = browser_headers(&[("cookie", "_ga=GA1.1.1234567890.1700000000; lang=en")]);
     assert_eq!(users.resolve(&bearer).source, Some("jwt"));
     assert_eq!(users.resolve(&cookie).source, Some("jwt"));
-    g.bench_function("bearer_valid", |b| b.iter(|| users.resolve(black_box(&bearer))));
-    g.bench_function("cookie_valid", |b| b.iter(|| users.resolve(black_box(&cookie))));
+    g.bench_function("bearer_valid", |b| {
+        b.iter(|| users.resolve(black_box(&bearer)))
+    });
+    g.bench_function("cookie_valid", |b| {
+        b.iter(|| users.resolve(black_box(&cookie)))
+    });
     g.bench_function("no_token", |b| b.iter(|| users.resolve(black_box(&none))));
     let unverified = UserResolver::new(None);
     g.bench_function("bearer_no_secret", |b| {
@@ -446,7 +479,9 @@ fn audit_encode(c: &mut Criterion) {
     let peer: IpAddr = "198.51.100.23".parse().expect("ip");
     let headers = browser_headers(&[]);
     let mut r = Record::unparsed(peer, Some("TLSv1.3"), 200, "unused");
-    r.request_id = Some(HeaderValue::from_static("0193a5c2-7f1e-7cc0-9a4e-5f3b2d1c0a99"));
+    r.request_id = Some(HeaderValue::from_static(
+        "0193a5c2-7f1e-7cc0-9a4e-5f3b2d1c0a99",
+    ));
     r.user = UserResolver::new(Some(JWT_SECRET)).resolve(&browser_headers(&[(
         "authorization",
         &format!("Bearer {}", jwt("admin@example.com")),
@@ -539,13 +574,13 @@ fn stack(c: &mut Criterion) {
                 .collect(),
             public_origin: loaded.derived.public_origin.clone(),
         }))
-        .layer(RouteLayer::new(cluster, bpgate::stack::cookie_spec(&loaded)))
+        .layer(RouteLayer::new(
+            cluster,
+            bpgate::stack::cookie_spec(&loaded),
+        ))
         .service(tower::service_fn(forward_ok));
     let token = jwt("admin@example.com");
-    let pinned = browser_headers(&[(
-        "cookie",
-        &format!("bpgate_node={cookie}; jwtToken={token}"),
-    )]);
+    let pinned = browser_headers(&[("cookie", &format!("bpgate_node={cookie}; jwtToken={token}"))]);
     let anonymous = browser_headers(&[]);
     for (name, headers) in [("pinned_jwt", &pinned), ("new_visitor", &anonymous)] {
         g.bench_function(name, |b| {
@@ -564,6 +599,7 @@ fn stack(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    baseline,
     sticky,
     route,
     cors,
