@@ -366,7 +366,8 @@ pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<ServerConfig>,
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too: HTTP/1.0 clients that send ALPN (curl --http1.0) must not be refused.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
     cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
     Ok(Arc::new(cfg))
