@@ -555,6 +555,7 @@ fn stack(c: &mut Criterion) {
         .layer(AuditLayer::new(AuditContext {
             sink: Some(sink),
             users: UserResolver::new(Some(cfg.audit.jwt_secret.expose())),
+            metrics: Default::default(),
         }))
         .layer(SecurityHeadersLayer::new(
             SecurityHeaders::new(&cfg.headers, &loaded.derived.base_path).expect("headers"),

@@ -39,7 +39,8 @@ pub struct WriterSettings {
 }
 
 enum Msg {
-    Line(Box<Record>),
+    /// An encoded line and its timestamp (Unix ms, for time-based rotation).
+    Line(Vec<u8>, i64),
     Flush(SyncSender<()>),
     Rotate(SyncSender<()>),
     Stop,
@@ -62,6 +63,7 @@ pub struct AuditSink {
     /// False while the files cannot be written.
     healthy: Arc<AtomicBool>,
     on_failure: OnFailure,
+    redact: Arc<ArcSwap<Vec<String>>>,
 }
 
 /// Joins the writer thread at shutdown, after a final flush.
@@ -110,6 +112,7 @@ impl AuditSink {
             stats: stats.clone(),
             healthy: healthy.clone(),
             on_failure: s.on_failure,
+            redact,
         };
         let thread = std::thread::Builder::new()
             .name("bpgate-audit".into())
@@ -120,7 +123,6 @@ impl AuditSink {
                     rx,
                     stats,
                     healthy,
-                    redact,
                     buf: Vec::with_capacity(1 << 16),
                 }
                 .run()
@@ -137,8 +139,12 @@ impl AuditSink {
 
     /// Queues a line. Waits when the queue is full rather than drop it.
     pub fn write(&self, r: Record) {
+        // Encoded here, on the request path, so the cost is spread evenly instead of stalling the
+        // core for a whole batch when the writer wakes up.
+        let mut line = Vec::with_capacity(768);
+        encode(&r, &self.redact.load(), &mut line);
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let msg = Msg::Line(Box::new(r));
+        let msg = Msg::Line(line, r.ts_ms);
         let msg = match self.tx.try_send(msg) {
             Ok(()) => return,
             Err(TrySendError::Full(m)) => m,
@@ -200,7 +206,6 @@ struct Writer {
     rx: Receiver<Msg>,
     stats: Arc<AuditStats>,
     healthy: Arc<AtomicBool>,
-    redact: Arc<ArcSwap<Vec<String>>>,
     buf: Vec<u8>,
 }
 
@@ -216,7 +221,7 @@ impl Writer {
             while !stop {
                 let Ok(m) = self.rx.try_recv() else { break };
                 stop = self.handle(m, &mut acks);
-                if self.buf.len() >= 1 << 20 {
+                if self.buf.len() >= 256 << 10 {
                     self.write_out();
                 }
             }
@@ -236,20 +241,15 @@ impl Writer {
     /// Returns true on `Stop`.
     fn handle(&mut self, m: Msg, acks: &mut Vec<SyncSender<()>>) -> bool {
         match m {
-            Msg::Line(r) => {
+            Msg::Line(line, now) => {
                 self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                let redact = self.redact.load();
-                let start = self.buf.len();
-                encode(&r, &redact, &mut self.buf);
-                let line_len = (self.buf.len() - start) as u64;
+                let line_len = line.len() as u64;
                 // Rotate between lines when this one would pass the size cap or the period changed.
-                let now = r.ts_ms;
                 if self.files.due(&self.s, line_len, now) {
-                    let line = self.buf.split_off(start);
                     self.write_out();
                     self.rotate_now();
-                    self.buf = line;
                 }
+                self.buf.extend_from_slice(&line);
                 self.files.pending += line_len;
                 self.stats.lines.fetch_add(1, Ordering::Relaxed);
             }

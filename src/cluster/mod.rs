@@ -45,6 +45,8 @@ pub struct Node {
     fails: AtomicU32,
     oks: AtomicU32,
     pub ejections: AtomicU64,
+    /// The last `Set-Cookie` pinning this node and the second it was sealed in.
+    pub set_cookie: arc_swap::ArcSwapOption<(u64, http::HeaderValue)>,
     /// Responses for requests routed here, by status class (1xx..5xx).
     pub status_counts: [AtomicU64; 5],
     /// Whether any active check has succeeded yet (readiness).
@@ -93,6 +95,7 @@ impl Node {
             oks: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
             status_counts: Default::default(),
+            set_cookie: arc_swap::ArcSwapOption::empty(),
             seen_up: AtomicBool::new(false),
             last_check: arc_swap::ArcSwapOption::empty(),
         }

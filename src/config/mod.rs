@@ -518,8 +518,8 @@ impl Default for Audit {
                 .map(|s| s.to_string())
                 .collect(),
             jwt_secret: Secret::default(),
-            queue: 65_536,
-            flush_interval: Duration::from_millis(50),
+            queue: 16_384,
+            flush_interval: Duration::from_millis(20),
         }
     }
 }
