@@ -100,11 +100,7 @@ fn exchange() -> Arc<Exchange> {
     Arc::new(Exchange {
         start: Instant::now(),
         id: HeaderValue::from_static("0193a5c2-7f1e-7cc0-9a4e-5f3b2d1c0a99"),
-        conn: Arc::new(ConnInfo {
-            peer,
-            local,
-            tls_version: Some("TLSv1.3"),
-        }),
+        conn: Arc::new(ConnInfo::new(peer, local, Some("TLSv1.3"))),
         client_ip: peer.ip(),
         peer_trusted: false,
         bytes_in: AtomicU64::new(0),
@@ -403,6 +399,7 @@ fn forwarding(c: &mut Criterion) {
         client: peer,
         port: &port,
         prefix: Some(&prefix),
+        cache: None,
     };
     g.bench_function("set_headers_untrusted", |b| {
         b.iter_batched_ref(
@@ -423,6 +420,7 @@ fn forwarding(c: &mut Criterion) {
         client: "203.0.113.7".parse().expect("ip"),
         port: &port,
         prefix: Some(&prefix),
+        cache: None,
     };
     g.bench_function("set_headers_trusted_chain", |b| {
         b.iter_batched_ref(

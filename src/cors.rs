@@ -492,11 +492,7 @@ mod tests {
         Arc::new(Exchange {
             start: Instant::now(),
             id: HeaderValue::from_static("req-1"),
-            conn: Arc::new(ConnInfo {
-                peer: a,
-                local: a,
-                tls_version: Some("TLSv1.3"),
-            }),
+            conn: Arc::new(ConnInfo::new(a, a, Some("TLSv1.3"))),
             client_ip: a.ip(),
             peer_trusted: false,
             bytes_in: AtomicU64::new(0),

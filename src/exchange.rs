@@ -30,6 +30,19 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// `"TLSv1.3"`, `"TLSv1.2"`, or `None` on a plain listener.
     pub tls_version: Option<&'static str>,
+    /// Forwarding header values memoised across the connection's requests.
+    pub forwarding: crate::proxy::ForwardedCache,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls_version: Option<&'static str>) -> Self {
+        ConnInfo {
+            peer,
+            local,
+            tls_version,
+            forwarding: Default::default(),
+        }
+    }
 }
 
 /// One request/response exchange. Created at the edge, shared (by `Arc`) with the body wrappers

@@ -205,7 +205,14 @@ async fn shutdown_signal() {
 fn init_logging(filter: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+    // rustls warns about every client that sends an IP address as SNI (curl, wrk, some
+    // monitors); that is noise for operators unless they ask for rustls logs explicitly.
+    let directives = if filter.contains("rustls") {
+        filter.to_string()
+    } else {
+        format!("{filter},rustls=error")
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
         eprintln!("bpgate: log filter `{filter}` is invalid ({e}); using `info`");
         EnvFilter::new("info")
     });

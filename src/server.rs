@@ -458,11 +458,7 @@ impl Gateway {
         let (_, session) = tls.get_ref();
         let tls_version = tls::version_name(session.protocol_version());
         let h2 = session.alpn_protocol() == Some(b"h2");
-        let conn = Arc::new(ConnInfo {
-            peer,
-            local,
-            tls_version,
-        });
+        let conn = Arc::new(ConnInfo::new(peer, local, tls_version));
         let gauge = if h2 {
             &self.stats.connections_h2
         } else {
@@ -921,6 +917,8 @@ fn http_builder(loaded: &Loaded) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(l.header_read_timeout)
         .max_buf_size((l.max_header_bytes.0 as usize).max(8192))
+        // One buffer per write: over TLS each iovec would become its own record (and AEAD seal).
+        .writev(false)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

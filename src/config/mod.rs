@@ -518,7 +518,7 @@ impl Default for Audit {
                 .map(|s| s.to_string())
                 .collect(),
             jwt_secret: Secret::default(),
-            queue: 16_384,
+            queue: 4_096,
             flush_interval: Duration::from_millis(20),
         }
     }
@@ -1013,7 +1013,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         err(
             "audit.queue",
             "too small".into(),
-            "use at least 1024 (default 65536)".into(),
+            "use at least 1024 (default 4096)".into(),
         );
     }
 

@@ -87,12 +87,33 @@ pub struct ForwardingContext<'a> {
     pub port: &'a HeaderValue,
     /// The base path for `X-Forwarded-Prefix`, if any.
     pub prefix: Option<&'a HeaderValue>,
+    /// The connection's values from its previous request, reused when they still apply.
+    pub cache: Option<&'a ForwardedCache>,
+}
+
+/// Per-connection memo of the header values that only depend on the peer and the `Host`: a
+/// keep-alive connection from an untrusted peer sends the same ones on every request, so they
+/// are formatted once instead of per request.
+#[derive(Debug, Default)]
+pub struct ForwardedCache(arc_swap::ArcSwapOption<CachedForwarding>);
+
+#[derive(Debug)]
+struct CachedForwarding {
+    client: IpAddr,
+    host: Option<HeaderValue>,
+    client_text: HeaderValue,
+    forwarded: Option<HeaderValue>,
 }
 
 /// Writes `X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `-Prefix`, `X-Real-IP` and `Forwarded`.
 pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
     let peer = canonical(cx.peer);
     let host = h.get(HOST).cloned();
+    let cached = cx
+        .cache
+        .filter(|_| !cx.peer_trusted)
+        .and_then(|c| c.0.load_full())
+        .filter(|c| c.client == cx.client && c.host == host);
 
     // X-Forwarded-For: a trusted proxy's chain is extended; anyone else's is replaced.
     let xff = if cx.peer_trusted {
@@ -113,12 +134,15 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
     } else {
         None
     };
-    let client_text = ip_header(cx.client);
+    let client_text = match &cached {
+        Some(c) => c.client_text.clone(),
+        None => ip_header(cx.client),
+    };
     h.insert(
         X_FORWARDED_FOR.clone(),
         xff.unwrap_or_else(|| client_text.clone()),
     );
-    h.insert(X_REAL_IP.clone(), client_text);
+    h.insert(X_REAL_IP.clone(), client_text.clone());
 
     let keep = |h: &HeaderMap, n: &HeaderName| cx.peer_trusted && h.get(n).is_some();
     if !keep(h, &X_FORWARDED_PROTO) {
@@ -142,6 +166,13 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
         }
     }
 
+    if let Some(c) = &cached {
+        match &c.forwarded {
+            Some(v) => h.insert(FORWARDED, v.clone()),
+            None => h.remove(FORWARDED),
+        };
+        return;
+    }
     // RFC 7239: one element per proxy; a trusted proxy's elements are kept, ours appended.
     let mut fwd = String::with_capacity(64);
     if cx.peer_trusted {
@@ -166,13 +197,18 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
         }
     }
     fwd.push_str(";proto=https");
-    match HeaderValue::from_str(&fwd) {
-        Ok(v) => {
-            h.insert(FORWARDED, v);
-        }
-        Err(_) => {
-            h.remove(FORWARDED);
-        }
+    let forwarded = HeaderValue::from_str(&fwd).ok();
+    match &forwarded {
+        Some(v) => h.insert(FORWARDED, v.clone()),
+        None => h.remove(FORWARDED),
+    };
+    if let (Some(cache), false) = (cx.cache, cx.peer_trusted) {
+        cache.0.store(Some(std::sync::Arc::new(CachedForwarding {
+            client: cx.client,
+            host,
+            client_text,
+            forwarded,
+        })));
     }
 }
 

@@ -12,37 +12,53 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `Trailer` is kept on purpose: RFC 9110 made it end-to-end, and hyper only emits trailers on a
 /// chunked HTTP/1.1 message that declares them in `Trailer`, so removing it would drop them.
 pub fn strip(h: &mut HeaderMap, upgrade: bool) {
-    if let Some(conn) = h.get(CONNECTION) {
-        // Usually "keep-alive" or "upgrade"; anything named here is connection-specific.
+    // One pass over the names finds what is present; most messages carry only `Connection`
+    // (often just `keep-alive`), so most of the removals below never run.
+    let (mut conn, mut fixed, mut proxy) = (false, false, false);
+    for k in h.keys() {
+        if k == CONNECTION {
+            conn = true;
+        } else if k == TE || k == TRANSFER_ENCODING || k == UPGRADE || k == KEEP_ALIVE {
+            fixed = true;
+        } else if k.as_str().starts_with("proxy-") {
+            proxy = true;
+        }
+    }
+    if conn {
         let named: Vec<HeaderName> = h
             .get_all(CONNECTION)
             .iter()
-            .chain(std::iter::once(conn))
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            // `close` and `keep-alive` name no header worth a lookup (`Keep-Alive` goes below).
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(upgrade && n == UPGRADE) && n != CONNECTION)
             .collect();
         for n in named {
             h.remove(&n);
         }
+        h.remove(CONNECTION);
     }
-    h.remove(CONNECTION);
-    h.remove(&KEEP_ALIVE);
-    h.remove(TE);
-    h.remove(TRANSFER_ENCODING);
+    if fixed {
+        h.remove(&KEEP_ALIVE);
+        h.remove(TE);
+        h.remove(TRANSFER_ENCODING);
+        if !upgrade {
+            h.remove(UPGRADE);
+        }
+    }
     if upgrade {
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(UPGRADE);
     }
-    if h.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = h
+    if proxy {
+        let names: Vec<HeaderName> = h
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
             .cloned()
             .collect();
-        for n in proxy {
+        for n in names {
             h.remove(&n);
         }
     }

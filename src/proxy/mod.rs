@@ -20,8 +20,8 @@ use tokio_util::task::TaskTracker;
 
 pub use forwarded::{
     acceptable_request_id, canonical, client_ip, ip_header, new_request_id, set_forwarding_headers,
-    ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
-    X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+    ForwardedCache, ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
 };
 pub use hop::{strip as strip_hop_by_hop, wants_upgrade};
 pub use pool::{Pool, PoolSettings, SendError, UpstreamBody};
@@ -284,6 +284,7 @@ fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trai
             client: x.client_ip,
             port,
             prefix: s.prefix.as_ref(),
+            cache: Some(&x.conn.forwarding),
         },
     );
     h.insert(X_REQUEST_ID.clone(), x.id.clone());
