@@ -519,7 +519,7 @@ impl Default for Audit {
                 .collect(),
             jwt_secret: Secret::default(),
             queue: 4_096,
-            flush_interval: Duration::from_millis(20),
+            flush_interval: Duration::from_millis(5),
         }
     }
 }
