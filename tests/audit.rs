@@ -231,11 +231,7 @@ async fn visitor_id_and_websocket_open_and_close_lines() {
 #[tokio::test]
 async fn hostile_header_bytes_cannot_forge_a_line_and_refusals_are_recorded() {
     init();
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr().await;
     let gate = Gate::builder()
         .upstream(format!("http://{dead}"))
         .toml("[health]\nenabled = false")

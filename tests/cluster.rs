@@ -406,11 +406,7 @@ async fn all_nodes_down_is_503_with_retry_after() {
 async fn connect_failure_is_retried_on_another_node() {
     init();
     let live = Node::start("live", echo()).await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr().await;
     let gate = Gate::builder()
         .toml(&format!(
             "[health]\nenabled = false\n[sticky]\nfallback = \"none\"\n[upstream]\nurls = [\"http://{dead}\", \"{}\"]",

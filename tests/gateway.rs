@@ -318,11 +318,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 #[tokio::test]
 async fn upstream_down_is_502_and_slow_upstream_is_504() {
     init();
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr().await;
     let gate = Gate::builder()
         .upstream(format!("http://{dead}"))
         .start()

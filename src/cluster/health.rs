@@ -6,9 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{unix_ms, CheckResult, Cluster, Node};
@@ -88,23 +85,7 @@ pub async fn check(node: &Node, s: &HealthSettings) -> CheckResult {
 
 /// `GET path` on a new connection; returns the status.
 pub async fn probe(authority: &str, path: &str) -> Result<u16, String> {
-    let stream = TcpStream::connect(authority)
+    crate::proxy::probe_get(authority, path, 0)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut tx, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(conn);
-    let req = crate::proxy::probe_request(authority, path)
-        .ok_or_else(|| format!("bad health path {path}"))?;
-    let resp = tx
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    drop(resp);
-    drop(tx);
-    conn.abort();
-    Ok(status)
+        .map(|(status, _)| status)
 }

@@ -8,9 +8,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Limited};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -192,28 +189,8 @@ fn ms(d: Duration) -> String {
 
 /// `GET path` on a fresh connection: status and (bounded) body.
 pub async fn http_get(authority: &str, path: &str) -> Result<(u16, String), String> {
-    let stream = TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut tx, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(conn);
-    let req =
-        crate::proxy::probe_request(authority, path).ok_or_else(|| format!("bad path {path}"))?;
-    let resp = tx
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-        .unwrap_or_else(|e| format!("(body unreadable: {e})"));
-    conn.abort();
-    Ok((status, body))
+    let (status, body) = crate::proxy::probe_get(authority, path, MAX_BODY).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// `window.SERVER_ID="..."` from Botpress's env.js.

@@ -298,6 +298,42 @@ fn te_trailers(h: &http::HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
+/// `GET path` on a fresh connection to `authority` (health checks, `bpgate diag`): the status and
+/// up to `max_body` bytes of the body (none read when 0).
+pub async fn probe_get(
+    authority: &str,
+    path: &str,
+    max_body: usize,
+) -> Result<(u16, bytes::Bytes), String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let req = probe_request(authority, path).ok_or_else(|| format!("bad probe path {path}"))?;
+    let resp = tx
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = if max_body == 0 {
+        bytes::Bytes::new()
+    } else {
+        http_body_util::Limited::new(resp.into_body(), max_body)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| format!("body: {e}"))?
+    };
+    conn.abort();
+    Ok((status, body))
+}
+
 /// A request for a health check or a probe: `GET path` with `Host: authority`.
 pub fn probe_request(authority: &str, path: &str) -> Option<Request<crate::exchange::ReqBody>> {
     Request::get(path)

@@ -667,6 +667,15 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
 }
 
+/// A loopback address where nothing listens (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// One-time process-wide setup (rustls provider).
 pub fn init() {
     static ONCE: OnceLock<()> = OnceLock::new();
