@@ -9,6 +9,7 @@
 //! | `POST /upstreams/{name}/drain`, `/undrain` | stop / resume new sessions to a node |
 //! | `POST /reload` | re-read the configuration and the certificate (as SIGHUP), outcome as JSON |
 //! | `POST /audit/rotate` | rotate the audit file now |
+//! | `POST /audit/reopen` | reopen `audit.jsonl` by name (after an external logrotate move) |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -123,6 +124,17 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
                 &out,
             )
         }
+        (&Method::POST, ["audit", "reopen"]) => match &gw.audit {
+            Some(a) => {
+                let a = a.clone();
+                let _ = tokio::task::spawn_blocking(move || a.reopen()).await;
+                json_response(StatusCode::OK, &json!({ "reopened": true }))
+            }
+            None => json_response(
+                StatusCode::CONFLICT,
+                &json!({ "error": "the audit trail is disabled" }),
+            ),
+        },
         (&Method::POST, ["audit", "rotate"]) => match &gw.audit {
             Some(a) => {
                 let a = a.clone();
@@ -141,7 +153,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
             | ["metrics"]
             | ["reload"]
             | ["upstreams"]
-            | ["audit", "rotate"],
+            | ["audit", "rotate" | "reopen"],
         )
         | (_, ["upstreams", _, _]) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(

@@ -303,3 +303,137 @@ async fn client_abort_is_marked() {
     );
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn tail_follows_the_trail_across_rotations_and_size_cap_keeps_lines_whole() {
+    init();
+    let node = Node::start("n", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[health]\nenabled = false\n[audit]\nmax_size = \"4k\"\nmax_files = 3")
+        .start()
+        .await;
+    // `tail -F` from the start, as an operator would run it.
+    let file = gate.audit_dir.join("audit.jsonl");
+    let mut tail = tokio::process::Command::new("tail")
+        .args(["-F", "-n", "+1", "-s", "0.1"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut c = Client::h1(&gate).await;
+    for i in 0..60 {
+        c.get(&format!("/r/{i}")).await;
+        if i % 20 == 19 {
+            gate.gw.audit.as_ref().unwrap().flush();
+            // Let tail notice each file before the next rename (it polls every 0.1 s).
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        }
+    }
+    gate.gw.audit.as_ref().unwrap().flush();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let _ = tail.start_kill();
+    let out = tail.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let followed: HashSet<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["path"].as_str().map(str::to_string))
+        .collect();
+    for i in 0..60 {
+        assert!(
+            followed.contains(&format!("/r/{i}")),
+            "tail -F missed /r/{i}"
+        );
+    }
+    // Size cap: several files, each under the cap, every line whole; max_files pruned the rest.
+    let rotated: Vec<_> = std::fs::read_dir(&gate.audit_dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("audit-")
+        })
+        .collect();
+    assert!(!rotated.is_empty() && rotated.len() <= 3, "{rotated:?}");
+    for p in rotated {
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.len() <= 4096,
+            "{} is {} bytes",
+            p.display(),
+            text.len()
+        );
+        for l in text.lines() {
+            serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+    }
+    gate.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn disk_full_blocks_requests_then_recovers_without_losing_a_line() {
+    init();
+    let node = Node::start("n", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[health]\nenabled = false")
+        .start()
+        .await;
+    let file = gate.audit_dir.join("audit.jsonl");
+    let mut c = Client::h1(&gate).await;
+    assert_eq!(c.get("/before").await.status, StatusCode::OK);
+    gate.gw.audit.as_ref().unwrap().flush();
+    let before = std::fs::read_to_string(&file).unwrap();
+    // Every write now fails with ENOSPC, as on a full disk.
+    std::fs::rename(&file, gate.audit_dir.join("saved.jsonl.bak")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    // The writer still holds the old file open, as after an external logrotate move: reopen.
+    assert_eq!(gate.admin_post("/audit/reopen").await.0, StatusCode::OK);
+    assert_eq!(
+        c.get("/during-1").await.status,
+        StatusCode::OK,
+        "the request that hits the full disk"
+    );
+    let blocked = eventually(std::time::Duration::from_secs(5), || {
+        !gate.gw.audit.as_ref().unwrap().healthy()
+    })
+    .await;
+    assert!(blocked, "the writer must notice the failed write");
+    let refused = c.get("/during-2").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "on_failure = block refuses unaudited work"
+    );
+    let (_, m) = gate.admin_get("/metrics").await;
+    assert!(
+        !m.contains("bpgate_audit_write_errors_total 0"),
+        "write errors are counted"
+    );
+    // Space comes back: the retried lines land, requests flow again.
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || gate
+            .gw
+            .audit
+            .as_ref()
+            .unwrap()
+            .healthy())
+        .await
+    );
+    assert_eq!(c.get("/after").await.status, StatusCode::OK);
+    let lines = gate.audit_lines();
+    let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();
+    for p in ["/during-1", "/during-2", "/after"] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    assert!(before.contains("/before"));
+    gate.stop().await;
+}

@@ -43,6 +43,7 @@ enum Msg {
     Line(Vec<u8>, i64),
     Flush(SyncSender<()>),
     Rotate(SyncSender<()>),
+    Reopen(SyncSender<()>),
     Stop,
 }
 
@@ -176,6 +177,15 @@ impl AuditSink {
         }
     }
 
+    /// Reopens `audit.jsonl` by name, for external rotation (logrotate moving the file away):
+    /// the next lines go to the file now at that path (admin `POST /audit/reopen`).
+    pub fn reopen(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Reopen(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+    }
+
     /// Rotates now (admin `POST /audit/rotate`, tests).
     pub fn rotate(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -257,6 +267,14 @@ impl Writer {
             Msg::Rotate(ack) => {
                 self.write_out();
                 self.rotate_now();
+                acks.push(ack);
+            }
+            Msg::Reopen(ack) => {
+                self.write_out();
+                if let Err(e) = self.files.reopen() {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot reopen the audit file; keeping the current one");
+                }
                 acks.push(ack);
             }
             Msg::Stop => return true,
@@ -359,10 +377,12 @@ impl Files {
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        self.file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(CURRENT_FILE))?;
+        self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file = file;
         Ok(())
     }
 
