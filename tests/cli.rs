@@ -247,3 +247,34 @@ fn development_certificate_is_generated_only_at_default_paths() {
             .unwrap()
     );
 }
+
+#[test]
+fn sighup_reloads_instead_of_ending_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let mut child = bpgate()
+        .current_dir(dir.path())
+        .env("BPGATE_TLS_CERT", &pki.cert)
+        .env("BPGATE_TLS_KEY", &pki.key)
+        .env("BPGATE_LISTEN", "127.0.0.1:0")
+        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended bpgate");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SIGHUP handled"), "{err}");
+}
