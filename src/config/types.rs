@@ -8,6 +8,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A size in bytes, written as `25m`, `64k`, `1g` or a plain number (binary multiples).
+///
+/// ```
+/// use bpgate::config::ByteSize;
+/// assert_eq!("25m".parse::<ByteSize>().unwrap(), ByteSize(25 * 1024 * 1024));
+/// assert_eq!(ByteSize(64 * 1024).to_string(), "64k");
+/// assert!("12q".parse::<ByteSize>().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 

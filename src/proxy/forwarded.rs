@@ -43,6 +43,17 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// it may be forged). Otherwise, and for anything unparsable, the peer's address.
 ///
 /// This is the one function that decides; forwarding and the audit trail both call it.
+///
+/// ```
+/// use bpgate::proxy::{client_ip, Trusted};
+/// let mut h = http::HeaderMap::new();
+/// h.insert("x-forwarded-for", "6.6.6.6, 198.51.100.7".parse().unwrap());
+/// let lb = Trusted(vec!["10.0.0.0/8".parse().unwrap()]);
+/// // A trusted load balancer: the rightmost untrusted hop.
+/// assert_eq!(client_ip("10.0.0.2".parse().unwrap(), &h, &lb).to_string(), "198.51.100.7");
+/// // Anyone else: their own address, whatever they claim.
+/// assert_eq!(client_ip("203.0.113.9".parse().unwrap(), &h, &lb).to_string(), "203.0.113.9");
+/// ```
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &Trusted) -> IpAddr {
     let peer = canonical(peer);
     if !trusted.contains(&peer) {
