@@ -426,3 +426,32 @@ async fn connect_failure_is_retried_on_another_node() {
     }
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn the_101_of_a_new_visitor_carries_the_sticky_cookie() {
+    let (_nodes, gate) = cluster(2, "").await;
+    let tls = tls_connect(&gate, &[b"http/1.1"]).await;
+    let (_ws, resp) = tokio_tungstenite::client_async(
+        format!(
+            "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
+            gate.https.port()
+        ),
+        tls,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        cookie.starts_with("bpgate_node=")
+            && cookie.contains("SameSite=None")
+            && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    drop(_ws);
+    gate.stop().await;
+}
