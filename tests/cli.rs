@@ -278,3 +278,116 @@ fn sighup_reloads_instead_of_ending_the_process() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SIGHUP handled"), "{err}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn json_logs_and_audit_copy_on_stdout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[audit]\nstdout = true\nflush_interval = \"5ms\"\n[health]\nenabled = false\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = bpgate()
+        .current_dir(dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .env("BPGATE_TLS_CERT", &pki.cert)
+        .env("BPGATE_TLS_KEY", &pki.key)
+        .env("BPGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("BPGATE_UPSTREAMS", "http://127.0.0.1:9")
+        .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
+        .env("BPGATE_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // One request (the node is down: a 502, still audited).
+    let mut sent = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            continue;
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in
+            <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+                pki.ca_pem.as_bytes(),
+            )
+        {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        tls.write_all(
+            b"GET /json-log-check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 502"));
+        sent = true;
+        break;
+    }
+    assert!(sent, "bpgate did not come up");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let out = tokio::task::spawn_blocking(move || {
+        let _ = child.wait();
+        let mut o = String::new();
+        let mut e = String::new();
+        use std::io::Read;
+        child.stdout.take().unwrap().read_to_string(&mut o).unwrap();
+        child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+        (o, e)
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = out;
+    let audit: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["path"] == "/json-log-check" && l["status"] == 502),
+        "{stdout}"
+    );
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        logs.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("listening"))),
+        "{stderr}"
+    );
+}
