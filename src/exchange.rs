@@ -97,10 +97,6 @@ pub struct Note {
 
 /// Returns the note of a response, adding an empty one if it has none.
 pub fn note_mut<B>(resp: &mut Response<B>) -> &mut Note {
-    if resp.extensions().get::<Note>().is_none() {
-        resp.extensions_mut().insert(Note::default());
-    }
-    // Inserted just above when absent.
     resp.extensions_mut().get_or_insert_with(Note::default)
 }
 

@@ -46,7 +46,6 @@ pub struct RequestMetrics {
     upstream_sum_us: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    pub tunnels_closed: AtomicU64,
     pub config_reloads_ok: AtomicU64,
     pub config_reloads_failed: AtomicU64,
     pub cert_reloads_ok: AtomicU64,

@@ -28,7 +28,7 @@ use crate::audit::{self, AuditGuard, AuditSink, Record};
 use crate::cluster::{self, Cluster, ClusterSettings, HealthSettings, StickyCodec};
 use crate::config::{ConfigErrors, Loaded, StickyFallback};
 use crate::exchange::{ConnInfo, Exchange, ReqBody, RespBody};
-use crate::proxy::{self, Background, PoolSettings, Trusted};
+use crate::proxy::{self, Background, PoolSettings};
 use crate::stack::{self, Stack};
 use crate::tls::{self, CertInfo, ReloadableCert};
 
@@ -70,7 +70,6 @@ impl Listeners {
 pub struct ServerStats {
     pub connections_h1: AtomicUsize,
     pub connections_h2: AtomicUsize,
-    pub tunnels: AtomicUsize,
     pub handshakes: AtomicU64,
     pub handshake_timeout: AtomicU64,
     pub handshake_eof: AtomicU64,
@@ -108,7 +107,6 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     pub stats: ServerStats,
     http: auto::Builder<TokioExecutor>,
-    trusted: ArcSwap<Trusted>,
     started: Instant,
     pub request_metrics: Arc<crate::metrics::RequestMetrics>,
     redaction: Arc<ArcSwap<Vec<String>>>,
@@ -170,7 +168,7 @@ impl Gateway {
             tracing::warn!("sticky.secret (BPGATE_STICKY_SECRET) is not set: a random one was generated, so bpgate replicas (and restarts) will not agree on sticky cookies");
         }
         let cookie = stack::cookie_spec(&loaded);
-        let path = cookie_path(&loaded);
+        let path = stack::cookie_path(&loaded).to_string();
         let codec = StickyCodec::new(
             secret.as_bytes(),
             (!c.sticky.previous_secret.is_empty())
@@ -215,7 +213,6 @@ impl Gateway {
         .map_err(StartError)?;
         let health = Arc::new(ArcSwap::from_pointee(health_settings(&loaded)));
         let http = http_builder(&loaded);
-        let trusted = ArcSwap::from_pointee(Trusted(c.forwarding.trusted_proxies.clone()));
         Ok(Arc::new(Gateway {
             cert_info: ArcSwap::from_pointee(pair.info),
             loaded: ArcSwap::from_pointee(loaded),
@@ -231,7 +228,6 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             stats: ServerStats::default(),
             http,
-            trusted,
             started: Instant::now(),
             https_port: Default::default(),
             request_metrics,
@@ -324,9 +320,6 @@ impl Gateway {
         self.health.store(Arc::new(health_settings(merged)));
         self.redaction
             .store(Arc::new(merged.config.audit.redact_query.clone()));
-        self.trusted.store(Arc::new(Trusted(
-            merged.config.forwarding.trusted_proxies.clone(),
-        )));
         self.stack.store(Arc::new(stack));
         self.loaded.store(Arc::new(merged.clone()));
         Ok(())
@@ -553,10 +546,11 @@ impl Gateway {
         conn: Arc<ConnInfo>,
     ) -> Result<Response<audit::AuditBody>, std::convert::Infallible> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let trusted = self.trusted.load();
+        let loaded = self.loaded.load();
+        let trusted = &loaded.derived.trusted;
         let peer_ip = proxy::canonical(conn.peer.ip());
         let peer_trusted = trusted.contains(&peer_ip);
-        let client_ip = proxy::client_ip(peer_ip, req.headers(), &trusted);
+        let client_ip = proxy::client_ip(peer_ip, req.headers(), trusted);
         let id = match req.headers().get(&proxy::X_REQUEST_ID) {
             Some(v) if peer_trusted && proxy::acceptable_request_id(v) => v.clone(),
             _ => proxy::new_request_id(),
@@ -570,7 +564,9 @@ impl Gateway {
             bytes_in: AtomicU64::new(0),
             body_end: Default::default(),
         });
-        let max_body = self.loaded.load().config.limits.max_body.0;
+        let max_body = loaded.config.limits.max_body.0;
+        // An arc-swap guard is not held across the await below.
+        drop(loaded);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(x.clone());
         let req = Request::from_parts(parts, ReqBody::new(body, x, max_body));
@@ -837,6 +833,7 @@ fn merge_reload(old: &Loaded, new: Loaded) -> (Loaded, Vec<String>, Vec<String>)
     merged.config.health = new.config.health.clone();
     merged.config.audit.redact_query = new.config.audit.redact_query.clone();
     merged.derived.nodes = new.derived.nodes;
+    merged.derived.trusted = new.derived.trusted;
     (merged, applied, restart)
 }
 
@@ -887,14 +884,6 @@ fn strip_port(host: &str) -> &str {
             .unwrap_or(host);
     }
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
-}
-
-fn cookie_path(loaded: &Loaded) -> String {
-    if loaded.derived.base_path.is_empty() {
-        "/".into()
-    } else {
-        loaded.derived.base_path.clone()
-    }
 }
 
 pub fn health_settings(loaded: &Loaded) -> HealthSettings {

@@ -18,7 +18,7 @@ use crate::cluster::{Cluster, CookieSpec, Route, RouteLayer};
 use crate::config::{Loaded, SameSite};
 use crate::cors::{Cors, CorsLayer, CorsPolicy};
 use crate::headers::{SecurityHeaders, SecurityHeadersLayer, SecurityHeadersService};
-use crate::proxy::{Background, Forward, ForwardSettings, Trusted};
+use crate::proxy::{Background, Forward, ForwardSettings};
 
 /// The assembled pipeline, outermost first.
 pub type Stack = Audit<SecurityHeadersService<Cors<BasePath<Route<Forward>>>>>;
@@ -67,7 +67,6 @@ pub fn forward_settings(loaded: &Loaded) -> ForwardSettings {
         .collect();
     prefix_timeouts.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
     ForwardSettings {
-        trusted: Trusted(c.forwarding.trusted_proxies.clone()),
         public_port: loaded
             .derived
             .public_origin
@@ -103,14 +102,19 @@ pub fn public_port(loaded: &Loaded, bound: u16) -> u16 {
     }
 }
 
+/// The sticky cookie's `Path` (and the path its HMAC is bound to): the base path, or `/`.
+pub fn cookie_path(loaded: &Loaded) -> &str {
+    if loaded.derived.base_path.is_empty() {
+        "/"
+    } else {
+        &loaded.derived.base_path
+    }
+}
+
 /// The sticky cookie's attributes, rendered once.
 pub fn cookie_spec(loaded: &Loaded) -> CookieSpec {
     let s = &loaded.config.sticky;
-    let path = if loaded.derived.base_path.is_empty() {
-        "/"
-    } else {
-        loaded.derived.base_path.as_str()
-    };
+    let path = cookie_path(loaded);
     let mut a = format!("; Path={path}; Max-Age={}", s.max_age.as_secs());
     if let Some(d) = &s.domain {
         a.push_str("; Domain=");

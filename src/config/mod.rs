@@ -668,6 +668,8 @@ pub struct Derived {
     pub base_path: String,
     /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
     pub nodes: Vec<NodeSpec>,
+    /// `forwarding.trusted_proxies`, in the form the edge checks per request.
+    pub trusted: crate::proxy::Trusted,
     pub workers: usize,
 }
 
@@ -1041,6 +1043,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             public_host,
             base_path,
             nodes,
+            trusted: crate::proxy::Trusted(c.forwarding.trusted_proxies.clone()),
             workers,
         })
     } else {

@@ -94,7 +94,6 @@ impl ForwardError {
 /// Settings of the forwarding step, computed once from the config.
 #[derive(Debug)]
 pub struct ForwardSettings {
-    pub trusted: Trusted,
     /// `X-Forwarded-Port` value: the public port from `external_url`; `None` means the port the
     /// client connected to.
     pub public_port: Option<HeaderValue>,
