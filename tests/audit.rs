@@ -1,6 +1,6 @@
 //! The audit trail: complete under load, across rotation, with users, visitors and tunnels.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 

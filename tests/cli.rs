@@ -1,6 +1,6 @@
 //! The binary's command line: `bpgate config`, start-up refusals, certificate errors.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

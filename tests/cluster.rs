@@ -2,7 +2,7 @@
 //! out a session id on the first request and answers 400 "Session ID unknown" to any id it did
 //! not issue.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

@@ -1,7 +1,7 @@
 //! End to end: CORS preflights and requests outside the base path are answered by bpgate and
 //! never reach Botpress; strip mode removes the prefix and puts it back on redirects and cookies.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

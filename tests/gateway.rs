@@ -1,6 +1,6 @@
 //! The core gateway end to end: real TLS, HTTP/1.1 and HTTP/2 clients, real upstream servers.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Operability: metrics after traffic, certificate hot reload, configuration reload.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

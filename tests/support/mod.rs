@@ -1,7 +1,6 @@
 //! Test support: a CA and certificates, fake Botpress nodes (real hyper servers on loopback),
 //! bpgate itself started in-process on ephemeral ports, and TLS HTTP/1.1, HTTP/2 and WebSocket
 //! clients that trust the test CA.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -10,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -92,7 +91,6 @@ pub type Handler = Arc<
 #[derive(Clone)]
 pub struct NodeCtx {
     pub name: String,
-    pub peer: SocketAddr,
 }
 
 /// A fake node: a hyper HTTP/1.1 server on 127.0.0.1 with upgrades enabled.
@@ -124,7 +122,7 @@ impl Node {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
-                let (stream, peer) = tokio::select! {
+                let (stream, _) = tokio::select! {
                     x = listener.accept() => match x { Ok(x) => x, Err(_) => continue },
                     _ = &mut stopped => break,
                 };
@@ -133,13 +131,7 @@ impl Node {
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         r.fetch_add(1, Ordering::Relaxed);
-                        let f = h(
-                            req,
-                            NodeCtx {
-                                name: n.clone(),
-                                peer,
-                            },
-                        );
+                        let f = h(req, NodeCtx { name: n.clone() });
                         async move { Ok::<_, Infallible>(f.await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -432,10 +424,6 @@ impl Gate {
         read_audit_dir(&self.audit_dir)
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.https.port())
-    }
-
     pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
         admin_call(self.admin, "GET", path).await
     }
@@ -683,6 +671,3 @@ pub fn init() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     });
 }
-
-/// Shared mutable state for handlers.
-pub type Shared<T> = Arc<Mutex<T>>;

@@ -1,0 +1,14 @@
+//! The integration tests, one test crate (one link, one `support` build) with a module per area.
+//! Every test starts bpgate in-process or as the binary on loopback, against real TLS, HTTP/1.1,
+//! HTTP/2 and WebSocket clients and fake Botpress nodes from `support`.
+
+mod support;
+
+mod audit;
+mod cli;
+mod cluster;
+mod cors_base_path;
+mod deploy;
+mod gateway;
+mod operability;
+mod posture;
