@@ -5,6 +5,7 @@
 mod support;
 
 mod audit;
+mod audit_cli;
 mod cli;
 mod cluster;
 mod cors_base_path;

@@ -121,16 +121,17 @@ impl Parsed<'_> {
     }
 }
 
-/// Parses one line. A line torn by a crash and glued to the next one (`{"ts":…{"ts":…}`) gives
-/// the later, whole record back, flagged so the torn part is still counted.
-pub fn parse(line: &[u8]) -> Result<(Parsed<'_>, bool), ()> {
+/// Parses one line, giving back the record and where it starts in the line. A line torn by a
+/// crash and glued to the next one (`{"ts":…{"ts":…}`) gives the later, whole record back,
+/// starting after the torn part (which is still counted as malformed).
+pub fn parse(line: &[u8]) -> Result<(Parsed<'_>, usize), ()> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if let Some(p) = parse_one(line) {
-        return Ok((p, false));
+        return Ok((p, 0));
     }
     let glued = memchr::memmem::rfind(line, b"{\"ts\":").filter(|i| *i > 0);
-    match glued.and_then(|i| parse_one(&line[i..])) {
-        Some(p) => Ok((p, true)),
+    match glued.and_then(|i| parse_one(&line[i..]).map(|p| (p, i))) {
+        Some(found) => Ok(found),
         None => Err(()),
     }
 }
@@ -256,16 +257,16 @@ mod tests {
     #[test]
     fn tolerant_and_torn_lines() {
         let l = br#"{"ts":"2025-11-24T20:56:17.123Z","future":{"a":[1,2]},"status":503,"outcome":"new_kind","user":"a\u00e9","duration_ms":1.5}"#;
-        let (p, torn) = parse(l).unwrap();
-        assert!(!torn);
+        let (p, start) = parse(l).unwrap();
+        assert_eq!(start, 0);
         assert_eq!(p.e.status, Some(503));
         assert_eq!(p.e.outcome.as_ref().unwrap().as_str(), "new_kind");
         assert_eq!(p.e.user.as_ref().unwrap().as_str(), "aé");
         assert_eq!(p.duration_us(), 1500);
         assert!(p.is_request());
         let glued = br#"{"ts":"2025-11-24T20:56:17.123Z","sta{"ts":"2025-11-24T20:56:18.000Z","status":200}"#;
-        let (p, torn) = parse(glued).unwrap();
-        assert!(torn);
+        let (p, start) = parse(glued).unwrap();
+        assert_eq!(start, 37);
         assert_eq!(p.ts_ms, 1_764_017_778_000);
         assert!(parse(b"{\"ts\":\"2025-11-24T20:56:17.123Z\",\"stat").is_err());
         assert!(parse(b"{\"status\":200}").is_err(), "a line needs its time");

@@ -65,18 +65,33 @@ impl Input {
     }
 }
 
-/// Why the inputs cannot be listed.
+/// A directory that cannot be listed.
 #[derive(Debug)]
-pub struct ListError(pub String);
+pub struct ListError {
+    pub dir: PathBuf,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for ListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot read the audit directory {}: {}",
+            self.dir.display(),
+            self.error
+        )
+    }
+}
+
+/// A rotated file: its name's stamp and sequence, path, and identity.
+type Rotated = (String, u32, PathBuf, Option<(u64, u64)>);
 
 /// The trail in `dir`: rotated files oldest first, then `audit.jsonl`. With `want_current`, the
 /// current file is listed even when it does not exist yet (to be followed).
 pub fn list_dir(dir: &Path, want_current: bool, idx: usize) -> Result<Vec<Input>, ListError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| {
-        ListError(format!(
-            "cannot read the audit directory {}: {e}",
-            dir.display()
-        ))
+    let rd = std::fs::read_dir(dir).map_err(|error| ListError {
+        dir: dir.to_path_buf(),
+        error,
     })?;
     let mut rotated: Vec<(String, u32, PathBuf)> = Vec::new();
     let mut current = false;
@@ -123,8 +138,10 @@ pub fn list_dir(dir: &Path, want_current: bool, idx: usize) -> Result<Vec<Input>
 pub fn inputs(args: &[PathBuf], dir: Option<&Path>, follow: bool) -> Result<Vec<Input>, ListError> {
     let mut out = Vec::new();
     if args.is_empty() {
-        let dir = dir.ok_or_else(|| ListError("no audit directory and no files given".into()))?;
-        return list_dir(dir, follow, 0);
+        return match dir {
+            Some(dir) => list_dir(dir, follow, 0),
+            None => Ok(Vec::new()),
+        };
     }
     for (i, a) in args.iter().enumerate() {
         if a.as_os_str() == "-" {
@@ -444,6 +461,9 @@ impl Follower {
                                 if !drain(&mut old.r, false, f)? {
                                     return Ok(false);
                                 }
+                                if !self.catch_up(old.id, new.id, f) {
+                                    return Ok(false);
+                                }
                                 let off = old.r.offset;
                                 self.old.push((old, Instant::now(), off));
                             } else if self.missing_noted {
@@ -497,6 +517,56 @@ impl Follower {
         }
         self.old = keep;
         Ok(true)
+    }
+}
+
+impl Follower {
+    /// After the name moved on from the file `held`: bpgate may have rotated more than once
+    /// since the last poll (a size cap under load), leaving files we never held. When `held`
+    /// now has a rotated name, every rotated file named later (other than `new`) is such a file:
+    /// read them whole, in time order, before the new current file.
+    fn catch_up(
+        &self,
+        held: Option<(u64, u64)>,
+        new: Option<(u64, u64)>,
+        f: &mut dyn FnMut(Item<'_>, u64) -> bool,
+    ) -> bool {
+        if self.path.file_name().is_none_or(|n| n != CURRENT_FILE) || held.is_none() {
+            return true;
+        }
+        let Some(dir) = self.path.parent() else {
+            return true;
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return true;
+        };
+        let mut rotated: Vec<Rotated> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let (stamp, n) = rotated_key(name.to_str()?)?;
+                let id = e.metadata().ok().as_ref().and_then(file_id);
+                Some((stamp.to_string(), n, e.path(), id))
+            })
+            .collect();
+        rotated.sort();
+        let Some(at) = rotated.iter().position(|r| r.3 == held) else {
+            // Moved to a name of someone else's choosing (logrotate): nothing to infer.
+            return true;
+        };
+        for (_, _, path, id) in &rotated[at + 1..] {
+            if *id == new {
+                continue;
+            }
+            let Ok(file) = File::open(path) else { continue };
+            let mut r = LineReader::new(file);
+            match drain(&mut r, true, f) {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(_) => {}
+            }
+        }
+        true
     }
 }
 

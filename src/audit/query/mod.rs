@@ -102,10 +102,12 @@ fn inputs(
     files::inputs(files, trail.map(|t| t.dir), follow).map_err(|e| {
         Failure::Unreadable(match (files.is_empty(), trail) {
             (true, Some(t)) => format!(
-                "{} (audit.dir, from {}); run with the configuration bpgate uses (--config, BPGATE_AUDIT_DIR) or name the files",
-                e.0, t.origin
+                "cannot read the audit directory {} (audit.dir, from {}): {}; run with the configuration bpgate uses (--config, BPGATE_AUDIT_DIR) or name the files",
+                e.dir.display(),
+                t.origin,
+                e.error
             ),
-            _ => e.0,
+            _ => e.to_string(),
         })
     })
 }
@@ -148,8 +150,14 @@ impl Tally {
         }
     }
 
-    /// Parses a line, counting it; `None` for a line that is not a record.
-    fn parse<'l>(&mut self, item: Item<'l>, src: &Src, line_no: u64) -> Option<entry::Parsed<'l>> {
+    /// Parses a line, counting it; `None` for a line that is not a record. With the record
+    /// comes its text (the line without a torn part glued in front).
+    fn parse<'l>(
+        &mut self,
+        item: Item<'l>,
+        src: &Src,
+        line_no: u64,
+    ) -> Option<(entry::Parsed<'l>, &'l [u8])> {
         self.lines += 1;
         match item {
             Item::Line(l) if l.iter().all(u8::is_ascii_whitespace) => {
@@ -157,8 +165,8 @@ impl Tally {
                 None
             }
             Item::Line(l) => match entry::parse(l) {
-                Ok((p, torn)) => {
-                    if torn {
+                Ok((p, start)) => {
+                    if start > 0 {
                         self.recovered += 1;
                         self.malformed(
                             src,
@@ -166,7 +174,8 @@ impl Tally {
                             "torn line glued to the next record (the record is kept)",
                         );
                     }
-                    Some(p)
+                    let rec = l.strip_suffix(b"\r").unwrap_or(l);
+                    Some((p, &rec[start..]))
                 }
                 Err(()) => {
                     self.malformed(src, line_no, "not an audit record (torn or malformed)");

@@ -52,7 +52,7 @@ pub(super) fn run(a: &SummaryArgs, trail: Option<&Trail<'_>>) -> Result<ExitCode
             continue;
         }
         super::read_input(input, &mut tally, &mut |item, no, t| {
-            if let Some(p) = t.parse(item, &input.src, no) {
+            if let Some((p, _)) = t.parse(item, &input.src, no) {
                 if filter.matches(&p) {
                     s.add(&p);
                 }
@@ -175,6 +175,7 @@ fn sorted_counts(m: &Capped<String, u64>) -> Value {
 pub struct Histogram {
     counts: Vec<u64>,
     n: u64,
+    min: u64,
     max: u64,
 }
 
@@ -186,6 +187,7 @@ impl Default for Histogram {
         Histogram {
             counts: vec![0; BUCKETS],
             n: 0,
+            min: u64::MAX,
             max: 0,
         }
     }
@@ -202,7 +204,8 @@ impl Histogram {
         ((shift as usize + 1) << SUB_BITS) + ((v >> shift) as usize - 64)
     }
 
-    /// The middle of a bucket (the value itself below 128 µs).
+    /// The middle of a bucket (the value itself below 128 µs). Percentiles are clamped to the
+    /// smallest and largest values seen, so a single value or the extremes come out exact.
     fn value(i: usize) -> u64 {
         if i < 128 {
             return i as u64;
@@ -215,6 +218,7 @@ impl Histogram {
     pub fn add(&mut self, us: u64) {
         self.counts[Self::index(us)] += 1;
         self.n += 1;
+        self.min = self.min.min(us);
         self.max = self.max.max(us);
     }
 
@@ -228,7 +232,7 @@ impl Histogram {
         for (i, c) in self.counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                return Some(Self::value(i).min(self.max));
+                return Some(Self::value(i).clamp(self.min, self.max));
             }
         }
         Some(self.max)
@@ -553,7 +557,7 @@ fn render(r: &Value) -> String {
     };
     for n in r["nodes"].as_array().into_iter().flatten() {
         let name = match &n["node"] {
-            Value::Null => "(none: bpgate answered)".to_string(),
+            Value::Null => "(none: bpgate)".to_string(),
             v => clean(&s(v)),
         };
         let _ = writeln!(

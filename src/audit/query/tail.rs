@@ -225,15 +225,11 @@ fn stream(
     out: &mut Out,
 ) {
     for input in inputs.iter().filter(|i| i.may_hold(filter)) {
-        let go = read(input, followers, tally, &mut |item, no, t| {
-            let raw = match item {
-                Item::Line(l) => l,
-                Item::Broken(_) => &[][..],
-            };
-            match t.parse(item, &input.src, no) {
-                Some(p) if filter.matches(&p) => out.emit(raw, &p),
-                _ => true,
-            }
+        let go = read(input, followers, tally, &mut |item, no, t| match t
+            .parse(item, &input.src, no)
+        {
+            Some((p, raw)) if filter.matches(&p) => out.emit(raw, &p),
+            _ => true,
         });
         if !go {
             return;
@@ -266,24 +262,21 @@ fn last(
         let want = n - have;
         let mut ring: VecDeque<Vec<u8>> = VecDeque::with_capacity(want.min(1024));
         read(input, followers, tally, &mut |item, no, t| {
-            let raw = match item {
-                Item::Line(l) => l,
-                Item::Broken(_) => &[][..],
-            };
-            if want > 0
-                && t.parse(item, &input.src, no)
-                    .is_some_and(|p| filter.matches(&p))
-            {
-                let mut buf = if ring.len() == want {
-                    ring.pop_front().unwrap_or_default()
-                } else {
-                    spare.pop().unwrap_or_default()
-                };
-                buf.clear();
-                buf.extend_from_slice(raw);
-                ring.push_back(buf);
-            } else if want == 0 {
+            if want == 0 {
                 t.lines += 1;
+                return true;
+            }
+            if let Some((p, raw)) = t.parse(item, &input.src, no) {
+                if filter.matches(&p) {
+                    let mut buf = if ring.len() == want {
+                        ring.pop_front().unwrap_or_default()
+                    } else {
+                        spare.pop().unwrap_or_default()
+                    };
+                    buf.clear();
+                    buf.extend_from_slice(raw);
+                    ring.push_back(buf);
+                }
             }
             true
         });
@@ -294,6 +287,7 @@ fn last(
         for raw in ring {
             // Kept lines parsed before; parse again to print (n lines, not the trail).
             if let Ok((p, _)) = super::entry::parse(raw) {
+                // `raw` is already the record alone.
                 if !out.emit(raw, &p) {
                     return;
                 }
@@ -308,15 +302,9 @@ fn follow(followers: &mut [Follower], filter: &Filter, tally: &mut Tally, out: &
         for fo in followers.iter_mut() {
             let src = Src::Path(fo.path.clone());
             let r = fo.poll(
-                &mut |item, no| {
-                    let raw = match item {
-                        Item::Line(l) => l,
-                        Item::Broken(_) => &[][..],
-                    };
-                    match tally.parse(item, &src, no) {
-                        Some(p) if filter.matches(&p) => out.emit(raw, &p),
-                        _ => true,
-                    }
+                &mut |item, no| match tally.parse(item, &src, no) {
+                    Some((p, raw)) if filter.matches(&p) => out.emit(raw, &p),
+                    _ => true,
                 },
                 &mut |note| eprintln!("bpgate audit: {note}"),
             );
