@@ -911,9 +911,13 @@ fn at(path: &str) -> String {
 fn follow_across_rename_rotation_replacement_truncation_and_a_late_writer() {
     let d = tempfile::tempdir().unwrap();
     let cur = d.path().join("audit.jsonl");
-    append(&cur, &(at("/h1") + &at("/h2") + &at("/h3")));
+    // History ends with a line still being written: it is printed once it is whole.
+    let h4 = at("/h4");
+    append(&cur, &(at("/h1") + &at("/h2") + &at("/h3") + &h4[..30]));
     let tail = Follow::start(&["-n", "2"], d.path());
-    assert_eq!(tail.paths(2), ["/h2", "/h3"], "history: the last 2 lines");
+    assert_eq!(tail.paths(2), ["/h2", "/h3"], "history: the last 2 whole lines");
+    append(&cur, &h4[30..]);
+    assert_eq!(tail.paths(1), ["/h4"]);
 
     // A line written in two pieces is printed once, whole.
     let l = at("/split");

@@ -350,6 +350,87 @@ pub fn drain<R: Read>(
     Ok(true)
 }
 
+/// Reads `file`'s lines backwards from byte `end`, newest first, handing each with its start
+/// offset to `f` until it returns false: the last lines of a large file cost what they weigh,
+/// not the file. The bytes after the last newline are an unterminated line: handed over only
+/// with `partial` (a file nobody writes any more). Returns the offset just after the last
+/// newline, where a follower resumes.
+pub fn scan_back(
+    file: &mut File,
+    end: u64,
+    partial: bool,
+    f: &mut dyn FnMut(Item<'_>, u64) -> bool,
+) -> io::Result<u64> {
+    const CHUNK: u64 = 256 << 10;
+    let mut pos = end;
+    // Bytes at [pos, pos + buf.len()): the start of a line whose beginning is not read yet.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut resume: Option<u64> = None;
+    let mut skipping = false;
+    let mut go = true;
+    while go && pos > 0 {
+        let from = pos.saturating_sub(CHUNK);
+        let mut chunk = vec![0; (pos - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk)?;
+        if skipping {
+            // The rest of an over-long line ends at this chunk's last newline.
+            match memchr::memrchr(b'\n', &chunk) {
+                Some(nl) => {
+                    // That newline ends the line before: the loop below yields it as the
+                    // segment after the newline before it.
+                    chunk.truncate(nl);
+                    skipping = false;
+                }
+                None => chunk.clear(),
+            }
+            buf.clear();
+        }
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+        pos = from;
+        let mut stop = buf.len();
+        while let Some(nl) = memchr::memrchr(b'\n', &buf[..stop]) {
+            let line = &buf[nl + 1..stop];
+            let start = pos + nl as u64 + 1;
+            if resume.is_none() {
+                resume = Some(start);
+                if partial && !line.is_empty() && !f(Item::Line(line), start) {
+                    go = false;
+                    break;
+                }
+            } else if !f(Item::Line(line), start) {
+                go = false;
+                break;
+            }
+            stop = nl;
+        }
+        buf.truncate(stop);
+        if go && buf.len() > MAX_LINE {
+            go = f(Item::Broken("longer than 4 MiB"), pos);
+            buf.clear();
+            skipping = pos > 0;
+        }
+    }
+    if go && pos == 0 && !skipping {
+        // The file's first line (or, without any newline, its only and unterminated one).
+        match resume {
+            Some(_) => {
+                if !buf.is_empty() {
+                    f(Item::Line(&buf), 0);
+                }
+            }
+            None => {
+                resume = Some(0);
+                if partial && !buf.is_empty() {
+                    f(Item::Line(&buf), 0);
+                }
+            }
+        }
+    }
+    Ok(resume.unwrap_or(0))
+}
+
 /// Identity of an open file, to see that a name now points at another file.
 #[cfg(unix)]
 fn file_id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
@@ -413,6 +494,29 @@ impl Follower {
     /// The identity of the file being read.
     pub fn id(&self) -> Option<(u64, u64)> {
         self.cur.as_ref().and_then(|o| o.id)
+    }
+
+    /// The file being read (a second handle) and its length now, for reading its end
+    /// backwards before following.
+    pub fn snapshot(&self) -> io::Result<Option<(File, u64)>> {
+        match self.cur.as_ref() {
+            Some(o) => {
+                let f = o.r.inner.try_clone()?;
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Continues the current file from byte `offset`.
+    pub fn start_at(&mut self, offset: u64) -> io::Result<()> {
+        if let Some(o) = self.cur.as_mut() {
+            o.r.inner.seek(SeekFrom::Start(offset))?;
+            o.r.clear();
+            o.r.offset = offset;
+        }
+        Ok(())
     }
 
     /// Reads what the current file holds now (the history before following).
@@ -606,6 +710,52 @@ mod tests {
         assert_eq!(r.buf.len(), 256 << 10, "the buffer shrinks back");
         assert_eq!(collect(&mut r, true), ["tail"]);
         assert_eq!(r.line_no, 5);
+    }
+
+    fn back(data: &[u8], partial: bool, limit: usize) -> (Vec<String>, u64) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, data).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let mut v = Vec::new();
+        let resume = scan_back(&mut f, data.len() as u64, partial, &mut |i, at| {
+            v.push(match i {
+                Item::Line(l) => format!("{}@{at}", String::from_utf8_lossy(l)),
+                Item::Broken(why) => format!("<{why}>@{at}"),
+            });
+            v.len() < limit
+        })
+        .unwrap();
+        (v, resume)
+    }
+
+    #[test]
+    fn backwards_newest_first() {
+        assert_eq!(
+            back(b"a\nbb\nccc\n", false, 9),
+            (vec!["ccc@5".into(), "bb@2".into(), "a@0".into()], 9)
+        );
+        assert_eq!(
+            back(b"a\nbb\ncc", false, 9),
+            (vec!["bb@2".into(), "a@0".into()], 5)
+        );
+        assert_eq!(back(b"a\nbb\ncc", true, 9).0, ["cc@5", "bb@2", "a@0"]);
+        assert_eq!(back(b"a\nbb\ncc", true, 2).0, ["cc@5", "bb@2"]);
+        assert_eq!(back(b"only", false, 9), (vec![], 0));
+        assert_eq!(back(b"", true, 9), (vec![], 0));
+        // Lines across chunk boundaries, and an over-long one skipped whole.
+        let mut data = Vec::new();
+        for i in 0..50_000 {
+            data.extend(format!("line{i}\n").bytes());
+        }
+        data.extend(std::iter::repeat_n(b'x', MAX_LINE + 300_000));
+        data.extend(b"\nlast\n");
+        let (v, _) = back(&data, false, 100_000);
+        assert_eq!(v.len(), 50_002);
+        assert_eq!(v[0], format!("last@{}", data.len() - 5));
+        assert!(v[1].starts_with("<longer than 4 MiB>"), "{}", v[1]);
+        assert_eq!(v[2], "line49999@488880");
+        assert_eq!(v[50_001], "line0@0");
     }
 
     #[test]

@@ -112,6 +112,22 @@ fn inputs(
     })
 }
 
+/// Where a line is, for messages: its number, or its byte offset when read backwards.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum At {
+    Line(u64),
+    Byte(u64),
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Line(n) => write!(f, "line {n}"),
+            At::Byte(n) => write!(f, "byte {n}"),
+        }
+    }
+}
+
 /// Counts of what was read, and the lines that were not records.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
@@ -129,11 +145,11 @@ pub(crate) struct Tally {
 const WARN_LINES: u64 = 10;
 
 impl Tally {
-    fn malformed(&mut self, src: &Src, line_no: u64, why: &str) {
+    fn malformed(&mut self, src: &Src, at: At, why: &str) {
         self.malformed += 1;
         if self.warned < WARN_LINES {
             self.warned += 1;
-            eprintln!("bpgate audit: {src}: line {line_no}: {why}; skipped");
+            eprintln!("bpgate audit: {src}: {at}: {why}; skipped");
             if self.warned == WARN_LINES {
                 eprintln!("bpgate audit: further malformed lines are counted, not shown");
             }
@@ -156,7 +172,7 @@ impl Tally {
         &mut self,
         item: Item<'l>,
         src: &Src,
-        line_no: u64,
+        at: At,
     ) -> Option<(entry::Parsed<'l>, &'l [u8])> {
         self.lines += 1;
         match item {
@@ -170,7 +186,7 @@ impl Tally {
                         self.recovered += 1;
                         self.malformed(
                             src,
-                            line_no,
+                            at,
                             "torn line glued to the next record (the record is kept)",
                         );
                     }
@@ -178,12 +194,12 @@ impl Tally {
                     Some((p, &rec[start..]))
                 }
                 Err(()) => {
-                    self.malformed(src, line_no, "not an audit record (torn or malformed)");
+                    self.malformed(src, at, "not an audit record (torn or malformed)");
                     None
                 }
             },
             Item::Broken(why) => {
-                self.malformed(src, line_no, why);
+                self.malformed(src, at, why);
                 None
             }
         }

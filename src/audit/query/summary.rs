@@ -52,7 +52,7 @@ pub(super) fn run(a: &SummaryArgs, trail: Option<&Trail<'_>>) -> Result<ExitCode
             continue;
         }
         super::read_input(input, &mut tally, &mut |item, no, t| {
-            if let Some((p, _)) = t.parse(item, &input.src, no) {
+            if let Some((p, _)) = t.parse(item, &input.src, super::At::Line(no)) {
                 if filter.matches(&p) {
                     s.add(&p);
                 }
@@ -475,6 +475,13 @@ fn render(r: &Value) -> String {
             n => format!(", {n} file(s) outside the window skipped"),
         }
     );
+    if u(&r["other_events"]) > 0 {
+        let _ = writeln!(
+            o,
+            "           {} line(s) of other event kinds, not counted below",
+            u(&r["other_events"])
+        );
+    }
     let total = u(&r["requests"]);
     let pct = |n: u64| {
         if total == 0 {

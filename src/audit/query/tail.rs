@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::entry::Parsed;
 use super::files::{self, Follower, Input, Item, Src};
 use super::filter::{Filter, FilterArgs};
-use super::{Failure, Format, Tally, Trail};
+use super::{At, Failure, Format, Tally, Trail};
 
 /// How often a followed file is checked for new lines and for a rotation.
 const POLL: Duration = Duration::from_millis(200);
@@ -225,9 +225,11 @@ fn stream(
     out: &mut Out,
 ) {
     for input in inputs.iter().filter(|i| i.may_hold(filter)) {
-        let go = read(input, followers, tally, &mut |item, no, t| match t
-            .parse(item, &input.src, no)
-        {
+        let go = read(input, followers, tally, &mut |item, no, t| match t.parse(
+            item,
+            &input.src,
+            At::Line(no),
+        ) {
             Some((p, raw)) if filter.matches(&p) => out.emit(raw, &p),
             _ => true,
         });
@@ -237,8 +239,9 @@ fn stream(
     }
 }
 
-/// The last `n` matching lines: files are read newest first, each into a ring of the lines
-/// still missing, so memory is `n` lines whatever the trail's size.
+/// The last `n` matching lines. Files are read newest first and backwards from their end, so
+/// the usual question (the last lines) reads only what it prints, and memory is `n` lines
+/// whatever the trail's size. A followed file is then continued from where its lines end.
 fn last(
     inputs: &[Input],
     followers: &mut [Follower],
@@ -247,53 +250,97 @@ fn last(
     tally: &mut Tally,
     out: &mut Out,
 ) {
-    let mut groups: Vec<VecDeque<Vec<u8>>> = Vec::new();
-    let mut have = 0;
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    for input in inputs.iter().rev().filter(|i| i.may_hold(filter)) {
-        if have >= n
-            && !followers
-                .iter()
-                .any(|f| Src::Path(f.path.clone()) == input.src)
-        {
-            // Enough lines; but a followed file is still read to its end, where following starts.
+    // Newest first.
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for input in inputs.iter().rev() {
+        let done = kept.len() >= n || !input.may_hold(filter);
+        let follower = match &input.src {
+            Src::Path(p) => followers.iter_mut().find(|fo| &fo.path == p),
+            Src::Stdin => None,
+        };
+        if done && follower.is_none() {
             continue;
         }
-        let want = n - have;
-        let mut ring: VecDeque<Vec<u8>> = VecDeque::with_capacity(want.min(1024));
-        read(input, followers, tally, &mut |item, no, t| {
-            if want == 0 {
-                t.lines += 1;
-                return true;
+        let r = match (&input.src, follower) {
+            (Src::Stdin, _) => {
+                let mut ring = VecDeque::new();
+                super::read_input(input, tally, &mut |item, no, t| {
+                    if let Some((p, raw)) = t.parse(item, &input.src, At::Line(no)) {
+                        if filter.matches(&p) && n > kept.len() {
+                            if ring.len() == n - kept.len() {
+                                ring.pop_front();
+                            }
+                            ring.push_back(raw.to_vec());
+                        }
+                    }
+                    true
+                });
+                kept.extend(ring.into_iter().rev());
+                Ok(())
             }
-            if let Some((p, raw)) = t.parse(item, &input.src, no) {
-                if filter.matches(&p) {
-                    let mut buf = if ring.len() == want {
-                        ring.pop_front().unwrap_or_default()
-                    } else {
-                        spare.pop().unwrap_or_default()
-                    };
-                    buf.clear();
-                    buf.extend_from_slice(raw);
-                    ring.push_back(buf);
+            (Src::Path(_), Some(fo)) => match fo.snapshot() {
+                Ok(Some((mut file, len))) => {
+                    let want = if done { 0 } else { n - kept.len() };
+                    back(&mut file, len, false, want, input, filter, tally, &mut kept)
+                        .and_then(|at| fo.start_at(at))
                 }
-            }
-            true
-        });
-        have += ring.len();
-        groups.push(ring);
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+            (Src::Path(p), None) => match std::fs::File::open(p).and_then(|f| {
+                let len = f.metadata()?.len();
+                Ok((f, len))
+            }) {
+                Ok((mut file, len)) => {
+                    let want = n - kept.len();
+                    back(&mut file, len, true, want, input, filter, tally, &mut kept).map(|_| ())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && input.listed => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = r {
+            tally.unreadable += 1;
+            eprintln!("bpgate audit: cannot read {}: {e}", input.src);
+        }
     }
-    for ring in groups.iter().rev() {
-        for raw in ring {
-            // Kept lines parsed before; parse again to print (n lines, not the trail).
-            if let Ok((p, _)) = super::entry::parse(raw) {
-                // `raw` is already the record alone.
-                if !out.emit(raw, &p) {
-                    return;
-                }
+    for raw in kept.iter().rev() {
+        // Kept lines parsed before; parse again to print (n lines, not the trail).
+        if let Ok((p, _)) = super::entry::parse(raw) {
+            if !out.emit(raw, &p) {
+                return;
             }
         }
     }
+}
+
+/// Up to `want` more matching lines of one file, read backwards into `kept`; returns the
+/// offset after the file's last newline.
+#[allow(clippy::too_many_arguments)]
+fn back(
+    file: &mut std::fs::File,
+    len: u64,
+    partial: bool,
+    want: usize,
+    input: &Input,
+    filter: &Filter,
+    tally: &mut Tally,
+    kept: &mut Vec<Vec<u8>>,
+) -> io::Result<u64> {
+    tally.files += 1;
+    let mut found = 0;
+    files::scan_back(file, len, partial, &mut |item, at| {
+        if found >= want {
+            return false;
+        }
+        if let Some((p, raw)) = tally.parse(item, &input.src, At::Byte(at)) {
+            if filter.matches(&p) {
+                kept.push(raw.to_vec());
+                found += 1;
+            }
+        }
+        found < want
+    })
 }
 
 /// Follows until interrupted (or stdout closes).
@@ -302,7 +349,7 @@ fn follow(followers: &mut [Follower], filter: &Filter, tally: &mut Tally, out: &
         for fo in followers.iter_mut() {
             let src = Src::Path(fo.path.clone());
             let r = fo.poll(
-                &mut |item, no| match tally.parse(item, &src, no) {
+                &mut |item, no| match tally.parse(item, &src, At::Line(no)) {
                     Some((p, raw)) if filter.matches(&p) => out.emit(raw, &p),
                     _ => true,
                 },
