@@ -472,7 +472,7 @@ fn hand_made_trail_in_time_order_with_torn_and_malformed_lines_counted() {
             && r.stderr
                 .contains("audit.jsonl: line 4: not an audit record")
             && r.stderr
-                .contains("3 malformed line(s) skipped of 12 read (1 record(s) recovered"),
+                .contains("3 malformed line(s) of 12 read (1 of them torn and glued to a record"),
         "{}",
         r.stderr
     );
@@ -915,7 +915,11 @@ fn follow_across_rename_rotation_replacement_truncation_and_a_late_writer() {
     let h4 = at("/h4");
     append(&cur, &(at("/h1") + &at("/h2") + &at("/h3") + &h4[..30]));
     let tail = Follow::start(&["-n", "2"], d.path());
-    assert_eq!(tail.paths(2), ["/h2", "/h3"], "history: the last 2 whole lines");
+    assert_eq!(
+        tail.paths(2),
+        ["/h2", "/h3"],
+        "history: the last 2 whole lines"
+    );
     append(&cur, &h4[30..]);
     assert_eq!(tail.paths(1), ["/h4"]);
 

@@ -149,7 +149,7 @@ impl Tally {
         self.malformed += 1;
         if self.warned < WARN_LINES {
             self.warned += 1;
-            eprintln!("bpgate audit: {src}: {at}: {why}; skipped");
+            eprintln!("bpgate audit: {src}: {at}: {why}");
             if self.warned == WARN_LINES {
                 eprintln!("bpgate audit: further malformed lines are counted, not shown");
             }
@@ -159,9 +159,13 @@ impl Tally {
     /// The closing line on stderr when anything was skipped.
     fn report(&self) {
         if self.malformed > 0 {
+            let glued = match self.recovered {
+                0 => String::new(),
+                n => format!(" ({n} of them torn and glued to a record, which was kept)"),
+            };
             eprintln!(
-                "bpgate audit: {} malformed line(s) skipped of {} read ({} record(s) recovered behind torn lines)",
-                self.malformed, self.lines, self.recovered
+                "bpgate audit: {} malformed line(s) of {} read{glued}",
+                self.malformed, self.lines
             );
         }
     }
@@ -187,19 +191,19 @@ impl Tally {
                         self.malformed(
                             src,
                             at,
-                            "torn line glued to the next record (the record is kept)",
+                            "torn line glued to the next record; the record is kept",
                         );
                     }
                     let rec = l.strip_suffix(b"\r").unwrap_or(l);
                     Some((p, &rec[start..]))
                 }
                 Err(()) => {
-                    self.malformed(src, at, "not an audit record (torn or malformed)");
+                    self.malformed(src, at, "not an audit record (torn or malformed); skipped");
                     None
                 }
             },
             Item::Broken(why) => {
-                self.malformed(src, at, why);
+                self.malformed(src, at, &format!("{why}; skipped"));
                 None
             }
         }
