@@ -18,6 +18,7 @@
 //! - [`proxy`]: forwarding headers, the connection pool, tunnels.
 //! - [`exchange`]: the per-request record and body types the layers share.
 //! - [`admin`]: the admin listener. [`posture`]: `bpgate check` and `bpgate diag`.
+//!   [`audit::query`]: `bpgate audit tail|summary`, the reader of the trail.
 #![forbid(unsafe_code)]
 
 pub mod admin;
