@@ -24,7 +24,7 @@ use percent_encoding::percent_decode;
 use tower::{Layer, Service};
 
 use crate::config::BasePathMode;
-use crate::exchange::{self, empty_response, error_response, note_mut, ready, BoxFut, Req, Resp};
+use crate::exchange::{self, empty_response, note_mut, ready, BoxFut, Outcome, Refusal, Req, Resp};
 
 #[derive(Debug)]
 pub struct BasePathPolicy {
@@ -388,7 +388,7 @@ where
         r.headers_mut()
             .insert(LOCATION, loc.unwrap_or_else(|| self.policy.home.clone()));
         let n = note_mut(&mut r);
-        n.outcome = Some("redirect");
+        n.outcome = Some(Outcome::Redirect);
         n.reason = Some("to the base path");
         r
     }
@@ -411,25 +411,11 @@ where
         let id = exchange::exchange(&req).map(|x| x.id.clone());
         let safe = matches!(*req.method(), Method::GET | Method::HEAD);
         let (exact, resolved) = match classify(req.uri().path(), &self.policy.base) {
-            Verdict::Ambiguous => {
-                return ready(error_response(
-                    StatusCode::BAD_REQUEST,
-                    "ambiguous path encoding",
-                    "rejected",
-                    id.as_ref(),
-                ))
-            }
+            Verdict::Ambiguous => return ready(Refusal::AmbiguousPath.response(id.as_ref())),
             Verdict::Outside if safe && req.uri().path() == "/" => {
                 return ready(self.redirect(&req))
             }
-            Verdict::Outside => {
-                return ready(error_response(
-                    StatusCode::NOT_FOUND,
-                    "outside the base path",
-                    "rejected",
-                    id.as_ref(),
-                ))
-            }
+            Verdict::Outside => return ready(Refusal::OutsideBasePath.response(id.as_ref())),
             Verdict::In { exact: true, .. } if safe => return ready(self.redirect(&req)),
             Verdict::In { exact, resolved } => (exact, resolved),
         };
@@ -445,14 +431,7 @@ where
             };
             match with_path(req.uri(), path) {
                 Some(u) => *req.uri_mut() = u,
-                None => {
-                    return ready(error_response(
-                        StatusCode::BAD_REQUEST,
-                        "unusable path",
-                        "rejected",
-                        id.as_ref(),
-                    ))
-                }
+                None => return ready(Refusal::UnusablePath.response(id.as_ref())),
             }
         }
         self.forward(req)

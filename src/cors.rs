@@ -24,7 +24,8 @@ use http::header::{
 use http::{HeaderMap, Method, StatusCode};
 use tower::{Layer, Service};
 
-use crate::exchange::{self, empty_response, error_response, ready, BoxFut, Req, Resp};
+use crate::config::OriginSpec;
+use crate::exchange::{self, empty_response, ready, BoxFut, Refusal, Req, Resp};
 
 /// Request headers Botpress's own UIs send cross-origin; always allowed, whatever the config says,
 /// because the admin UI and webchat break without them (botpress-facts §4, §10 #9).
@@ -36,79 +37,20 @@ const REQUIRED_HEADERS: [&str; 5] = [
     "X-Requested-With",
 ];
 
-/// One entry of `cors.origins`: an exact origin or a `https://*.example.com` pattern.
+/// One entry of `cors.origins` as a matcher. The grammar (what an entry may look like) is the
+/// configuration's: [`OriginSpec`] parses and normalises it at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OriginPattern(Pattern);
+pub struct OriginPattern(OriginSpec);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Pattern {
-    /// A serialised origin, lower-case, default port dropped (as browsers send it).
-    Exact(String),
-    /// `scheme://*` + `suffix`, where `suffix` is `.example.com[:port]`, lower-case.
-    Wildcard { scheme_sep: String, suffix: String },
-    /// The opaque origin `null` (sandboxed iframes, `file:`), only when listed literally.
-    Null,
+impl From<OriginSpec> for OriginPattern {
+    fn from(s: OriginSpec) -> Self {
+        OriginPattern(s)
+    }
 }
 
 impl OriginPattern {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("null") {
-            return Ok(OriginPattern(Pattern::Null));
-        }
-        if s == "*" {
-            return Err(
-                "`*` alone is not allowed: list the origins (with credentials, browsers refuse `*` anyway)"
-                    .into(),
-            );
-        }
-        let Some((scheme, rest)) = s.split_once("://") else {
-            return Err(format!(
-                "`{s}` has no scheme: write it like https://app.example.com"
-            ));
-        };
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme != "https" && scheme != "http" {
-            return Err(format!("`{s}`: scheme must be https or http"));
-        }
-        if let Some(c) = rest.chars().find(|c| matches!(c, '/' | '?' | '#' | '@')) {
-            return Err(format!(
-                "`{s}` is not an origin: it has `{c}` (a path, query, fragment or credentials); an origin is scheme://host[:port] only"
-            ));
-        }
-        let rest = rest.to_ascii_lowercase();
-        let (host, port) = split_port(&rest).map_err(|p| format!("`{s}`: {p}"))?;
-        let default_port = if scheme == "https" { 443 } else { 80 };
-        let port_part = match port {
-            Some(p) if p != default_port => format!(":{p}"),
-            _ => String::new(),
-        };
-        let (wild, host) = match host.strip_prefix("*.") {
-            Some(h) => (true, h),
-            None => (false, host),
-        };
-        if host.contains('*') {
-            return Err(format!(
-                "`{s}`: a wildcard is only possible as the whole leftmost label, like https://*.example.com"
-            ));
-        }
-        if !valid_host(host) {
-            return Err(format!("`{s}`: `{host}` is not a valid host name"));
-        }
-        if wild {
-            if !host.contains('.') || host.starts_with('[') {
-                return Err(format!(
-                    "`{s}`: the wildcard must be followed by a domain with at least two labels"
-                ));
-            }
-            return Ok(OriginPattern(Pattern::Wildcard {
-                scheme_sep: format!("{scheme}://"),
-                suffix: format!(".{host}{port_part}"),
-            }));
-        }
-        Ok(OriginPattern(Pattern::Exact(format!(
-            "{scheme}://{host}{port_part}"
-        ))))
+        OriginSpec::parse(s).map(OriginPattern)
     }
 
     /// Whether a request's `Origin` matches. Browsers serialise origins lower-case without the
@@ -116,9 +58,9 @@ impl OriginPattern {
     /// refused for capitals.
     pub fn matches(&self, origin: &str) -> bool {
         match &self.0 {
-            Pattern::Null => origin == "null",
-            Pattern::Exact(e) => e.eq_ignore_ascii_case(origin),
-            Pattern::Wildcard { scheme_sep, suffix } => {
+            OriginSpec::Null => origin == "null",
+            OriginSpec::Exact(e) => e.eq_ignore_ascii_case(origin),
+            OriginSpec::Wildcard { scheme_sep, suffix } => {
                 let o = origin.as_bytes();
                 if o.len() <= scheme_sep.len() + suffix.len()
                     || !o[..scheme_sep.len()].eq_ignore_ascii_case(scheme_sep.as_bytes())
@@ -137,47 +79,6 @@ impl OriginPattern {
             }
         }
     }
-}
-
-/// Splits `host[:port]` (IPv6 in brackets) and checks the port.
-fn split_port(a: &str) -> Result<(&str, Option<u16>), String> {
-    let (host, port) = if a.starts_with('[') {
-        match a.find(']') {
-            Some(i) if i + 1 == a.len() => (a, None),
-            Some(i) if a.as_bytes().get(i + 1) == Some(&b':') => (&a[..=i], Some(&a[i + 2..])),
-            _ => return Err("malformed IPv6 address".into()),
-        }
-    } else {
-        match a.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (a, None),
-        }
-    };
-    let port = match port {
-        None => None,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
-            _ => return Err(format!("port `{p}` is not a number between 1 and 65535")),
-        },
-    };
-    if host.is_empty() {
-        return Err("no host".into());
-    }
-    Ok((host, port))
-}
-
-fn valid_host(h: &str) -> bool {
-    if let Some(v6) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        return v6.parse::<std::net::Ipv6Addr>().is_ok();
-    }
-    !h.is_empty()
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// The CORS policy, built once from the config; every header value is rendered here.
@@ -294,12 +195,7 @@ impl CorsPolicy {
                 .is_some_and(|m| self.method_allowed(m.as_bytes()))
             && self.headers_allowed(req.headers());
         if !ok {
-            return error_response(
-                StatusCode::FORBIDDEN,
-                "CORS preflight refused",
-                "rejected",
-                id,
-            );
+            return Refusal::PreflightRefused.response(id);
         }
         let mut r = empty_response(StatusCode::NO_CONTENT);
         let h = r.headers_mut();
@@ -448,12 +344,7 @@ where
                 if text.is_some_and(|t| p.origin_allowed(t)) {
                     Some(o.clone())
                 } else if p.reject_disallowed && !text.is_some_and(|t| same_origin(&req, t)) {
-                    return ready(error_response(
-                        StatusCode::FORBIDDEN,
-                        "origin not allowed",
-                        "rejected",
-                        id.as_ref(),
-                    ));
+                    return ready(Refusal::OriginNotAllowed.response(id.as_ref()));
                 } else {
                     None
                 }

@@ -1,9 +1,8 @@
 //! Prometheus metrics for `GET /metrics` on the admin listener.
 //!
 //! The request path never calls into a metrics library: it only bumps the plain atomics it
-//! already keeps ([`ServerStats`](crate::server::ServerStats), the cluster's
-//! [`StickyStats`](crate::cluster::StickyStats), each node's pool counters, the audit writer's
-//! [`AuditStats`](crate::audit::AuditStats)). A scrape reads those atomics once into a
+//! already keeps (the `counters` module's, the cluster's sticky counters, each node's pool
+//! counters, the audit writer's). A scrape reads those atomics once into a
 //! [`MetricsInput`] and [`render_from`] builds a fresh `prometheus-client` [`Registry`] from the
 //! values, encodes it and drops it. A scrape therefore costs a few allocations on the admin
 //! listener and nothing on the hot path, and a node removed by a reload simply stops appearing.
@@ -24,73 +23,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::server::Gateway;
-
-/// Upper bounds (seconds) of the request-duration histogram buckets; `+Inf` follows.
-pub const DURATION_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
-
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
-];
-
-/// Per-request counters, bumped once when an exchange ends (plain atomics, fixed label sets).
-#[derive(Debug, Default)]
-pub struct RequestMetrics {
-    by_class_method: [[AtomicU64; 8]; 5],
-    duration: [AtomicU64; 13],
-    duration_sum_us: AtomicU64,
-    upstream: [AtomicU64; 13],
-    upstream_sum_us: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub config_reloads_ok: AtomicU64,
-    pub config_reloads_failed: AtomicU64,
-    pub cert_reloads_ok: AtomicU64,
-    pub cert_reloads_failed: AtomicU64,
-}
-
-fn bucket(us: u64) -> usize {
-    let s = us as f64 / 1e6;
-    DURATION_BUCKETS
-        .iter()
-        .position(|b| s <= *b)
-        .unwrap_or(DURATION_BUCKETS.len())
-}
-
-pub fn status_class(status: u16) -> usize {
-    (status / 100).clamp(1, 5) as usize - 1
-}
-
-impl RequestMetrics {
-    /// One finished exchange. `upstream_us`: time from sending to the node's response head.
-    pub fn record(
-        &self,
-        status: u16,
-        method: &http::Method,
-        duration_us: u64,
-        upstream_us: Option<u64>,
-        bytes_in: u64,
-        bytes_out: u64,
-    ) {
-        let m = METHODS
-            .iter()
-            .position(|x| *x == method.as_str())
-            .unwrap_or(7);
-        self.by_class_method[status_class(status)][m].fetch_add(1, Ordering::Relaxed);
-        self.duration[bucket(duration_us)].fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_us
-            .fetch_add(duration_us, Ordering::Relaxed);
-        if let Some(u) = upstream_us {
-            self.upstream[bucket(u)].fetch_add(1, Ordering::Relaxed);
-            self.upstream_sum_us.fetch_add(u, Ordering::Relaxed);
-        }
-        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-    }
-}
+use crate::counters::{CLASSES, DURATION_BUCKETS, METHODS};
+use crate::reload::Generations;
 
 /// A histogram whose bucket counts were read from atomics at scrape time.
 #[derive(Debug)]
@@ -202,13 +136,15 @@ fn load(a: &AtomicU64) -> u64 {
 }
 
 impl MetricsInput {
-    /// Reads the gateway's counters (relaxed loads; each value is individually current).
-    pub fn from_gateway(gw: &Gateway) -> MetricsInput {
-        let s = &gw.stats;
-        let sticky = &gw.cluster.stats;
-        let nodes = gw
-            .cluster
-            .snapshot()
+    /// Reads the counters (relaxed loads; each value is individually current) and the
+    /// generation in service.
+    pub fn read(gw: &Generations) -> MetricsInput {
+        let shared = gw.shared();
+        let current = gw.current_full();
+        let s = &shared.counters.connections;
+        let sticky = &shared.cluster.stats;
+        let nodes = current
+            .nodes
             .nodes
             .iter()
             .map(|n| {
@@ -224,7 +160,8 @@ impl MetricsInput {
                 }
             })
             .collect();
-        let rm = &gw.request_metrics;
+        let rm = &shared.counters.requests;
+        let reloads = &shared.counters.reloads;
         let mut requests_by = Vec::new();
         for (c, row) in rm.by_class_method.iter().enumerate() {
             for (m, v) in row.iter().enumerate() {
@@ -235,7 +172,7 @@ impl MetricsInput {
             }
         }
         let mut node_classes = Vec::new();
-        for n in gw.cluster.snapshot().nodes.iter() {
+        for n in current.nodes.nodes.iter() {
             for (c, v) in n.status_counts.iter().enumerate() {
                 node_classes.push((n.spec.name.clone(), CLASSES[c], load(v)));
             }
@@ -243,8 +180,8 @@ impl MetricsInput {
         let hist = |h: ConstHistogram| (h.buckets, h.sum);
         MetricsInput {
             requests: load(&s.requests),
-            connections_h1: s.connections_h1.load(Ordering::Relaxed) as u64,
-            connections_h2: s.connections_h2.load(Ordering::Relaxed) as u64,
+            connections_h1: s.h1.load(Ordering::Relaxed) as u64,
+            connections_h2: s.h2.load(Ordering::Relaxed) as u64,
             handshakes: load(&s.handshakes),
             handshake_timeout: load(&s.handshake_timeout),
             handshake_eof: load(&s.handshake_eof),
@@ -262,26 +199,26 @@ impl MetricsInput {
             upstream_time: hist(ConstHistogram::from(&rm.upstream, &rm.upstream_sum_us)),
             bytes_in: load(&rm.bytes_in),
             bytes_out: load(&rm.bytes_out),
-            tunnels_open: gw.background.tunnels.load(Ordering::Relaxed) as u64,
-            config_reloads_ok: load(&rm.config_reloads_ok),
-            config_reloads_failed: load(&rm.config_reloads_failed),
-            cert_reloads_ok: load(&rm.cert_reloads_ok),
-            cert_reloads_failed: load(&rm.cert_reloads_failed),
-            audit: gw.audit.as_ref().map(|a| AuditInput {
+            tunnels_open: shared.background.tunnels.load(Ordering::Relaxed) as u64,
+            config_reloads_ok: load(&reloads.config_ok),
+            config_reloads_failed: load(&reloads.config_failed),
+            cert_reloads_ok: load(&reloads.cert_ok),
+            cert_reloads_failed: load(&reloads.cert_failed),
+            audit: shared.audit.as_ref().map(|a| AuditInput {
                 lines: load(&a.stats.lines),
                 write_errors: load(&a.stats.write_errors),
                 rotations: load(&a.stats.rotations),
                 queue_depth: a.stats.queue_depth.load(Ordering::Relaxed),
             }),
-            cert_not_after: gw.cert_info.load().not_after,
-            uptime_seconds: gw.uptime().as_secs_f64(),
+            cert_not_after: current.cert.not_after,
+            uptime_seconds: shared.started.elapsed().as_secs_f64(),
         }
     }
 }
 
 /// The exposition for `GET /metrics`.
-pub fn render(gw: &Gateway) -> String {
-    render_from(&MetricsInput::from_gateway(gw))
+pub fn render(gw: &Generations) -> String {
+    render_from(&MetricsInput::read(gw))
 }
 
 type Labels = Vec<(&'static str, String)>;

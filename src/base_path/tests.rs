@@ -175,7 +175,7 @@ async fn outside_and_attacks_never_reach_botpress() {
             assert_eq!(r.status().as_u16(), status, "{uri}");
             assert!(seen.is_empty(), "{uri} reached Botpress");
             let n = r.extensions().get::<crate::exchange::Note>().unwrap();
-            assert_eq!(n.outcome, Some("rejected"));
+            assert_eq!(n.outcome, Some(crate::exchange::Outcome::Rejected));
         }
     }
 }

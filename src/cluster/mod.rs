@@ -20,16 +20,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use serde::Serialize;
 
 pub use health::{spawn_health_checks, HealthSettings};
-pub use route::{take_cookie, CookieSpec, Route, RouteLayer};
+pub use route::{take_cookie, CookieSpec, Ejection, Route, RouteLayer};
 pub use sticky::{NodeId, Opened, Rejected, StickyCodec};
 
 use crate::config::NodeSpec;
-use crate::proxy::{Pool, PoolSettings};
+use crate::proxy::Pool;
 
 const HEALTHY: u8 = 0;
 const UNHEALTHY: u8 = 1;
@@ -83,10 +82,10 @@ pub struct NodeView {
 }
 
 impl Node {
-    fn new(spec: NodeSpec, pool: PoolSettings) -> Self {
+    fn new(spec: NodeSpec) -> Self {
         let name: Arc<str> = Arc::from(spec.name.as_str());
         Node {
-            pool: Arc::new(Pool::new(name.clone(), spec.authority.clone(), pool)),
+            pool: Arc::new(Pool::new(name.clone(), spec.authority.clone())),
             name,
             spec,
             state: AtomicU8::new(HEALTHY),
@@ -178,12 +177,26 @@ impl Node {
     }
 }
 
-/// The current node set, with each node's id under the current and previous sticky keys.
+/// One generation's node set, with each node's id under the current and previous sticky keys.
+/// Nodes are shared between snapshots: a node that stays across a reload keeps its state.
 pub struct Snapshot {
     pub nodes: Vec<Arc<Node>>,
     ids: Vec<NodeId>,
     by_id: HashMap<NodeId, usize>,
     by_previous_id: HashMap<NodeId, usize>,
+}
+
+impl Snapshot {
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.iter().find(|n| &*n.name == name).cloned()
+    }
+
+    /// Ready: at least one node is healthy and has passed an active check (or checks are off).
+    pub fn ready(&self, checks_enabled: bool) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.is_healthy() && (!checks_enabled || n.seen_up.load(Ordering::Relaxed)))
+    }
 }
 
 /// Sticky outcome counters (`bpgate_sticky_total{outcome}`).
@@ -196,17 +209,14 @@ pub struct StickyStats {
     pub expired: AtomicU64,
 }
 
-/// All nodes and the routing policy.
+/// Every node bpgate knows (their state outlives reloads) and the sticky routing policy, which
+/// needs a restart to change. Which nodes serve is a [`Snapshot`], one per generation.
 pub struct Cluster {
-    snapshot: ArcSwap<Snapshot>,
     /// Nodes by name, so a reload keeps the state of nodes it keeps.
     registry: DashMap<String, Arc<Node>>,
     pub codec: StickyCodec,
     pub sticky_enabled: bool,
     pub ip_fallback: bool,
-    pub fall: u32,
-    pub passive_ejection: bool,
-    pool: PoolSettings,
     pub stats: StickyStats,
     /// True when the secret was generated at start (replicas will disagree).
     pub generated_secret: bool,
@@ -239,48 +249,33 @@ pub struct Choice {
 }
 
 pub struct ClusterSettings {
-    pub nodes: Vec<NodeSpec>,
-    pub pool: PoolSettings,
     pub codec: StickyCodec,
     pub sticky_enabled: bool,
     pub ip_fallback: bool,
-    pub fall: u32,
-    pub passive_ejection: bool,
     pub generated_secret: bool,
 }
 
 impl Cluster {
     pub fn new(s: ClusterSettings) -> Arc<Self> {
-        let c = Cluster {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                nodes: vec![],
-                ids: vec![],
-                by_id: HashMap::new(),
-                by_previous_id: HashMap::new(),
-            }),
+        Arc::new(Cluster {
             registry: DashMap::new(),
             codec: s.codec,
             sticky_enabled: s.sticky_enabled,
             ip_fallback: s.ip_fallback,
-            fall: s.fall,
-            passive_ejection: s.passive_ejection,
-            pool: s.pool,
             stats: StickyStats::default(),
             generated_secret: s.generated_secret,
-        };
-        c.set_nodes(&s.nodes);
-        Arc::new(c)
+        })
     }
 
-    /// Replaces the node set. Nodes that stay (same name and address) keep their state, pool
-    /// and draining flag; removed nodes' pinned clients fail over.
-    pub fn set_nodes(&self, specs: &[NodeSpec]) -> Vec<Arc<Node>> {
+    /// The node set for `specs`. Nodes that stay (same name and address) keep their state, pool
+    /// and draining flag; nodes left out are forgotten, and their pinned clients fail over.
+    pub fn snapshot(&self, specs: &[NodeSpec]) -> Arc<Snapshot> {
         let mut nodes = Vec::with_capacity(specs.len());
         for spec in specs {
             let node = match self.registry.get(&spec.name) {
                 Some(n) if n.spec == *spec => n.clone(),
                 _ => {
-                    let n = Arc::new(Node::new(spec.clone(), self.pool));
+                    let n = Arc::new(Node::new(spec.clone()));
                     self.registry.insert(spec.name.clone(), n.clone());
                     n
                 }
@@ -302,33 +297,12 @@ impl Cluster {
                 .collect(),
             None => HashMap::new(),
         };
-        self.snapshot.store(Arc::new(Snapshot {
-            nodes: nodes.clone(),
+        Arc::new(Snapshot {
+            nodes,
             ids,
             by_id,
             by_previous_id,
-        }));
-        nodes
-    }
-
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
-        self.snapshot()
-            .nodes
-            .iter()
-            .find(|n| &*n.name == name)
-            .cloned()
-    }
-
-    /// Ready: at least one node is healthy and has passed an active check (or checks are off).
-    pub fn ready(&self, checks_enabled: bool) -> bool {
-        self.snapshot()
-            .nodes
-            .iter()
-            .any(|n| n.is_healthy() && (!checks_enabled || n.seen_up.load(Ordering::Relaxed)))
+        })
     }
 
     /// Chooses the node for a request. `None`: no node can take it.
@@ -508,7 +482,15 @@ pub fn generate_secret() -> String {
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("nodes", &self.snapshot().nodes.len())
+            .field("nodes", &self.registry.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.nodes.iter().map(|n| &n.spec))
             .finish()
     }
 }

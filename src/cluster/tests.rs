@@ -1,28 +1,42 @@
 use super::*;
 
-fn cluster(names: &[&str], ip_fallback: bool) -> Arc<Cluster> {
-    Cluster::new(ClusterSettings {
-        nodes: names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NodeSpec {
-                name: n.to_string(),
-                authority: format!("127.0.0.1:{}", 40000 + i),
-                weight: 1,
-            })
-            .collect(),
-        pool: PoolSettings {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(4),
-            max_idle: 4,
-        },
+/// A cluster and its node set for `names`.
+struct Fixture {
+    c: Arc<Cluster>,
+    snap: Arc<Snapshot>,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.c
+    }
+}
+
+impl Fixture {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.clone()
+    }
+}
+
+fn cluster(names: &[&str], ip_fallback: bool) -> Fixture {
+    let c = Cluster::new(ClusterSettings {
         codec: StickyCodec::new(b"test secret test secret", None, "bpgate_node", "/", 86_400),
         sticky_enabled: true,
         ip_fallback,
-        fall: 3,
-        passive_ejection: true,
         generated_secret: false,
-    })
+    });
+    let specs: Vec<NodeSpec> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeSpec {
+            name: n.to_string(),
+            authority: format!("127.0.0.1:{}", 40000 + i),
+            weight: 1,
+        })
+        .collect();
+    let snap = c.snapshot(&specs);
+    Fixture { c, snap }
 }
 
 #[test]
@@ -78,7 +92,7 @@ fn rendezvous_moves_only_the_removed_nodes_clients() {
         let n = before.iter().filter(|x| *x == name).count();
         assert!(n > 50, "{name} got only {n} of 300");
     }
-    c.set_nodes(
+    let after = c.c.snapshot(
         &c.snapshot()
             .nodes
             .iter()
@@ -88,10 +102,7 @@ fn rendezvous_moves_only_the_removed_nodes_clients() {
     );
     for (i, was) in before.iter().enumerate() {
         let now = c
-            .rendezvous(
-                &c.snapshot(),
-                IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
-            )
+            .rendezvous(&after, IpAddr::from([10, 0, (i >> 8) as u8, i as u8]))
             .unwrap();
         if was != "c" {
             assert_eq!(&now.spec.name, was);

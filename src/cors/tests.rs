@@ -200,7 +200,7 @@ async fn table() {
                         .get::<crate::exchange::Note>()
                         .unwrap()
                         .outcome,
-                    Some("rejected")
+                    Some(crate::exchange::Outcome::Rejected)
                 );
                 assert_eq!(calls, 0, "{what}");
                 continue;

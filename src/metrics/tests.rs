@@ -254,11 +254,16 @@ async fn renders_a_real_gateway() {
     let cfg = dir.path().join("bpgate.toml");
     std::fs::write(&cfg, toml).unwrap();
     let loaded = crate::config::load(&cfg, &|_| None, &Default::default()).unwrap();
-    let gw = Gateway::start(loaded).unwrap();
-    gw.stats.requests.fetch_add(3, Ordering::Relaxed);
-    gw.cluster.stats.new.fetch_add(2, Ordering::Relaxed);
+    let gw = crate::server::Gateway::start(loaded).unwrap();
+    let shared = gw.shared();
+    shared
+        .counters
+        .connections
+        .requests
+        .fetch_add(3, Ordering::Relaxed);
+    shared.cluster.stats.new.fetch_add(2, Ordering::Relaxed);
 
-    let text = render(&gw);
+    let text = render(&gw.generations);
     let s = parse(&text);
     assert_eq!(value(&s, "bpgate_requests_total", &[]), 3.0);
     assert_eq!(value(&s, "bpgate_sticky_total", &[("outcome", "new")]), 2.0);
