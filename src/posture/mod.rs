@@ -346,7 +346,11 @@ pub async fn botpress_view(
     view.disk_config = disk_text
         .as_deref()
         .and_then(|t| serde_json::from_str(t).ok());
-    if disk_text.is_some() && view.disk_config.is_none() {
+    if disk_text.is_some()
+        && view.disk_config.is_none()
+        && !view.env_defined("PRO_ENABLED")
+        && !view.env_defined("BP_CONFIG_PRO_ENABLED")
+    {
         notes.push("botpress.config.json on disk is not plain JSON: Botpress's boot-time read of pro.enabled (require) would throw".into());
     }
     view.nlu = match &nlu_text {
