@@ -1373,8 +1373,7 @@ async fn diag_reports_node_version_status_and_server_id() {
 
 #[tokio::test]
 async fn diag_pings_real_redis() {
-    let Ok(url) = std::env::var("BPGATE_TEST_REDIS_URL") else {
-        eprintln!("skipped: BPGATE_TEST_REDIS_URL is unset (start redis-server on loopback and export it)");
+    let Some(url) = service_url("BPGATE_TEST_REDIS_URL", "redis-server") else {
         return;
     };
     let mut fx = Fx::compliant();
@@ -1399,8 +1398,7 @@ async fn diag_pings_real_redis() {
 
 #[tokio::test]
 async fn diag_connects_to_real_postgres() {
-    let Ok(url) = std::env::var("BPGATE_TEST_DATABASE_URL") else {
-        eprintln!("skipped: BPGATE_TEST_DATABASE_URL is unset (start PostgreSQL on loopback and export it)");
+    let Some(url) = service_url("BPGATE_TEST_DATABASE_URL", "PostgreSQL") else {
         return;
     };
     let mut fx = Fx::compliant();
@@ -1811,4 +1809,164 @@ fn bpfs_database_over_tls_is_said_plainly() {
     fx.env("DATABASE_URL", None);
     let src = finding(&fx.check(), item::CONFIG_SOURCE).clone();
     assert!(src.evidence.contains("SQLite"), "{src:?}");
+}
+
+// === diag: TLS-only services, hairpin ===
+
+#[tokio::test]
+async fn diag_says_plainly_what_it_does_not_probe_over_tls() {
+    let mut fx = Fx::compliant();
+    fx.gate(
+        "upstream.urls",
+        toml::Value::Array(vec!["http://127.0.0.1:1".into()]),
+    );
+    fx.env(
+        "DATABASE_URL",
+        Some("postgres://botpress:pg-planted-pw@127.0.0.1:1/botpress?ssl=true"),
+    )
+    .env("REDIS_URL", Some("rediss://:redis-planted-pw@127.0.0.1:1"));
+    let (report, _) = run_diag(&fx, Duration::from_millis(500)).await;
+    assert!(
+        report.contains("not probed: TLS required (ssl=true)"),
+        "{report}"
+    );
+    assert!(report.contains("127.0.0.1:1 NOT reachable"), "{report}");
+    assert!(
+        report.contains("not probed: rediss:// is Redis over TLS"),
+        "{report}"
+    );
+    for secret in PLANTED {
+        assert!(!report.contains(secret), "{secret} leaked");
+    }
+    // sslmode=disable is plain: probed (and refused here).
+    fx.env(
+        "DATABASE_URL",
+        Some("postgres://botpress:pg-planted-pw@127.0.0.1:1/botpress?sslmode=disable"),
+    );
+    let (report, _) = run_diag(&fx, Duration::from_millis(500)).await;
+    assert!(!report.contains("TLS required"), "{report}");
+    assert!(report.contains("connect 127.0.0.1:1"), "{report}");
+}
+
+#[tokio::test]
+async fn diag_probes_external_url_as_a_node_would() {
+    use crate::support::{self, Gate, Node};
+    support::init();
+    let node = Node::start("n1", support::echo()).await;
+    let gate = Gate::builder().upstream(node.url()).start().await;
+    let public = format!("https://127.0.0.1:{}", gate.https.port());
+    let mut fx = Fx::compliant();
+    fx.gate(
+        "upstream.urls",
+        toml::Value::Array(vec![node.url().into()]),
+    );
+    fx.env("EXTERNAL_URL", Some(&public))
+        .env("REDIS_URL", None)
+        .env("BPFS_STORAGE", None)
+        .env("DATABASE_URL", None);
+    // bpgate's certificate comes from a private CA the node does not trust.
+    let (report, _) = run_diag(&fx, Duration::from_secs(3)).await;
+    let line = format!("GET {public}/version: FAILED");
+    assert!(report.contains(&line), "{report}");
+    assert!(report.contains("CERTIFICATE NOT TRUSTED"), "{report}");
+    assert!(
+        report.contains("NODE_EXTRA_CA_CERTS=/path/to/private-ca.pem"),
+        "{report}"
+    );
+    // With NODE_EXTRA_CA_CERTS in Botpress's environment the node trusts it: the request goes
+    // through bpgate to the node.
+    std::fs::write(fx.p("private-ca.pem"), &gate.pki.ca_pem).unwrap();
+    fx.env(
+        "NODE_EXTRA_CA_CERTS",
+        Some(&fx.p("private-ca.pem").display().to_string()),
+    );
+    let (report, _) = run_diag(&fx, Duration::from_secs(3)).await;
+    let line = format!("GET {public}/version: 200 in");
+    assert!(report.contains(&line), "{report}");
+    // The node's echo: the request came through bpgate's TLS listener.
+    assert!(report.contains("proto=https"), "{report}");
+    assert!(report.contains("bpgate/0.1.0 diag"), "{report}");
+    gate.stop().await;
+}
+
+// === the binary ===
+
+fn bpgate_bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bpgate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BPGATE_") || k.starts_with("BP_") || k == "EXTERNAL_URL" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn files_args(f: &BotpressFiles) -> Vec<String> {
+    let mut a = Vec::new();
+    for (flag, p) in [
+        ("--botpress-env", &f.botpress_env),
+        ("--botpress-config", &f.botpress_config),
+        ("--nlu-config", &f.nlu_config),
+    ] {
+        if let Some(p) = p {
+            a.push(flag.to_string());
+            a.push(p.display().to_string());
+        }
+    }
+    a
+}
+
+#[test]
+fn check_and_diag_exit_codes_from_the_binary() {
+    let run = |fx: &Fx, args: &[&str]| {
+        fx.load();
+        let files = fx.files();
+        let out = bpgate_bin()
+            .current_dir(fx.dir.path())
+            .arg("--config")
+            .arg(fx.p("bpgate.toml"))
+            .args(args)
+            .args(files_args(&files))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // check: 0 when nothing fails (JSON on stdout), 1 when something fails, 2 on bad input.
+    let fx = Fx::compliant();
+    let (code, out, err) = run(&fx, &["check", "--format", "json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["summary"]["fail"], 0);
+    assert_eq!(v["items"].as_array().unwrap().len(), item::ALL.len());
+    let (code, out, _) = run(&Fx::default_install(), &["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL    Production mode"), "{out}");
+    let mut bad = Fx::compliant();
+    bad.raw_config = Some("{ not json".into());
+    let (code, _, err) = run(&bad, &["check"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--botpress-config") && err.contains("not valid JSON"), "{err}");
+
+    // diag: 0 once written, 1 when it cannot be written, 2 on bad input.
+    let mut fx = Fx::compliant();
+    fx.gate(
+        "upstream.urls",
+        toml::Value::Array(vec!["http://127.0.0.1:1".into()]),
+    );
+    fx.env("REDIS_URL", None);
+    let out_file = fx.p("diag.txt").display().to_string();
+    let (code, out, err) = run(&fx, &["diag", "--timeout", "500ms", "--out", &out_file]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report = std::fs::read_to_string(&out_file).unwrap();
+    assert!(report.contains("bpgate diagnostic report"));
+    let unwritable = fx.p("no/such/dir/diag.txt").display().to_string();
+    let (code, _, err) = run(&fx, &["diag", "--timeout", "500ms", "--out", &unwritable]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot write"), "{err}");
+    let (code, _, _) = run(&bad, &["diag", "--out", &out_file]);
+    assert_eq!(code, Some(2));
 }
