@@ -890,7 +890,13 @@ pub fn health_settings(loaded: &Loaded) -> HealthSettings {
     let h = &loaded.config.health;
     HealthSettings {
         enabled: h.enabled,
-        path: format!("{}{}", loaded.derived.base_path, h.path),
+        // Under `strip` the upstream itself runs at the root: probe it there.
+        path: match loaded.config.base_path.mode {
+            crate::config::BasePathMode::Strip => h.path.clone(),
+            crate::config::BasePathMode::Preserve => {
+                format!("{}{}", loaded.derived.base_path, h.path)
+            }
+        },
         interval: h.interval,
         timeout: h.timeout,
         rise: h.rise,

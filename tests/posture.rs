@@ -1970,3 +1970,17 @@ fn check_and_diag_exit_codes_from_the_binary() {
     let (code, _, _) = run(&bad, &["diag", "--out", &out_file]);
     assert_eq!(code, Some(2));
 }
+
+#[test]
+fn health_and_diag_probe_where_the_upstream_serves() {
+    let mut fx = Fx::compliant();
+    assert_eq!(
+        bpgate::server::health_settings(&fx.load()).path,
+        format!("/botpress{}", fx.load().config.health.path)
+    );
+    fx.gate("base_path.mode", "strip".into());
+    assert_eq!(
+        bpgate::server::health_settings(&fx.load()).path,
+        fx.load().config.health.path
+    );
+}
