@@ -363,7 +363,12 @@ fn compliant_install_passes_in_checklist_order() {
         }
     }
     // BP_CONFIG_PRO_ENABLED in .env overrides pro.enabled=false in the file.
-    assert!(f[0].evidence.contains("Pro is on (BP_CONFIG_PRO_ENABLED=true)"), "{:?}", f[0]);
+    assert!(
+        f[0].evidence
+            .contains("Pro is on (BP_CONFIG_PRO_ENABLED=true)"),
+        "{:?}",
+        f[0]
+    );
     let loaded = fx.load();
     let args = CheckArgs {
         files: fx.files(),
@@ -936,8 +941,10 @@ fn each_broken_item_is_reported() {
         (
             "socketTransports override merges by index: polling stays",
             |fx| {
-                fx.gate("sticky.enabled", false.into())
-                    .env("BP_CONFIG_HTTPSERVER_SOCKETTRANSPORTS", Some(r#"["websocket"]"#));
+                fx.gate("sticky.enabled", false.into()).env(
+                    "BP_CONFIG_HTTPSERVER_SOCKETTRANSPORTS",
+                    Some(r#"["websocket"]"#),
+                );
             },
             item::STICKY,
             Status::Fail,
@@ -958,7 +965,10 @@ fn each_broken_item_is_reported() {
             |fx| {
                 fx.gate("cors.enabled", false.into())
                     .cfg("httpServer.cors.origin", None)
-                    .env("BP_CONFIG_HTTPSERVER_CORS", Some(r#"{"origin":"https://bot.example.com"}"#));
+                    .env(
+                        "BP_CONFIG_HTTPSERVER_CORS",
+                        Some(r#"{"origin":"https://bot.example.com"}"#),
+                    );
             },
             item::CORS,
             Status::Fail,
@@ -966,7 +976,9 @@ fn each_broken_item_is_reported() {
         (
             "external NLU server",
             |fx| {
-                fx.nlu = Some(serde_json::json!({"nluServer": {"autoStart": false, "endpoint": "http://nlu.internal:3200"}}));
+                fx.nlu = Some(
+                    serde_json::json!({"nluServer": {"autoStart": false, "endpoint": "http://nlu.internal:3200"}}),
+                );
             },
             item::LANG_SERVER,
             Status::Manual,
@@ -1461,8 +1473,15 @@ fn env_file_is_read_as_dotenv_7_and_overrides_as_botpress_merges_them() {
     assert!(finding(&f, item::BPFS).evidence.contains("exactly"));
     // PRO_ENABLED is defined: the file's pro.enabled=true is not read; the quoted key counts.
     let pro = finding(&f, item::PRO);
-    assert!(pro.evidence.contains("Pro is off (PRO_ENABLED=false)"), "{pro:?}");
-    assert!(pro.evidence.contains("a license key is set (BP_LICENSE_KEY)"), "{pro:?}");
+    assert!(
+        pro.evidence.contains("Pro is off (PRO_ENABLED=false)"),
+        "{pro:?}"
+    );
+    assert!(
+        pro.evidence
+            .contains("a license key is set (BP_LICENSE_KEY)"),
+        "{pro:?}"
+    );
     // ["websocket"] merged by index into ["websocket","polling"]: polling stays, sticky needed.
     let st = finding(&f, item::STICKY);
     assert_eq!(st.status, Status::Fail, "{st:?}");
@@ -1517,9 +1536,10 @@ fn config_substitution_as_botpress_does_it() {
 
     // Outside production "$isProduction" is false, and an unset %VAR% becomes `undefined`.
     let mut fx = Fx::raw_fixture("substitution");
-    fx.raw_env = fx
-        .raw_env
-        .map(|t| t.replace("BP_PRODUCTION=true\nCLUSTER_ENABLED=true\n", "").replace("PUBLIC_URL=", "OTHER_URL="));
+    fx.raw_env = fx.raw_env.map(|t| {
+        t.replace("BP_PRODUCTION=true\nCLUSTER_ENABLED=true\n", "")
+            .replace("PUBLIC_URL=", "OTHER_URL=")
+    });
     let f = fx.check();
     assert_eq!(status_of(&f, item::JWT_COOKIE), Status::Warn);
     let e = finding(&f, item::EXTERNAL_URL);
@@ -1554,14 +1574,23 @@ fn check_evidence_for_cors_audit_identity_and_strip() {
         .cfg("httpServer.cors", Some(serde_json::json!({})));
     let f = fx.check();
     let c = finding(&f, item::CORS);
-    assert!(c.evidence.contains("httpServer.cors.enabled is missing"), "{c:?}");
-    assert!(c.evidence.contains("socket.io still answers any origin"), "{c:?}");
+    assert!(
+        c.evidence.contains("httpServer.cors.enabled is missing"),
+        "{c:?}"
+    );
+    assert!(
+        c.evidence.contains("socket.io still answers any origin"),
+        "{c:?}"
+    );
 
     let mut fx = Fx::compliant();
     fx.cfg("appSecret", Some("another-secret-0123456789".into()));
     let f = fx.check();
     let a = finding(&f, item::AUDIT_IDENTITY);
-    assert!(a.evidence.contains("differs from Botpress's appSecret"), "{a:?}");
+    assert!(
+        a.evidence.contains("differs from Botpress's appSecret"),
+        "{a:?}"
+    );
     let all = posture::render_json(&f);
     assert!(!all.contains("another-secret-0123456789") && !all.contains("jwt-planted-secret"));
 
@@ -1573,7 +1602,10 @@ fn check_evidence_for_cors_audit_identity_and_strip() {
     let mut fx = Fx::compliant();
     fx.gate("base_path.mode", "strip".into());
     let b = finding(&fx.check(), item::BASE_PATH).clone();
-    assert!(b.evidence.contains("strip cannot serve Botpress v12"), "{b:?}");
+    assert!(
+        b.evidence.contains("strip cannot serve Botpress v12"),
+        "{b:?}"
+    );
     assert!(b.fix.contains("preserve"), "{b:?}");
 }
 
@@ -1591,7 +1623,8 @@ fn production_mode_refuses_strip() {
 
 /// The items of the README's "What each item checks" list, in order.
 fn readme_items() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme
         .find("What each item checks:")
         .expect("README lists the posture items");
@@ -1655,13 +1688,19 @@ fn missing_service_fails_under_ci_and_skips_visibly_otherwise() {
         c.output().unwrap()
     };
     let out = run(Some("true"));
-    assert!(!out.status.success(), "a missing service must fail under CI=true");
+    assert!(
+        !out.status.success(),
+        "a missing service must fail under CI=true"
+    );
     let err = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unset under CI=true"), "{err}");
     let out = run(None);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("SKIPPED: BPGATE_TEST_NONEXISTENT_URL"), "{err}");
+    assert!(
+        err.contains("SKIPPED: BPGATE_TEST_NONEXISTENT_URL"),
+        "{err}"
+    );
 }
 
 /// Only meaningful when started by the test above.
@@ -1686,9 +1725,12 @@ async fn pg_admin(url: &str) -> (tokio_postgres::Client, tokio::task::JoinHandle
         .await
         .unwrap();
     let (client, conn) = cfg.connect_raw(tcp, tokio_postgres::NoTls).await.unwrap();
-    (client, tokio::spawn(async move {
-        let _ = conn.await;
-    }))
+    (
+        client,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    )
 }
 
 /// A schema of its own in the test database holding Botpress's `srv_ghost_files` table.
@@ -1776,7 +1818,9 @@ async fn bpfs_database_config_is_read_from_srv_ghost_files() {
     let src = finding(&f, item::CONFIG_SOURCE);
     assert_eq!(src.status, Status::Pass, "{src:?}");
     assert!(
-        src.evidence.contains("read data/global/botpress.config.json, data/global/config/nlu.json from the database"),
+        src.evidence.contains(
+            "read data/global/botpress.config.json, data/global/config/nlu.json from the database"
+        ),
         "{src:?}"
     );
     // Decided by the database copy, not by the file on disk.
@@ -1789,7 +1833,11 @@ async fn bpfs_database_config_is_read_from_srv_ghost_files() {
     let f = fx.check_async().await;
     let src = finding(&f, item::CONFIG_SOURCE);
     assert_eq!(src.status, Status::Warn, "{src:?}");
-    assert!(src.evidence.contains("data/global/config/nlu.json is not in the database"), "{src:?}");
+    assert!(
+        src.evidence
+            .contains("data/global/config/nlu.json is not in the database"),
+        "{src:?}"
+    );
     g.drop().await;
     g2.drop().await;
 }
@@ -1804,7 +1852,10 @@ fn bpfs_database_over_tls_is_said_plainly() {
     let f = fx.check();
     let src = finding(&f, item::CONFIG_SOURCE);
     assert_eq!(src.status, Status::Warn);
-    assert!(src.evidence.contains("requires TLS (sslmode=require)"), "{src:?}");
+    assert!(
+        src.evidence.contains("requires TLS (sslmode=require)"),
+        "{src:?}"
+    );
     let mut fx = Fx::compliant();
     fx.env("DATABASE_URL", None);
     let src = finding(&fx.check(), item::CONFIG_SOURCE).clone();
@@ -1856,10 +1907,7 @@ async fn diag_probes_external_url_as_a_node_would() {
     let gate = Gate::builder().upstream(node.url()).start().await;
     let public = format!("https://127.0.0.1:{}", gate.https.port());
     let mut fx = Fx::compliant();
-    fx.gate(
-        "upstream.urls",
-        toml::Value::Array(vec![node.url().into()]),
-    );
+    fx.gate("upstream.urls", toml::Value::Array(vec![node.url().into()]));
     fx.env("EXTERNAL_URL", Some(&public))
         .env("REDIS_URL", None)
         .env("BPFS_STORAGE", None)
@@ -1949,7 +1997,10 @@ fn check_and_diag_exit_codes_from_the_binary() {
     bad.raw_config = Some("{ not json".into());
     let (code, _, err) = run(&bad, &["check"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("--botpress-config") && err.contains("not valid JSON"), "{err}");
+    assert!(
+        err.contains("--botpress-config") && err.contains("not valid JSON"),
+        "{err}"
+    );
 
     // diag: 0 once written, 1 when it cannot be written, 2 on bad input.
     let mut fx = Fx::compliant();

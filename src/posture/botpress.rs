@@ -183,7 +183,10 @@ pub fn substitute(content: &str, cx: &SubstitutionContext<'_>) -> (String, Vec<S
     let mut c = match cx.project_dir {
         Some(d) => js_replace_first(content, "%BOTPRESS_DIR%", &d.replace('\\', "/")),
         None if content.contains("%BOTPRESS_DIR%") => {
-            notes.push("%BOTPRESS_DIR% left as is: Botpress's folder is unknown (give --botpress-env)".into());
+            notes.push(
+                "%BOTPRESS_DIR% left as is: Botpress's folder is unknown (give --botpress-env)"
+                    .into(),
+            );
             content.replacen("%BOTPRESS_DIR%", "<BOTPRESS_DIR>", 1)
         }
         None => content.to_string(),
@@ -578,7 +581,12 @@ pub const NLU_ENV_PATHS: &[&str] = &[
 /// `BP_MODULE_NLU_NLUSERVER_AUTOSTART` alone replaces the whole `nluServer` object.
 pub fn apply_nlu_env(nlu: &mut Value, env: &BTreeMap<String, String>) {
     let mut from_env = Value::Object(Map::new());
-    for top in ["languageSources", "ducklingURL", "ducklingEnabled", "nluServer"] {
+    for top in [
+        "languageSources",
+        "ducklingURL",
+        "ducklingEnabled",
+        "nluServer",
+    ] {
         if let Some(v) = env.get(&format!("BP_NLU_{}", top.to_uppercase())) {
             lodash_set(&mut from_env, &[top], Value::String(v.clone()));
         }
@@ -646,7 +654,8 @@ impl BotpressView {
     pub fn pro_enabled(&self) -> (bool, String) {
         let (p, c) = ("PRO_ENABLED", "BP_CONFIG_PRO_ENABLED");
         if self.env_defined(p) || self.env_defined(c) {
-            let on = self.env.get(p).is_some_and(|v| yn(v)) || self.env.get(c).is_some_and(|v| yn(v));
+            let on =
+                self.env.get(p).is_some_and(|v| yn(v)) || self.env.get(c).is_some_and(|v| yn(v));
             let shown: Vec<String> = [p, c]
                 .iter()
                 .filter_map(|k| self.env.get(*k).map(|v| format!("{k}={v}")))
@@ -670,7 +679,10 @@ impl BotpressView {
     pub fn license_key(&self) -> Option<(&str, &'static str)> {
         self.env("BP_LICENSE_KEY")
             .map(|k| (k, "BP_LICENSE_KEY"))
-            .or_else(|| self.cfg_str("pro.licenseKey").map(|k| (k, "pro.licenseKey")))
+            .or_else(|| {
+                self.cfg_str("pro.licenseKey")
+                    .map(|k| (k, "pro.licenseKey"))
+            })
             .filter(|(k, _)| js_trim(k) != LICENSE_PLACEHOLDER)
     }
     /// Botpress's external URL: `EXTERNAL_URL` beats `httpServer.externalUrl`.
@@ -783,7 +795,10 @@ mod tests {
                 ("BP_CONFIG_HTTPSERVER_CORS", r#"{"origin":"*"}"#),
                 ("BP_CONFIG_HTTPSERVER_SOCKETTRANSPORTS", r#"["websocket"]"#),
                 ("BP_CONFIG_HTTPSERVER_HEADERS_X-POWERED-BY", "none"),
-                ("BP_CONFIG_AUTHSTRATEGIES_DEFAULT_OPTIONS_MAXLOGINATTEMPT", "5"),
+                (
+                    "BP_CONFIG_AUTHSTRATEGIES_DEFAULT_OPTIONS_MAXLOGINATTEMPT",
+                    "5",
+                ),
                 ("BP_CONFIG_httpServer_port", "1"),
                 ("BP_CONFIG_JWTSECRET", "x"),
             ]),
@@ -839,7 +854,10 @@ mod tests {
             ..Default::default()
         };
         let both = vec!["websocket".to_string(), "polling".to_string()];
-        assert_eq!(view(json!(["websocket"])).socket_transports(), vec!["websocket"]);
+        assert_eq!(
+            view(json!(["websocket"])).socket_transports(),
+            vec!["websocket"]
+        );
         assert_eq!(view(json!([])).socket_transports(), both);
         assert_eq!(view(json!(["ws"])).socket_transports(), both);
         assert_eq!(view(json!(["WebSocket"])).socket_transports(), both);
@@ -900,7 +918,10 @@ mod tests {
         assert!(!v.pro_enabled().0, "defined but empty: yn('') is not true");
         v.env = BTreeMap::new();
         v.disk_config = Some(json!({"pro": {"enabled": "$isProduction"}}));
-        assert!(v.pro_enabled().0, "require() sees a non-empty string: truthy");
+        assert!(
+            v.pro_enabled().0,
+            "require() sees a non-empty string: truthy"
+        );
     }
 
     #[test]

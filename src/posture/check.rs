@@ -211,14 +211,12 @@ fn pro(i: &Inputs<'_>) -> Finding {
 
 fn postgres(i: &Inputs<'_>) -> Finding {
     match i.bp.env("DATABASE_URL") {
-        Some(u) if super::is_postgres_url(u) => {
-            one(
-                item::POSTGRES,
-                Status::Pass,
-                format!("DATABASE_URL={}", url_secrets(u)),
-                String::new(),
-            )
-        }
+        Some(u) if super::is_postgres_url(u) => one(
+            item::POSTGRES,
+            Status::Pass,
+            format!("DATABASE_URL={}", url_secrets(u)),
+            String::new(),
+        ),
         Some(u) => one(
             item::POSTGRES,
             Status::Fail,
@@ -492,7 +490,10 @@ fn cors(i: &Inputs<'_>) -> Finding {
         a.note(if g.origins.is_empty() {
             "bpgate restricts CORS to the public origin (socket.io included)".to_string()
         } else {
-            format!("bpgate restricts CORS to {} (socket.io included)", g.origins.join(", "))
+            format!(
+                "bpgate restricts CORS to {} (socket.io included)",
+                g.origins.join(", ")
+            )
         });
     } else if b.restricted {
         a.note(match &b.origin {
@@ -1145,7 +1146,9 @@ fn config_source(i: &Inputs<'_>) -> Finding {
     let bp = &i.bp;
     let mut a = Acc::new(item::CONFIG_SOURCE);
     match &bp.env_from {
-        EnvFrom::File(p) => a.note(format!("environment: {p} (bpgate's own environment not used)")),
+        EnvFrom::File(p) => a.note(format!(
+            "environment: {p} (bpgate's own environment not used)"
+        )),
         EnvFrom::Process => a.note("environment: this process's (no --botpress-env)"),
     };
     match &bp.source {

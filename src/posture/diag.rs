@@ -309,20 +309,18 @@ async fn https_get(
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
         .connect(name, tcp)
         .await
-        .map_err(|e| {
-            match e
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-            {
+        .map_err(
+            |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 Some(rustls::Error::InvalidCertificate(c)) => {
                     HairpinError::Certificate(format!("{c:?}"))
                 }
                 _ => other(format!("TLS handshake: {e}")),
-            }
-        })?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| other(e.to_string()))?;
+            },
+        )?;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| other(e.to_string()))?;
     let conn = AbortOnDrop(tokio::spawn(conn));
     let req = http::Request::get(target)
         .header(http::header::HOST, authority)
@@ -712,7 +710,8 @@ async fn pg_connect(
     t: Duration,
 ) -> Result<(tokio_postgres::Client, AbortOnDrop), String> {
     use std::str::FromStr;
-    let cfg = tokio_postgres::Config::from_str(&pg_url_for_probe(url)).map_err(|e| e.to_string())?;
+    let cfg =
+        tokio_postgres::Config::from_str(&pg_url_for_probe(url)).map_err(|e| e.to_string())?;
     let authority = pg_authority(&cfg)?;
     let (stream, _) = timed(t, async {
         TcpStream::connect(&authority)
@@ -813,15 +812,14 @@ async fn postgres(r: &mut Report, bp: &BotpressView, t: Duration) {
         return;
     }
     if let Some(tls) = pg_tls_required(url, &bp.env) {
-        let reach = match <tokio_postgres::Config as std::str::FromStr>::from_str(
-            &pg_url_for_probe(url),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|c| pg_authority(&c))
-        {
-            Ok(a) => tcp_reach(&a, t).await,
-            Err(e) => format!("address unknown: {e}"),
-        };
+        let reach =
+            match <tokio_postgres::Config as std::str::FromStr>::from_str(&pg_url_for_probe(url))
+                .map_err(|e| e.to_string())
+                .and_then(|c| pg_authority(&c))
+            {
+                Ok(a) => tcp_reach(&a, t).await,
+                Err(e) => format!("address unknown: {e}"),
+            };
         r.line(&format!(
             "not probed: TLS required ({tls}); bpgate's probe speaks no TLS to PostgreSQL. TCP: {reach}"
         ));

@@ -17,20 +17,14 @@ use std::collections::BTreeMap;
 fn js_space(c: char) -> bool {
     matches!(
         c,
-        '\t' | '\n'
-            | '\u{b}'
-            | '\u{c}'
-            | '\r'
-            | ' '
-            | '\u{a0}'
-            | '\u{1680}'
-            | '\u{2000}'..='\u{200a}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{202f}'
-            | '\u{205f}'
-            | '\u{3000}'
-            | '\u{feff}'
+        '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202f}'
+                | '\u{205f}'
+                | '\u{3000}'
+                | '\u{feff}'
     )
 }
 
@@ -133,7 +127,11 @@ mod tests {
         assert_eq!(get(&m, "export B"), None);
         assert_eq!(get(&m, "C").as_deref(), Some("x\ny"));
         assert_eq!(get(&m, "D").as_deref(), Some("lit\\n"));
-        assert_eq!(get(&m, "E").as_deref(), Some("v # note"), "no inline comments");
+        assert_eq!(
+            get(&m, "E").as_deref(),
+            Some("v # note"),
+            "no inline comments"
+        );
         assert_eq!(get(&m, "F.G-h").as_deref(), Some("spaced value"));
         assert_eq!(get(&m, "H").as_deref(), Some("\"unbalanced"));
         assert_eq!(get(&m, "I").as_deref(), Some("'"));

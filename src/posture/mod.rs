@@ -355,8 +355,8 @@ pub async fn botpress_view(
     }
     view.nlu = match &nlu_text {
         Some(t) => {
-            let mut v: serde_json::Value = serde_json::from_str(t)
-                .map_err(|e| format!("{nlu_from}: not valid JSON: {e}"))?;
+            let mut v: serde_json::Value =
+                serde_json::from_str(t).map_err(|e| format!("{nlu_from}: not valid JSON: {e}"))?;
             botpress::apply_nlu_env(&mut v, &view.env);
             Some(v)
         }
@@ -614,7 +614,9 @@ pub fn run_check(
     args: &CheckArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> ExitCode {
-    let inputs = match runtime().and_then(|rt| rt.block_on(gather(loaded, &args.files, env, args.timeout))) {
+    let inputs = match runtime()
+        .and_then(|rt| rt.block_on(gather(loaded, &args.files, env, args.timeout)))
+    {
         Ok(i) => i,
         Err(e) => {
             eprintln!("bpgate check: {e}");
