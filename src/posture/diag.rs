@@ -376,6 +376,10 @@ async fn hairpin(r: &mut Report, bp: &BotpressView, t: Duration) {
     let shown = format!("GET {origin}{target}");
     let extra = bp.env("NODE_EXTRA_CA_CERTS");
     match extra {
+        Some(p) if matches!(bp.env_from, EnvFrom::File(_)) => r.kv(
+            "NODE_EXTRA_CA_CERTS",
+            &format!("{p} (from the file given: it works only if the node process starts with it in its environment; Node reads it before Botpress loads .env)"),
+        ),
         Some(p) => r.kv("NODE_EXTRA_CA_CERTS", p),
         None => r.kv(
             "NODE_EXTRA_CA_CERTS",
@@ -425,7 +429,7 @@ async fn hairpin(r: &mut Report, bp: &BotpressView, t: Duration) {
         (Err(e), d) => {
             r.line(&format!("{shown}: FAILED after {}: {e}", ms(d)));
             if e.starts_with("CERTIFICATE NOT TRUSTED") {
-                r.line("  Botpress runs on Node 12, which trusts its bundled CA list plus the PEM file in NODE_EXTRA_CA_CERTS only. If bpgate's certificate comes from a private CA, give every node NODE_EXTRA_CA_CERTS=/path/to/private-ca.pem (in Botpress's .env or its service environment) and restart it; otherwise voice messages and these custom actions fail.");
+                r.line("  Botpress runs on Node 12, which trusts its bundled CA list plus the PEM file in NODE_EXTRA_CA_CERTS only. If bpgate's certificate comes from a private CA, give every node NODE_EXTRA_CA_CERTS=/path/to/private-ca.pem in the environment its process starts with (systemd Environment=, docker -e, export before ./bp; Node reads it at start-up, so Botpress's .env is too late) and restart it; otherwise voice messages and these custom actions fail.");
             }
         }
     }
