@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditContext, AuditSink, UserResolver};
 use crate::base_path::BasePathPolicy;
 use crate::cluster::{self, Cluster, CookieSpec, Ejection, HealthSettings, RouteLayer, Snapshot};
-use crate::config::{Loaded, SameSite};
+use crate::config::{BasePathMode, Loaded, SameSite};
 use crate::cors::CorsPolicy;
 use crate::counters::Counters;
 use crate::headers::SecurityHeaders;
@@ -186,7 +186,11 @@ pub fn health_settings(loaded: &Loaded) -> HealthSettings {
     let h = &loaded.config.health;
     HealthSettings {
         enabled: h.enabled,
-        path: format!("{}{}", loaded.derived.base_path, h.path),
+        // Under `strip` the upstream itself runs at the root: probe it there.
+        path: match loaded.config.base_path.mode {
+            BasePathMode::Strip => h.path.clone(),
+            BasePathMode::Preserve => format!("{}{}", loaded.derived.base_path, h.path),
+        },
         interval: h.interval,
         timeout: h.timeout,
         rise: h.rise,

@@ -16,8 +16,9 @@ use tokio::sync::Notify;
 
 use crate::cluster;
 use crate::config::{
-    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Forwarding, Headers, Health, Limits,
-    Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky, Tls, Upstream,
+    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Forwarding, Headers, Health, JwtSource,
+    Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky, Tls,
+    Upstream,
 };
 use crate::generation::{Generation, Shared};
 use crate::tls::{self, TlsError};
@@ -69,6 +70,7 @@ pub struct RestartAudit {
     pub stdout: bool,
     pub on_failure: OnFailure,
     pub jwt_secret: Secret,
+    pub jwt_source: JwtSource,
     pub queue: usize,
     #[serde(with = "humantime_serde")]
     pub flush_interval: std::time::Duration,
@@ -114,6 +116,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         on_failure,
         redact_query,
         jwt_secret,
+        jwt_source,
         queue,
         flush_interval,
     } = audit;
@@ -146,6 +149,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
                 stdout,
                 on_failure,
                 jwt_secret,
+                jwt_source,
                 queue,
                 flush_interval,
             },
@@ -185,6 +189,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
                 stdout,
                 on_failure,
                 jwt_secret,
+                jwt_source,
                 queue,
                 flush_interval,
             },
@@ -216,6 +221,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
             on_failure,
             redact_query,
             jwt_secret,
+            jwt_source,
             queue,
             flush_interval,
         },

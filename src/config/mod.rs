@@ -306,11 +306,34 @@ pub struct Audit {
     pub redact_query: Vec<String>,
     /// Botpress's `appSecret`, to verify admin JWTs. Without it users are `jwt_unverified`.
     pub jwt_secret: Secret,
+    /// Where Botpress reads the admin JWT: `header` (`Authorization: Bearer`, Botpress's default)
+    /// or `cookie` (the `jwtToken` cookie, when `jwtToken.useCookieStorage` is on).
+    pub jwt_source: JwtSource,
     /// Lines buffered between the request path and the writer thread.
     pub queue: usize,
     /// Longest time a line waits in memory before it is written.
     #[serde(with = "types::duration")]
     pub flush_interval: Duration,
+}
+
+/// The one place Botpress reads the admin JWT from (`router-security.ts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JwtSource {
+    /// `Authorization: Bearer <token>` (`jwtToken.useCookieStorage = false`, the default).
+    #[default]
+    Header,
+    /// The `jwtToken` cookie (`jwtToken.useCookieStorage = true`).
+    Cookie,
+}
+
+impl JwtSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtSource::Header => "header",
+            JwtSource::Cookie => "cookie",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -520,6 +543,7 @@ impl Default for Audit {
                 .map(|s| s.to_string())
                 .collect(),
             jwt_secret: Secret::default(),
+            jwt_source: JwtSource::Header,
             queue: 4_096,
             flush_interval: Duration::from_millis(5),
         }

@@ -168,3 +168,22 @@ fn several_errors_are_reported_together_and_secrets_are_redacted() {
     );
     assert!(out.contains("<redacted>"));
 }
+
+#[test]
+fn audit_jwt_source_from_file_and_env_and_bad_value_named() {
+    let l = load_str("", &[]).unwrap();
+    assert_eq!(l.config.audit.jwt_source, JwtSource::Header);
+    let l = load_str("[audit]\njwt_source = \"cookie\"\n", &[]).unwrap();
+    assert_eq!(l.config.audit.jwt_source, JwtSource::Cookie);
+    let l = load_str(
+        "[audit]\njwt_source = \"cookie\"\n",
+        &[("BPGATE_AUDIT_JWT_SOURCE", "header")],
+    )
+    .unwrap();
+    assert_eq!(l.config.audit.jwt_source, JwtSource::Header);
+    let e = err("", &[("BPGATE_AUDIT_JWT_SOURCE", "bearer")]);
+    assert!(
+        e.contains("audit.jwt_source") && e.contains("BPGATE_AUDIT_JWT_SOURCE"),
+        "{e}"
+    );
+}
