@@ -4,6 +4,7 @@
 
 mod support;
 
+mod architecture;
 mod audit;
 mod cli;
 mod cluster;

@@ -187,3 +187,20 @@ fn audit_jwt_source_from_file_and_env_and_bad_value_named() {
         "{e}"
     );
 }
+
+#[test]
+fn response_header_values_are_checked_at_load() {
+    let e = err("[headers]\nhsts = \"max-age=1\\u0001\"\n", &[]);
+    assert!(e.contains("headers.hsts"), "{e}");
+    let e = err(
+        "[headers]\nframe_ancestors = [\"'self'\", \"https://a.example.com; script-src *\"]\n",
+        &[],
+    );
+    assert!(e.contains("headers.frame_ancestors.1"), "{e}");
+    let l = load_str(
+        "[headers]\nframe_ancestors = [\"'self'\", \"https://shop.example.com\"]\nreferrer_policy = \"\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(l.config.headers.frame_ancestors.len(), 2);
+}
