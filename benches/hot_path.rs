@@ -21,16 +21,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bpgate::audit::{self, AuditContext, AuditLayer, Record, UserResolver};
 use bpgate::base_path::{BasePathLayer, BasePathPolicy};
-use bpgate::cluster::{Cluster, ClusterSettings, CookieSpec, RouteLayer, StickyCodec};
+use bpgate::cluster::{
+    Cluster, ClusterSettings, CookieSpec, Ejection, RouteLayer, Snapshot, StickyCodec,
+};
 use bpgate::config::{self, BasePathMode, Cidr, NodeSpec};
 use bpgate::cors::{CorsLayer, CorsPolicy};
-use bpgate::exchange::{BoxFut, ConnInfo, Exchange, Req, ReqBody, Resp, RespBody};
+use bpgate::exchange::{BoxFut, ConnInfo, Exchange, Outcome, Req, ReqBody, Resp, RespBody};
 use bpgate::headers::{SecurityHeaders, SecurityHeadersLayer};
-use bpgate::proxy::{self, ForwardError, ForwardingContext, PoolSettings, Trusted};
+use bpgate::proxy::{self, ForwardError, ForwardingContext, Trusted};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use futures_util::FutureExt;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -59,22 +61,22 @@ fn node_specs() -> Vec<NodeSpec> {
         .collect()
 }
 
-fn cluster() -> Arc<Cluster> {
-    Cluster::new(ClusterSettings {
-        nodes: node_specs(),
-        pool: PoolSettings {
-            connect_timeout: Duration::from_secs(3),
-            idle_timeout: Duration::from_secs(4),
-            max_idle: 64,
-        },
+/// The cluster and its node set.
+fn cluster() -> (Arc<Cluster>, Arc<Snapshot>) {
+    let c = Cluster::new(ClusterSettings {
         codec: codec(),
         sticky_enabled: true,
         ip_fallback: true,
-        fall: 3,
-        passive_ejection: true,
         generated_secret: false,
-    })
+    });
+    let snap = c.snapshot(&node_specs());
+    (c, snap)
 }
+
+const EJECTION: Ejection = Ejection {
+    enabled: true,
+    fall: 3,
+};
 
 fn cookie_spec() -> CookieSpec {
     CookieSpec {
@@ -88,9 +90,8 @@ fn now_secs() -> u64 {
 }
 
 /// A valid sticky cookie value pinning the first node.
-fn pinned_cookie(c: &Cluster) -> String {
-    let snap = c.snapshot();
-    c.cookie_value(&snap, &snap.nodes[0])
+fn pinned_cookie(c: &Cluster, snap: &Snapshot) -> String {
+    c.cookie_value(snap, &snap.nodes[0])
         .expect("first node is in the snapshot")
 }
 
@@ -248,9 +249,8 @@ fn sticky(c: &mut Criterion) {
 
 fn route(c: &mut Criterion) {
     let mut g = c.benchmark_group("route");
-    let cluster = cluster();
-    let snap = cluster.snapshot();
-    let cookie = pinned_cookie(&cluster);
+    let (cluster, snap) = cluster();
+    let cookie = pinned_cookie(&cluster, &snap);
     let client: IpAddr = "198.51.100.23".parse().expect("ip");
     g.bench_function("choose_cookie_hit", |b| {
         b.iter(|| cluster.choose(&snap, Some(black_box(&cookie)), client))
@@ -263,7 +263,7 @@ fn route(c: &mut Criterion) {
     });
 
     // The layer: cookie taken out of the request, choice, Set-Cookie on the answer.
-    let layer = RouteLayer::new(cluster.clone(), cookie_spec());
+    let layer = RouteLayer::new(cluster.clone(), snap.clone(), cookie_spec(), EJECTION);
     let svc = layer.layer(tower::service_fn(forward_ok));
     let with_cookie = browser_headers(&[(
         "cookie",
@@ -476,7 +476,7 @@ fn audit_encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("audit");
     let peer: IpAddr = "198.51.100.23".parse().expect("ip");
     let headers = browser_headers(&[]);
-    let mut r = Record::unparsed(peer, Some("TLSv1.3"), 200, "unused");
+    let mut r = Record::unparsed(peer, Some("TLSv1.3"), 200, Outcome::Ok, "unused");
     r.request_id = Some(HeaderValue::from_static(
         "0193a5c2-7f1e-7cc0-9a4e-5f3b2d1c0a99",
     ));
@@ -500,7 +500,7 @@ fn audit_encode(c: &mut Criterion) {
     r.user_agent = headers.get("user-agent").cloned();
     r.origin = headers.get("origin").cloned();
     r.referer = headers.get("referer").cloned();
-    r.outcome = "ok";
+    r.outcome = Outcome::Ok;
     r.reason = None;
     let redact = vec!["token".to_string(), "access_token".to_string()];
     let mut out = Vec::with_capacity(1024);
@@ -542,22 +542,21 @@ fn stack(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let loaded = load_config(dir.path());
     let cfg = &loaded.config;
-    let cluster = cluster();
-    let cookie = pinned_cookie(&cluster);
-    let (sink, guard) = audit::AuditSink::start(
-        audit::writer_settings(&cfg.audit),
-        audit::redaction(&cfg.audit),
-    )
-    .expect("audit writer");
+    let (cluster, snap) = cluster();
+    let cookie = pinned_cookie(&cluster, &snap);
+    let (sink, guard) =
+        audit::AuditSink::start(audit::writer_settings(&cfg.audit), &cfg.audit.redact_query)
+            .expect("audit writer");
     let svc = tower::ServiceBuilder::new()
         .layer(AuditLayer::new(AuditContext {
             sink: Some(sink),
             users: UserResolver::new(Some(cfg.audit.jwt_secret.expose())),
-            metrics: Default::default(),
+            counters: Default::default(),
         }))
-        .layer(SecurityHeadersLayer::new(
-            SecurityHeaders::new(&cfg.headers, &loaded.derived.base_path).expect("headers"),
-        ))
+        .layer(SecurityHeadersLayer::new(SecurityHeaders::new(
+            &cfg.headers,
+            &loaded.derived.base_path,
+        )))
         .layer(CorsLayer::new(CorsPolicy::new(
             &cfg.cors,
             loaded.derived.public_origin.as_deref(),
@@ -575,7 +574,9 @@ fn stack(c: &mut Criterion) {
         }))
         .layer(RouteLayer::new(
             cluster,
-            bpgate::stack::cookie_spec(&loaded),
+            snap,
+            bpgate::generation::cookie_spec(&loaded),
+            EJECTION,
         ))
         .service(tower::service_fn(forward_ok));
     let token = jwt("admin@example.com");

@@ -24,10 +24,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::server::Gateway;
+use crate::reload::Generations;
 
-/// Serves the admin API until the task is aborted.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+/// Serves the admin API until the task is aborted. It reads the generation in service and the
+/// shared state through `gw`, and reloads through it.
+pub async fn serve(gw: Arc<Generations>, listener: TcpListener) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
@@ -52,7 +53,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
     }
 }
 
-async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(gw: &Arc<Generations>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match (req.method(), segments.as_slice()) {
@@ -66,12 +67,16 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
             r
         }
         (&Method::GET, ["readyz"]) => {
-            let ready = gw.ready();
+            let current = gw.current_full();
+            let shared = gw.shared();
+            let ready = current.ready(shared);
             let body = json!({
                 "ready": ready,
-                "draining": gw.shutdown.is_cancelled(),
-                "healthy_nodes": gw.cluster.snapshot().nodes.iter().filter(|n| n.is_healthy()).count(),
-                "audit_writable": gw.audit.as_ref().map(|a| a.healthy()),
+                "draining": shared.shutdown.is_cancelled(),
+                "healthy_nodes": current.nodes.nodes.iter().filter(|n| n.is_healthy()).count(),
+                "audit_writable": shared.audit.as_ref().map(|a| a.healthy()),
+                "generation": current.number,
+                "generation_loaded_at": crate::tls::rfc3339_secs((current.loaded_at_ms / 1000) as i64),
             });
             json_response(
                 if ready {
@@ -83,24 +88,16 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
             )
         }
         (&Method::GET, ["upstreams"]) => {
-            let nodes: Vec<_> = gw
-                .cluster
-                .snapshot()
-                .nodes
-                .iter()
-                .map(|n| n.view())
-                .collect();
+            let nodes: Vec<_> = gw.current().nodes.nodes.iter().map(|n| n.view()).collect();
             json_response(StatusCode::OK, &json!({ "nodes": nodes }))
         }
         (&Method::POST, ["upstreams", name, action @ ("drain" | "undrain")]) => {
-            match gw.cluster.node(name) {
+            let node = gw.current().nodes.node(name);
+            match node {
                 Some(n) => {
                     n.set_draining(*action == "drain");
                     tracing::info!(node = %name, action = *action, "node drain state changed");
-                    json_response(
-                        StatusCode::OK,
-                        &serde_json::to_value(n.view()).unwrap_or_default(),
-                    )
+                    json_response(StatusCode::OK, &n.view())
                 }
                 None => json_response(
                     StatusCode::NOT_FOUND,
@@ -110,21 +107,22 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
         }
         (&Method::POST, ["reload"]) => {
             let gw = gw.clone();
-            let out = tokio::task::spawn_blocking(move || gw.reload_all())
-                .await
-                .unwrap_or_default();
-            let ok = out["config"]["ok"].as_bool().unwrap_or(false)
-                && out["certificate"]["ok"].as_bool().unwrap_or(false);
-            json_response(
-                if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                },
-                &out,
-            )
+            match tokio::task::spawn_blocking(move || gw.reload_all()).await {
+                Ok(report) => json_response(
+                    if report.ok() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    },
+                    &report,
+                ),
+                Err(e) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({ "error": format!("the reload did not finish: {e}") }),
+                ),
+            }
         }
-        (&Method::POST, ["audit", "reopen"]) => match &gw.audit {
+        (&Method::POST, ["audit", "reopen"]) => match &gw.shared().audit {
             Some(a) => {
                 let a = a.clone();
                 let _ = tokio::task::spawn_blocking(move || a.reopen()).await;
@@ -135,7 +133,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Response<Full<Byte
                 &json!({ "error": "the audit trail is disabled" }),
             ),
         },
-        (&Method::POST, ["audit", "rotate"]) => match &gw.audit {
+        (&Method::POST, ["audit", "rotate"]) => match &gw.shared().audit {
             Some(a) => {
                 let a = a.clone();
                 let _ = tokio::task::spawn_blocking(move || a.rotate()).await;
@@ -173,7 +171,7 @@ fn text(status: StatusCode, s: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(
         serde_json::to_vec_pretty(v).unwrap_or_default(),
     )));

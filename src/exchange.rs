@@ -1,6 +1,11 @@
 //! What every layer of the request pipeline shares: the per-request [`Exchange`] record, the
 //! request and response body types, the [`Note`] layers leave on a response for the audit trail,
-//! and the small responses bpgate answers by itself.
+//! the [`Outcome`] vocabulary of the audit log, and the table of answers bpgate gives by itself
+//! ([`Refusal`]).
+//!
+//! This module is the pipeline's vocabulary and imports nothing else of the crate: every layer
+//! depends on it, it depends on no layer. Where a body must hand something back to another module
+//! (a pooled connection to its pool), it does so through a small trait ([`ConnectionHome`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,10 +16,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 
 /// A request as it travels down the stack.
 pub type Req = Request<ReqBody>;
@@ -31,7 +38,22 @@ pub struct ConnInfo {
     /// `"TLSv1.3"`, `"TLSv1.2"`, or `None` on a plain listener.
     pub tls_version: Option<&'static str>,
     /// Forwarding header values memoised across the connection's requests.
-    pub forwarding: crate::proxy::ForwardedCache,
+    pub forwarding: ForwardedCache,
+}
+
+/// Per-connection memo of the forwarding header values that only depend on the peer and the
+/// `Host`: a keep-alive connection from an untrusted peer sends the same ones on every request,
+/// so they are formatted once. Written and read by the forwarding step.
+#[derive(Debug, Default)]
+pub struct ForwardedCache(pub ArcSwapOption<ForwardedValues>);
+
+/// The values [`ForwardedCache`] keeps, and what they were computed for.
+#[derive(Debug)]
+pub struct ForwardedValues {
+    pub client: IpAddr,
+    pub host: Option<HeaderValue>,
+    pub client_text: HeaderValue,
+    pub forwarded: Option<HeaderValue>,
 }
 
 impl ConnInfo {
@@ -52,7 +74,7 @@ pub struct Exchange {
     pub start: Instant,
     pub id: HeaderValue,
     pub conn: Arc<ConnInfo>,
-    /// The client's address after trusted-proxy processing ([`crate::proxy::client_ip`]).
+    /// The client's address after trusted-proxy processing (the forwarding step's `client_ip`).
     pub client_ip: IpAddr,
     /// Whether the TCP peer is a trusted proxy (its forwarding headers are believed).
     pub peer_trusted: bool,
@@ -87,12 +109,75 @@ pub struct Note {
     /// The node that answered (or was tried last).
     pub node: Option<Arc<str>>,
     pub sticky: Option<&'static str>,
-    /// `rejected`, `upstream_error`, ... when not a plain `ok`.
-    pub outcome: Option<&'static str>,
+    /// How the exchange ended, when not a plain [`Outcome::Ok`].
+    pub outcome: Option<Outcome>,
     /// A short reason for operators, for bpgate-generated answers.
     pub reason: Option<&'static str>,
     /// Microseconds from sending to the node until its response head.
     pub upstream_us: Option<u64>,
+}
+
+/// How an exchange ended: the audit log's `outcome` field. The log schema is this enum; its
+/// spelling is [`Outcome::as_str`], the one place it is serialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The client went away, or its request body broke off.
+    ClientAbort,
+    /// The node could not be reached or broke the exchange.
+    UpstreamError,
+    /// The node sent no response head within the response timeout.
+    UpstreamTimeout,
+    /// bpgate refused the request (CORS, base path, limits, malformed).
+    Rejected,
+    /// No node could take the request.
+    NoUpstream,
+    /// The audit trail cannot be written and `audit.on_failure = "block"`.
+    AuditUnavailable,
+    /// bpgate answered with a redirect (to HTTPS, to the base path).
+    Redirect,
+    /// A tunnel ended with an error.
+    TunnelError,
+    /// A bpgate bug (an answer it should never give).
+    Error,
+}
+
+impl Outcome {
+    /// Every outcome, in the order the README lists them.
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Ok,
+        Outcome::ClientAbort,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
+        Outcome::Rejected,
+        Outcome::NoUpstream,
+        Outcome::AuditUnavailable,
+        Outcome::Redirect,
+        Outcome::TunnelError,
+        Outcome::Error,
+    ];
+
+    /// The value written in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientAbort => "client_abort",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::Rejected => "rejected",
+            Outcome::NoUpstream => "no_upstream",
+            Outcome::AuditUnavailable => "audit_unavailable",
+            Outcome::Redirect => "redirect",
+            Outcome::TunnelError => "tunnel_error",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Returns the note of a response, adding an empty one if it has none.
@@ -213,7 +298,7 @@ impl Body for ReqBody {
 
 /// A response body: a node's streamed answer, or bpgate's own small answer.
 pub enum RespBody {
-    Upstream(crate::proxy::UpstreamBody),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -256,34 +341,229 @@ impl Body for RespBody {
     }
 }
 
+// === a node's response body ===
+
+/// Where a pooled upstream connection goes when its exchange ends: the node's pool.
+pub trait ConnectionHome: Send + Sync {
+    /// The exchange ended. `reusable` is the connection when its response was read to the end
+    /// (it can serve another request), `None` when it must close. `max_idle` is how many idle
+    /// connections the pool may keep, as the request's generation says.
+    fn exchange_ended(&self, reusable: Option<SendRequest<ReqBody>>, max_idle: usize);
+}
+
+/// A connection lent to one exchange; given back to its home when the lease drops.
+pub struct Lease {
+    home: Arc<dyn ConnectionHome>,
+    conn: Option<SendRequest<ReqBody>>,
+    max_idle: usize,
+    /// The response ended cleanly: the connection may be reused.
+    clean: bool,
+}
+
+impl Lease {
+    pub fn new(home: Arc<dyn ConnectionHome>, conn: SendRequest<ReqBody>, max_idle: usize) -> Self {
+        Lease {
+            home,
+            conn: Some(conn),
+            max_idle,
+            clean: false,
+        }
+    }
+
+    /// The connection is not reusable (it became a tunnel, or the response was cut).
+    pub fn discard(&mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let conn = if self.clean { self.conn.take() } else { None };
+        self.home.exchange_ended(conn, self.max_idle);
+    }
+}
+
+/// A node's response body: streamed to the client, its connection given back at the end (or
+/// closed when the body broke off or was dropped early).
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, lease: Lease) -> Self {
+        let mut b = UpstreamBody {
+            inner,
+            lease: Some(lease),
+        };
+        if b.inner.is_end_stream() {
+            b.finish();
+        }
+        b
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut l) = self.lease.take() {
+            l.clean = true;
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            // The lease drops unclean: the connection closes.
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 // === bpgate's own answers ===
 
-/// A small text answer from bpgate itself, naming the request id so a user's report can be
-/// matched to the audit line.
-pub fn error_response(
-    status: StatusCode,
-    reason: &'static str,
-    outcome: &'static str,
-    id: Option<&HeaderValue>,
-) -> Resp {
-    let id_text = id.and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let body = format!(
-        "{} {}: {reason} (request id {id_text})\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    let mut r = Response::new(RespBody::full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let n = note_mut(&mut r);
-    n.outcome = Some(outcome);
-    n.reason = Some(reason);
-    r
+/// Why bpgate answered a request itself. [`Refusal::row`] is the one table from a refusal to its
+/// status, the reason the client and the audit line get, and the audit outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// CORS: an `Origin` outside `cors.origins` with `reject_disallowed`.
+    OriginNotAllowed,
+    /// CORS: a preflight for an origin, method or header that is not allowed.
+    PreflightRefused,
+    /// Base path: an encoding other parsers could read as another prefix.
+    AmbiguousPath,
+    /// Base path: a path outside the prefix.
+    OutsideBasePath,
+    /// Base path: the rewritten path is not a valid URI.
+    UnusablePath,
+    /// The audit trail cannot be written and `audit.on_failure = "block"`.
+    AuditUnavailable,
+    /// Every node is down (or drained and none healthy).
+    NoHealthyNode,
+    /// The node refused or did not accept the connection.
+    NodeUnreachable,
+    /// The node sent no response head within the response timeout.
+    NodeTimeout,
+    /// The request body is larger than `limits.max_body`.
+    BodyTooLarge,
+    /// The client's request body broke off.
+    BodyCutOff,
+    /// The node broke the exchange after it started.
+    NodeBroke,
+    /// No node was put on the request (a wiring bug).
+    NoTarget,
+    /// hyper refused the request head as malformed.
+    MalformedRequest,
+    /// hyper refused the request head as larger than `limits.max_header_bytes`.
+    HeadTooLarge,
+}
+
+impl Refusal {
+    /// (status, reason, outcome).
+    pub fn row(self) -> (StatusCode, &'static str, Outcome) {
+        use Outcome::*;
+        match self {
+            Refusal::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin not allowed", Rejected),
+            Refusal::PreflightRefused => {
+                (StatusCode::FORBIDDEN, "CORS preflight refused", Rejected)
+            }
+            Refusal::AmbiguousPath => {
+                (StatusCode::BAD_REQUEST, "ambiguous path encoding", Rejected)
+            }
+            Refusal::OutsideBasePath => (StatusCode::NOT_FOUND, "outside the base path", Rejected),
+            Refusal::UnusablePath => (StatusCode::BAD_REQUEST, "unusable path", Rejected),
+            Refusal::AuditUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit trail cannot be written",
+                AuditUnavailable,
+            ),
+            Refusal::NoHealthyNode => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy Botpress node",
+                NoUpstream,
+            ),
+            Refusal::NodeUnreachable => (
+                StatusCode::BAD_GATEWAY,
+                "the Botpress node could not be reached",
+                UpstreamError,
+            ),
+            Refusal::NodeTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the Botpress node did not answer in time",
+                UpstreamTimeout,
+            ),
+            Refusal::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than bpgate allows",
+                Rejected,
+            ),
+            Refusal::BodyCutOff => (
+                StatusCode::BAD_REQUEST,
+                "the request body was cut off",
+                ClientAbort,
+            ),
+            Refusal::NodeBroke => (
+                StatusCode::BAD_GATEWAY,
+                "the Botpress node broke the connection",
+                UpstreamError,
+            ),
+            Refusal::NoTarget => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no node was selected",
+                Error,
+            ),
+            Refusal::MalformedRequest => (StatusCode::BAD_REQUEST, "malformed request", Rejected),
+            Refusal::HeadTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+                Rejected,
+            ),
+        }
+    }
+
+    /// bpgate's answer: a small text body naming the request id, so a user's report can be
+    /// matched to the audit line.
+    pub fn response(self, id: Option<&HeaderValue>) -> Resp {
+        let (status, reason, outcome) = self.row();
+        let id_text = id.and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let body = format!(
+            "{} {}: {reason} (request id {id_text})\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        let mut r = Response::new(RespBody::full(body));
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self == Refusal::NoHealthyNode {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        let n = note_mut(&mut r);
+        n.outcome = Some(outcome);
+        n.reason = Some(reason);
+        r
+    }
 }
 
 /// A bodiless answer with a status (e.g. a redirect or a preflight).

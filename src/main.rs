@@ -157,7 +157,7 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listeners = match bpgate::Listeners::bind(&gw.loaded.load()).await {
+        let listeners = match bpgate::Listeners::bind(&gw.current().config).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("{e}");
@@ -183,8 +183,13 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
                 };
                 while hup.recv().await.is_some() {
                     let gw = gw.clone();
-                    let out = tokio::task::spawn_blocking(move || gw.reload_all()).await;
-                    tracing::info!(outcome = %out.unwrap_or_default(), "SIGHUP handled");
+                    match tokio::task::spawn_blocking(move || gw.reload_all()).await {
+                        Ok(report) => tracing::info!(
+                            outcome = %serde_json::to_string(&report).unwrap_or_default(),
+                            "SIGHUP handled"
+                        ),
+                        Err(e) => tracing::error!("SIGHUP reload did not finish: {e}"),
+                    }
                 }
             });
         }

@@ -52,6 +52,8 @@ pub enum TlsError {
         not_after: String,
     },
     Generate(String),
+    /// rustls refused the server configuration.
+    Setup(rustls::Error),
 }
 
 impl fmt::Display for TlsError {
@@ -89,6 +91,7 @@ impl fmt::Display for TlsError {
                 write!(f, "the certificate in {} expired on {not_after}; renew it", path.display())
             }
             TlsError::Generate(e) => write!(f, "cannot create the development certificate: {e}"),
+            TlsError::Setup(e) => write!(f, "cannot set up TLS: {e}"),
         }
     }
 }
@@ -359,17 +362,17 @@ impl ResolvesServerCert for ReloadableCert {
 
 /// rustls server configuration: TLS 1.2 and 1.3 with the provider's default (safe) suites,
 /// ALPN `h2` then `http/1.1`, a session cache and stateless tickets for fast resumption.
-pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(provider::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     // `http/1.0` too: HTTP/1.0 clients that send ALPN (curl --http1.0) must not be refused.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
-    cfg.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
+    cfg.ticketer = provider::Ticketer::new().map_err(TlsError::Setup)?;
     Ok(Arc::new(cfg))
 }
 

@@ -114,7 +114,7 @@ async fn real_trail() -> (Gate, String) {
             .await;
         assert_eq!(a.status, StatusCode::OK);
     }
-    let sink = gate.gw.audit.clone().unwrap();
+    let sink = gate.gw.shared().audit.clone().unwrap();
     tokio::task::spawn_blocking(move || sink.rotate())
         .await
         .unwrap();
@@ -1028,7 +1028,7 @@ async fn follow_a_real_gate_through_admin_rotate_and_reopen() {
             assert_eq!(c.get(&p).await.status, StatusCode::OK);
             sent.push(p);
         }
-        gate.gw.audit.as_ref().unwrap().flush();
+        gate.gw.shared().audit.as_ref().unwrap().flush();
         match round {
             // Two rotations in a row, usually within one second (the file between them is then
             // named `…Z-1.jsonl`) and quicker than the follower polls.

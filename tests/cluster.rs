@@ -229,6 +229,7 @@ async fn dead_node_clients_are_repinned_and_a_restarted_node_gets_new_sessions()
     );
     let failover = gate
         .gw
+        .shared()
         .cluster
         .stats
         .failover

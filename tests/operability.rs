@@ -278,16 +278,36 @@ async fn config_reload_adds_and_removes_nodes_without_dropping_a_websocket() {
     let mut c = Client::h1(&gate).await;
     assert_eq!(c.get("/x").await.json()["node"], "b");
 
-    // Restart-only settings are reported, not applied.
-    std::fs::write(
-        &path,
-        without_a.replace("[limits]", "[limits]\nmax_connections = 5\n"),
-    )
-    .unwrap();
+    // Restart-only settings are reported, not applied: with max_connections = 1 applied, a
+    // second connection would wait in the backlog.
+    let mut table: toml::Table = toml::from_str(&without_a).unwrap();
+    table
+        .entry("limits")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap()
+        .insert("max_connections".into(), toml::Value::Integer(1));
+    std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
     let (s, body) = gate.admin_post("/reload").await;
-    assert_eq!(s, StatusCode::OK);
-    if without_a.contains("[limits]") {
-        assert!(body.contains("limits"), "{body}");
-    }
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        report["config"]["restart_required"],
+        serde_json::json!(["limits.max_connections"]),
+        "{body}"
+    );
+    assert_eq!(report["config"]["applied"], serde_json::json!([]), "{body}");
+    let mut held = Client::h1(&gate).await;
+    assert_eq!(held.get("/x").await.status, StatusCode::OK);
+    let second = tokio::time::timeout(Duration::from_secs(5), async {
+        Client::h1(&gate).await.get("/x").await.status
+    })
+    .await;
+    assert_eq!(
+        second.ok(),
+        Some(StatusCode::OK),
+        "the running max_connections still applies"
+    );
+    drop(held);
     gate.stop().await;
 }

@@ -16,11 +16,13 @@ use tempfile::TempDir;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/posture");
 
+/// A PostgreSQL URL nothing answers (port 1 on loopback).
+const DEAD_PG: &str = "postgres://botpress:pg-planted-pw@127.0.0.1:1/botpress";
+
 /// Every secret planted in the fixtures and in bpgate's TOML.
 const PLANTED: &[&str] = &[
     "pg-planted-pw",
     "redis-planted-pw",
-    "appsecret-planted-777",
     "LICENSE-PLANTED-1234",
     "token-planted-xyz",
     "langtoken-planted",
@@ -78,6 +80,9 @@ struct Fx {
     gate: toml::Table,
     process_env: BTreeMap<String, String>,
     cert: Cert,
+    /// Written verbatim instead of `dotenv` / `config` (Botpress's real file text).
+    raw_env: Option<String>,
+    raw_config: Option<String>,
 }
 
 fn read_dotenv(p: &Path) -> BTreeMap<String, String> {
@@ -102,6 +107,7 @@ secret = "sticky-planted-secret-0123456789"
 [audit]
 dir = "{}"
 jwt_secret = "jwt-planted-secret-0123456789"
+jwt_source = "cookie"
 [tls]
 cert = "{}"
 key = "{}"
@@ -111,7 +117,7 @@ key = "{}"
             dir.path().join("key.pem").display(),
         ))
         .unwrap();
-        Fx {
+        let mut fx = Fx {
             dotenv: read_dotenv(&base.join(".env")),
             config: read_json(&base.join("botpress.config.json")),
             nlu: Some(read_json(&base.join("nlu.json"))),
@@ -119,7 +125,13 @@ key = "{}"
             process_env: BTreeMap::new(),
             cert: Cert::Good,
             dir,
-        }
+            raw_env: None,
+            raw_config: None,
+        };
+        // Nothing listens on port 1: the BPFS database read is refused at once, and no test
+        // ever reaches a database it did not start.
+        fx.env("DATABASE_URL", Some(DEAD_PG));
+        fx
     }
 
     /// Botpress as installed, bpgate with a single default node and its development certificate.
@@ -132,7 +144,19 @@ key = "{}"
         fx.gate.remove("external_url");
         fx.gate.remove("upstream");
         fx.gate.remove("sticky");
+        fx.gate.remove("audit");
+        fx.gate("audit.dir", fx.p("audit").display().to_string().into());
         fx.cert = Cert::Dev;
+        fx
+    }
+
+    /// The compliant deployment with Botpress's `.env` and `botpress.config.json` taken verbatim
+    /// from `tests/fixtures/posture/<name>`.
+    fn raw_fixture(name: &str) -> Fx {
+        let base = Path::new(FIXTURES).join(name);
+        let mut fx = Fx::compliant();
+        fx.raw_env = Some(std::fs::read_to_string(base.join(".env")).unwrap());
+        fx.raw_config = Some(std::fs::read_to_string(base.join("botpress.config.json")).unwrap());
         fx
     }
 
@@ -223,8 +247,14 @@ key = "{}"
             .iter()
             .map(|(k, v)| format!("{k}={v}\n"))
             .collect();
-        std::fs::write(self.p(".env"), env_text).unwrap();
-        std::fs::write(self.p("botpress.config.json"), self.config.to_string()).unwrap();
+        std::fs::write(self.p(".env"), self.raw_env.clone().unwrap_or(env_text)).unwrap();
+        std::fs::write(
+            self.p("botpress.config.json"),
+            self.raw_config
+                .clone()
+                .unwrap_or_else(|| self.config.to_string()),
+        )
+        .unwrap();
         if let Some(n) = &self.nlu {
             std::fs::write(self.p("nlu.json"), n.to_string()).unwrap();
         }
@@ -254,17 +284,40 @@ key = "{}"
     fn check(&self) -> Vec<Finding> {
         let loaded = self.load();
         let files = self.files();
-        let inputs = posture::gather(&loaded, &files, &self.envfn()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let inputs = rt
+            .block_on(posture::gather(
+                &loaded,
+                &files,
+                &self.envfn(),
+                Duration::from_secs(3),
+            ))
+            .unwrap();
+        posture::check(&inputs)
+    }
+
+    async fn check_async(&self) -> Vec<Finding> {
+        let loaded = self.load();
+        let files = self.files();
+        let inputs = posture::gather(&loaded, &files, &self.envfn(), Duration::from_secs(3))
+            .await
+            .unwrap();
         posture::check(&inputs)
     }
 }
 
 fn status_of(findings: &[Finding], item: &str) -> Status {
+    finding(findings, item).status
+}
+
+fn finding<'a>(findings: &'a [Finding], item: &str) -> &'a Finding {
     findings
         .iter()
         .find(|f| f.item == item)
         .unwrap_or_else(|| panic!("no item {item}"))
-        .status
 }
 
 fn fails(findings: &[Finding]) -> Vec<&'static str> {
@@ -279,30 +332,7 @@ fn code(c: ExitCode) -> String {
     format!("{c:?}")
 }
 
-const ORDER: &[&str] = &[
-    item::PRO,
-    item::POSTGRES,
-    item::BPFS,
-    item::PRODUCTION,
-    item::EXTERNAL_URL,
-    item::REDIS,
-    item::CORS,
-    item::JWT_COOKIE,
-    item::LANG_SERVER,
-    item::HTTPS,
-    item::AUDIT,
-    item::STICKY,
-    item::FILE_LOGS,
-    item::BASE_PATH,
-    item::ROLES,
-    item::AUTH,
-    item::REVERSE_PROXY_LB,
-    item::DIAG_REPORT,
-    item::SERVER_CONFIG,
-    item::TRUST_PROXY,
-    item::DIRECT_CORS,
-    item::SERVER_DIAG,
-];
+const ORDER: &[&str] = item::ALL;
 
 #[test]
 fn compliant_install_passes_in_checklist_order() {
@@ -313,9 +343,16 @@ fn compliant_install_passes_in_checklist_order() {
     assert!(fails(&f).is_empty(), "{f:#?}");
     // The test certificate is self-signed: a warning, never a failure.
     assert_eq!(status_of(&f, item::HTTPS), Status::Warn);
+    // BPFS_STORAGE=database and no database here: said plainly.
+    let src = f.iter().find(|x| x.item == item::CONFIG_SOURCE).unwrap();
+    assert_eq!(src.status, Status::Warn, "{src:?}");
+    assert!(
+        src.evidence.contains("could not be read") && src.evidence.contains("NOT necessarily"),
+        "{src:?}"
+    );
     for x in &f {
         match x.item {
-            item::HTTPS => {}
+            item::HTTPS | item::CONFIG_SOURCE => {}
             item::ROLES | item::AUTH | item::DIAG_REPORT => assert_eq!(x.status, Status::Manual),
             _ => assert_eq!(x.status, Status::Pass, "{x:?}"),
         }
@@ -326,11 +363,17 @@ fn compliant_install_passes_in_checklist_order() {
         }
     }
     // BP_CONFIG_PRO_ENABLED in .env overrides pro.enabled=false in the file.
-    assert!(f[0].evidence.contains("pro.enabled is true"));
+    assert!(
+        f[0].evidence
+            .contains("Pro is on (BP_CONFIG_PRO_ENABLED=true)"),
+        "{:?}",
+        f[0]
+    );
     let loaded = fx.load();
     let args = CheckArgs {
         files: fx.files(),
         format: posture::Format::Json,
+        ..Default::default()
     };
     assert_eq!(
         code(posture::run_check(&loaded, &args, &fx.envfn())),
@@ -361,6 +404,7 @@ fn default_install_fails_what_it_should() {
         item::FILE_LOGS,
         item::SERVER_CONFIG,
         item::SERVER_DIAG,
+        item::AUDIT_IDENTITY,
     ] {
         assert_eq!(status_of(&f, w), Status::Warn, "{w}");
     }
@@ -372,6 +416,7 @@ fn default_install_fails_what_it_should() {
     let args = CheckArgs {
         files: fx.files(),
         format: posture::Format::Text,
+        ..Default::default()
     };
     assert_eq!(
         code(posture::run_check(&loaded, &args, &fx.envfn())),
@@ -419,7 +464,7 @@ fn each_broken_item_is_reported() {
         (
             "postgresql scheme",
             |fx| {
-                fx.env("DATABASE_URL", Some("postgresql://u@h/d"));
+                fx.env("DATABASE_URL", Some("postgresql://u@127.0.0.1:1/d"));
             },
             item::POSTGRES,
             Status::Pass,
@@ -528,6 +573,7 @@ fn each_broken_item_is_reported() {
             Status::Pass,
         ),
         (
+            // HTTP CORS off in Botpress, but socket.io ignores `enabled`: any origin there.
             "cors disabled in botpress",
             |fx| {
                 fx.gate("cors.enabled", false.into())
@@ -535,7 +581,7 @@ fn each_broken_item_is_reported() {
                     .cfg("httpServer.cors.enabled", Some(false.into()));
             },
             item::CORS,
-            Status::Pass,
+            Status::Warn,
         ),
         (
             "no cookie storage",
@@ -768,13 +814,251 @@ fn each_broken_item_is_reported() {
             Status::Warn,
         ),
         (
-            "process env beats .env",
+            // bpgate's own process environment is not Botpress's: .env decides.
+            "bpgate's process env never overrides Botpress's .env",
             |fx| {
                 fx.process_env
                     .insert("BP_PRODUCTION".into(), "false".into());
                 fx.env("CLUSTER_ENABLED", None);
             },
             item::PRODUCTION,
+            Status::Pass,
+        ),
+        (
+            "PRO_ENABLED=false beats pro.enabled=true in the file",
+            |fx| {
+                fx.env("BP_CONFIG_PRO_ENABLED", None)
+                    .env("PRO_ENABLED", Some("false"))
+                    .cfg("pro.enabled", Some(true.into()));
+            },
+            item::PRO,
+            Status::Fail,
+        ),
+        (
+            "pro.enabled=true in the file when neither env var is defined",
+            |fx| {
+                fx.env("BP_CONFIG_PRO_ENABLED", None)
+                    .cfg("pro.enabled", Some(true.into()));
+            },
+            item::PRO,
+            Status::Pass,
+        ),
+        (
+            "BP_LICENSE_KEY wins over the placeholder",
+            |fx| {
+                fx.env("BP_CONFIG_PRO_LICENSEKEY", None)
+                    .env("BP_LICENSE_KEY", Some("LICENSE-PLANTED-1234"));
+            },
+            item::PRO,
+            Status::Pass,
+        ),
+        (
+            "BPFS_STORAGE=Database is disk to Botpress",
+            |fx| {
+                fx.env("BPFS_STORAGE", Some("Database"));
+            },
+            item::BPFS,
+            Status::Fail,
+        ),
+        (
+            "BP_ADMIN_PASSWORD still set in production",
+            |fx| {
+                fx.env("BP_ADMIN_PASSWORD", Some("first-admin-pw"));
+            },
+            item::PRODUCTION,
+            Status::Warn,
+        ),
+        (
+            "REVERSE_PROXY=2 is not a hop count",
+            |fx| {
+                fx.env("REVERSE_PROXY", Some("2"));
+            },
+            item::TRUST_PROXY,
+            Status::Fail,
+        ),
+        (
+            "REVERSE_PROXY=1 trusts every hop",
+            |fx| {
+                fx.env("REVERSE_PROXY", Some("1"));
+            },
+            item::TRUST_PROXY,
+            Status::Warn,
+        ),
+        (
+            "REVERSE_PROXY that Express refuses",
+            |fx| {
+                fx.env("REVERSE_PROXY", Some("loopback, bpgate-host"));
+            },
+            item::TRUST_PROXY,
+            Status::Fail,
+        ),
+        (
+            "REVERSE_PROXY without loopback while bpgate is on loopback",
+            |fx| {
+                fx.env("REVERSE_PROXY", Some("10.0.0.0/8"));
+            },
+            item::TRUST_PROXY,
+            Status::Fail,
+        ),
+        (
+            "REVERSE_PROXY without loopback for remote nodes (Studio)",
+            |fx| {
+                fx.env("REVERSE_PROXY", Some("10.0.0.2")).gate(
+                    "upstream.urls",
+                    toml::Value::Array(vec![
+                        "http://10.0.0.5:3000".into(),
+                        "http://10.0.0.6:3000".into(),
+                    ]),
+                );
+            },
+            item::TRUST_PROXY,
+            Status::Warn,
+        ),
+        (
+            "REVERSE_PROXY=loopback,<bpgate address> for remote nodes",
+            |fx| {
+                fx.env("REVERSE_PROXY", Some("loopback, 10.0.0.2/255.255.255.255"))
+                    .gate(
+                        "upstream.urls",
+                        toml::Value::Array(vec![
+                            "http://10.0.0.5:3000".into(),
+                            "http://10.0.0.6:3000".into(),
+                        ]),
+                    );
+            },
+            item::TRUST_PROXY,
+            Status::Pass,
+        ),
+        (
+            "missing httpServer.cors.enabled in a given file is HTTP CORS off",
+            |fx| {
+                fx.gate("cors.enabled", false.into())
+                    .cfg("httpServer.cors", Some(serde_json::json!({})));
+            },
+            item::CORS,
+            Status::Warn,
+        ),
+        (
+            "socketTransports override merges by index: polling stays",
+            |fx| {
+                fx.gate("sticky.enabled", false.into()).env(
+                    "BP_CONFIG_HTTPSERVER_SOCKETTRANSPORTS",
+                    Some(r#"["websocket"]"#),
+                );
+            },
+            item::STICKY,
+            Status::Fail,
+        ),
+        (
+            "socketTransports [\"ws\"] falls back to both",
+            |fx| {
+                fx.gate("sticky.enabled", false.into()).cfg(
+                    "httpServer.socketTransports",
+                    Some(serde_json::json!(["ws"])),
+                );
+            },
+            item::STICKY,
+            Status::Fail,
+        ),
+        (
+            "non-leaf BP_CONFIG_HTTPSERVER_CORS is ignored",
+            |fx| {
+                fx.gate("cors.enabled", false.into())
+                    .cfg("httpServer.cors.origin", None)
+                    .env(
+                        "BP_CONFIG_HTTPSERVER_CORS",
+                        Some(r#"{"origin":"https://bot.example.com"}"#),
+                    );
+            },
+            item::CORS,
+            Status::Fail,
+        ),
+        (
+            "external NLU server",
+            |fx| {
+                fx.nlu = Some(
+                    serde_json::json!({"nluServer": {"autoStart": false, "endpoint": "http://nlu.internal:3200"}}),
+                );
+            },
+            item::LANG_SERVER,
+            Status::Manual,
+        ),
+        (
+            "external NLU server without endpoint",
+            |fx| {
+                fx.env("BP_MODULE_NLU_NLUSERVER_AUTOSTART", Some("false"));
+            },
+            item::LANG_SERVER,
+            Status::Warn,
+        ),
+        (
+            "audit.jwt_secret differs from appSecret",
+            |fx| {
+                fx.cfg("appSecret", Some("another-secret-0123456789".into()));
+            },
+            item::AUDIT_IDENTITY,
+            Status::Fail,
+        ),
+        (
+            "deprecated jwtSecret is Botpress's secret when appSecret is unset",
+            |fx| {
+                fx.cfg("appSecret", None)
+                    .cfg("jwtSecret", Some("jwt-planted-secret-0123456789".into()));
+            },
+            item::AUDIT_IDENTITY,
+            Status::Pass,
+        ),
+        (
+            "BP_CONFIG_APPSECRET is Botpress's secret",
+            |fx| {
+                fx.env("BP_CONFIG_APPSECRET", Some("another-secret-0123456789"));
+            },
+            item::AUDIT_IDENTITY,
+            Status::Fail,
+        ),
+        (
+            "audit.jwt_source=header while Botpress uses the cookie",
+            |fx| {
+                fx.gate("audit.jwt_source", "header".into());
+            },
+            item::AUDIT_IDENTITY,
+            Status::Fail,
+        ),
+        (
+            "audit.jwt_source=cookie while Botpress uses the header",
+            |fx| {
+                fx.cfg("jwtToken.useCookieStorage", Some(false.into()));
+            },
+            item::AUDIT_IDENTITY,
+            Status::Fail,
+        ),
+        (
+            "no audit.jwt_secret",
+            |fx| {
+                fx.gate("audit.jwt_secret", "".into());
+            },
+            item::AUDIT_IDENTITY,
+            Status::Warn,
+        ),
+        (
+            "strip cannot serve Botpress",
+            |fx| {
+                fx.gate("base_path.mode", "strip".into())
+                    .env("EXTERNAL_URL", Some("https://bot.example.com"));
+            },
+            item::BASE_PATH,
+            Status::Fail,
+        ),
+        (
+            "bpgate's EXTERNAL_URL never overrides Botpress's .env",
+            |fx| {
+                fx.process_env.insert(
+                    "EXTERNAL_URL".into(),
+                    "https://bot.example.com/botpress".into(),
+                );
+                fx.env("EXTERNAL_URL", Some("http://localhost:3000"));
+            },
+            item::EXTERNAL_URL,
             Status::Fail,
         ),
     ];
@@ -827,7 +1111,7 @@ fn usage_errors_exit_2() {
     files.botpress_config = Some(fx.p("does-not-exist.json"));
     let args = CheckArgs {
         files,
-        format: posture::Format::Text,
+        ..Default::default()
     };
     assert_eq!(
         code(posture::run_check(&loaded, &args, &fx.envfn())),
@@ -838,7 +1122,7 @@ fn usage_errors_exit_2() {
     files.nlu_config = Some(fx.p("bad.json"));
     let args = CheckArgs {
         files,
-        format: posture::Format::Text,
+        ..Default::default()
     };
     assert_eq!(
         code(posture::run_check(&loaded, &args, &fx.envfn())),
@@ -862,9 +1146,9 @@ fn json_output_has_items_and_summary_and_no_secrets() {
     assert_eq!(items[9]["status"], "warn");
     let s = &v["summary"];
     assert_eq!(s["fail"], 0);
-    assert_eq!(s["warn"], 1);
+    assert_eq!(s["warn"], 2);
     assert_eq!(s["manual"], 3);
-    assert_eq!(s["pass"], ORDER.len() as u64 - 4);
+    assert_eq!(s["pass"], ORDER.len() as u64 - 5);
     let text = posture::render_text(&f, false);
     for out in [v.to_string(), text] {
         for secret in PLANTED {
@@ -1037,7 +1321,7 @@ async fn diag_obfuscates_every_planted_secret() {
         assert!(!report.contains(secret), "{secret} leaked:\n{report}");
     }
     assert!(report.contains("***obfuscated***"));
-    assert!(report.contains("postgres://botpress:***obfuscated***@127.0.0.1:5432/botpress"));
+    assert!(report.contains("postgres://botpress:***obfuscated***@127.0.0.1:1/botpress"));
     assert!(report.contains("redis://127.0.0.1:1?password=***obfuscated***"));
     // Non-secret values are still there to be useful.
     assert!(report.contains("BPFS_STORAGE: database"));
@@ -1101,8 +1385,7 @@ async fn diag_reports_node_version_status_and_server_id() {
 
 #[tokio::test]
 async fn diag_pings_real_redis() {
-    let Ok(url) = std::env::var("BPGATE_TEST_REDIS_URL") else {
-        eprintln!("skipped: BPGATE_TEST_REDIS_URL is unset (start redis-server on loopback and export it)");
+    let Some(url) = service_url("BPGATE_TEST_REDIS_URL", "redis-server") else {
         return;
     };
     let mut fx = Fx::compliant();
@@ -1127,8 +1410,7 @@ async fn diag_pings_real_redis() {
 
 #[tokio::test]
 async fn diag_connects_to_real_postgres() {
-    let Ok(url) = std::env::var("BPGATE_TEST_DATABASE_URL") else {
-        eprintln!("skipped: BPGATE_TEST_DATABASE_URL is unset (start PostgreSQL on loopback and export it)");
+    let Some(url) = service_url("BPGATE_TEST_DATABASE_URL", "PostgreSQL") else {
         return;
     };
     let mut fx = Fx::compliant();
@@ -1166,4 +1448,590 @@ fn config_refuses_wildcard_origin() {
         .unwrap()
         .to_string();
     assert!(e.contains("cors.origins.0"), "{e}");
+}
+
+// === Botpress's inputs, as Botpress reads them ===
+
+#[test]
+fn env_file_is_read_as_dotenv_7_and_overrides_as_botpress_merges_them() {
+    let mut fx = Fx::raw_fixture("env-traps");
+    fx.gate("sticky.enabled", false.into())
+        .gate("cors.enabled", false.into());
+    let f = fx.check();
+    // `export BP_PRODUCTION=true` is not read by dotenv 7.
+    let p = finding(&f, item::PRODUCTION);
+    assert_eq!(p.status, Status::Fail, "{p:?}");
+    assert!(p.evidence.contains("BP_PRODUCTION=unset"), "{p:?}");
+    assert!(p.evidence.contains("./bp -p"), "{p:?}");
+    // The inline comment is part of the URL Botpress gets.
+    let e = finding(&f, item::EXTERNAL_URL);
+    assert_eq!(e.status, Status::Fail, "{e:?}");
+    assert!(e.evidence.contains("# public URL"), "{e:?}");
+    let t = finding(&f, item::TRUST_PROXY);
+    assert_eq!(t.status, Status::Fail, "{t:?}");
+    assert!(t.evidence.contains("not a hop count"), "{t:?}");
+    assert!(finding(&f, item::BPFS).evidence.contains("exactly"));
+    // PRO_ENABLED is defined: the file's pro.enabled=true is not read; the quoted key counts.
+    let pro = finding(&f, item::PRO);
+    assert!(
+        pro.evidence.contains("Pro is off (PRO_ENABLED=false)"),
+        "{pro:?}"
+    );
+    assert!(
+        pro.evidence
+            .contains("a license key is set (BP_LICENSE_KEY)"),
+        "{pro:?}"
+    );
+    // ["websocket"] merged by index into ["websocket","polling"]: polling stays, sticky needed.
+    let st = finding(&f, item::STICKY);
+    assert_eq!(st.status, Status::Fail, "{st:?}");
+    assert!(st.evidence.contains("websocket,polling"), "{st:?}");
+    // The non-leaf BP_CONFIG_HTTPSERVER_CORS restricts nothing.
+    assert_eq!(status_of(&f, item::CORS), Status::Fail);
+    let src = finding(&f, item::CONFIG_SOURCE);
+    assert!(
+        src.evidence
+            .contains("BP_CONFIG_HTTPSERVER_CORS is ignored by Botpress"),
+        "{src:?}"
+    );
+    assert!(
+        !src.evidence.contains("SOCKETTRANSPORTS is ignored"),
+        "{src:?}"
+    );
+    let text = posture::render_text(&f, false);
+    for secret in PLANTED {
+        assert!(!text.contains(secret), "{secret} leaked");
+    }
+}
+
+#[test]
+fn config_substitution_as_botpress_does_it() {
+    let mut fx = Fx::raw_fixture("substitution");
+    fx.nlu = None;
+    let f = fx.check();
+    // "externalUrl": "%PUBLIC_URL%" (the .env value was double-quoted).
+    let e = finding(&f, item::EXTERNAL_URL);
+    assert_eq!(e.status, Status::Pass, "{e:?}");
+    assert!(
+        e.evidence
+            .contains("httpServer.externalUrl=https://bot.example.com/botpress"),
+        "{e:?}"
+    );
+    // "useCookieStorage": "$isProduction" with BP_PRODUCTION=true.
+    assert_eq!(status_of(&f, item::JWT_COOKIE), Status::Pass);
+    assert_eq!(status_of(&f, item::AUDIT_IDENTITY), Status::Pass);
+    // "enabled": %LOG_FILES% (a bare JSON value) and "%BOTPRESS_DIR%/logs".
+    let logs = finding(&f, item::FILE_LOGS);
+    assert_eq!(logs.status, Status::Pass, "{logs:?}");
+    let dir = std::fs::canonicalize(fx.dir.path()).unwrap();
+    assert!(
+        logs.evidence.contains(&format!("{}/logs", dir.display())),
+        "{logs:?}"
+    );
+    let c = finding(&f, item::CORS);
+    assert_eq!(c.status, Status::Pass, "{c:?}");
+    assert!(finding(&f, item::DIRECT_CORS)
+        .evidence
+        .contains("origin=https://bot.example.com"));
+
+    // Outside production "$isProduction" is false, and an unset %VAR% becomes `undefined`.
+    let mut fx = Fx::raw_fixture("substitution");
+    fx.raw_env = fx.raw_env.map(|t| {
+        t.replace("BP_PRODUCTION=true\nCLUSTER_ENABLED=true\n", "")
+            .replace("PUBLIC_URL=", "OTHER_URL=")
+    });
+    let f = fx.check();
+    assert_eq!(status_of(&f, item::JWT_COOKIE), Status::Warn);
+    let e = finding(&f, item::EXTERNAL_URL);
+    assert_eq!(e.status, Status::Fail, "{e:?}");
+    assert!(e.evidence.contains("undefined"), "{e:?}");
+    assert!(finding(&f, item::CONFIG_SOURCE)
+        .evidence
+        .contains("%PUBLIC_URL% is unset"));
+}
+
+#[test]
+fn substitution_that_breaks_the_json_is_a_usage_error() {
+    let mut fx = Fx::raw_fixture("substitution");
+    fx.raw_env = fx
+        .raw_env
+        .map(|t| t.replace("LOG_FILES=true", "LOG_FILES=\"yes please\""));
+    let loaded = fx.load();
+    let args = CheckArgs {
+        files: fx.files(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(posture::run_check(&loaded, &args, &fx.envfn())),
+        code(ExitCode::from(2))
+    );
+}
+
+#[test]
+fn check_evidence_for_cors_audit_identity_and_strip() {
+    let mut fx = Fx::compliant();
+    fx.gate("cors.enabled", false.into())
+        .cfg("httpServer.cors", Some(serde_json::json!({})));
+    let f = fx.check();
+    let c = finding(&f, item::CORS);
+    assert!(
+        c.evidence.contains("httpServer.cors.enabled is missing"),
+        "{c:?}"
+    );
+    assert!(
+        c.evidence.contains("socket.io still answers any origin"),
+        "{c:?}"
+    );
+
+    let mut fx = Fx::compliant();
+    fx.cfg("appSecret", Some("another-secret-0123456789".into()));
+    let f = fx.check();
+    let a = finding(&f, item::AUDIT_IDENTITY);
+    assert!(
+        a.evidence.contains("differs from Botpress's appSecret"),
+        "{a:?}"
+    );
+    let all = posture::render_json(&f);
+    assert!(!all.contains("another-secret-0123456789") && !all.contains("jwt-planted-secret"));
+
+    let mut fx = Fx::compliant();
+    fx.gate("audit.jwt_source", "header".into());
+    let a = finding(&fx.check(), item::AUDIT_IDENTITY).clone();
+    assert!(a.fix.contains("BPGATE_AUDIT_JWT_SOURCE=cookie"), "{a:?}");
+
+    let mut fx = Fx::compliant();
+    fx.gate("base_path.mode", "strip".into());
+    let b = finding(&fx.check(), item::BASE_PATH).clone();
+    assert!(
+        b.evidence.contains("strip cannot serve Botpress v12"),
+        "{b:?}"
+    );
+    assert!(b.fix.contains("preserve"), "{b:?}");
+}
+
+#[test]
+fn production_mode_refuses_strip() {
+    let mut fx = Fx::compliant();
+    fx.gate("base_path.mode", "strip".into());
+    let info = cert_info(&fx);
+    let f = posture::production_failures(&fx.load(), &info);
+    assert_eq!(
+        f.iter().map(|x| x.item).collect::<Vec<_>>(),
+        vec![item::BASE_PATH]
+    );
+}
+
+/// The items of the README's "What each item checks" list, in order.
+fn readme_items() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("What each item checks:")
+        .expect("README lists the posture items");
+    readme[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("- **"))
+        .filter_map(|l| l.split_once("**").map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+#[test]
+fn readme_item_list_matches_the_code() {
+    assert_eq!(readme_items(), item::ALL);
+    let f = Fx::compliant().check();
+    assert_eq!(f.iter().map(|x| x.item).collect::<Vec<_>>(), item::ALL);
+}
+
+// === the database copy (BPFS_STORAGE=database) ===
+
+/// The URL of a test service, or `None` after saying so on the terminal (past the test
+/// harness's capture) when it is not running. Under `CI=true` a missing service fails the test:
+/// CI must not go green without it.
+fn service_url(var: &str, what: &str) -> Option<String> {
+    use std::io::Write;
+    match std::env::var(var) {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{var} is unset under CI=true: {what} was not started (.ci/services), so this test did not run"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {var} is unset; start {what} on loopback and export it (README, Development)"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn missing_service_fails_under_ci_and_skips_visibly_otherwise() {
+    // Run the decision in a child process so this process's environment is left alone.
+    let exe = std::env::current_exe().unwrap();
+    let run = |ci: Option<&str>| {
+        let mut c = std::process::Command::new(&exe);
+        c.args([
+            "posture::service_probe_child",
+            "--exact",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env_remove("BPGATE_TEST_NONEXISTENT_URL")
+        .env("BPGATE_SERVICE_PROBE_CHILD", "1");
+        match ci {
+            Some(v) => c.env("CI", v),
+            None => c.env_remove("CI"),
+        };
+        c.output().unwrap()
+    };
+    let out = run(Some("true"));
+    assert!(
+        !out.status.success(),
+        "a missing service must fail under CI=true"
+    );
+    let err = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unset under CI=true"), "{err}");
+    let out = run(None);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SKIPPED: BPGATE_TEST_NONEXISTENT_URL"),
+        "{err}"
+    );
+}
+
+/// Only meaningful when started by the test above.
+#[test]
+#[ignore = "run by missing_service_fails_under_ci_and_skips_visibly_otherwise"]
+fn service_probe_child() {
+    if std::env::var("BPGATE_SERVICE_PROBE_CHILD").is_ok() {
+        assert!(service_url("BPGATE_TEST_NONEXISTENT_URL", "a test service").is_none());
+    }
+}
+
+/// A plain connection to the test database (tokio-postgres is built without its `runtime`).
+async fn pg_admin(url: &str) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    use std::str::FromStr;
+    let cfg = tokio_postgres::Config::from_str(url).unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        h => panic!("test database on {h:?}"),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .unwrap();
+    let (client, conn) = cfg.connect_raw(tcp, tokio_postgres::NoTls).await.unwrap();
+    (
+        client,
+        tokio::spawn(async move {
+            let _ = conn.await;
+        }),
+    )
+}
+
+/// A schema of its own in the test database holding Botpress's `srv_ghost_files` table.
+struct GhostSchema {
+    admin_url: String,
+    schema: String,
+    /// `DATABASE_URL` for Botpress's side, with `search_path` set to the schema.
+    url: String,
+}
+
+impl GhostSchema {
+    async fn new(admin_url: &str, rows: &[(&str, &str)]) -> GhostSchema {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let schema = format!(
+            "bpgate_ghost_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let (client, task) = pg_admin(admin_url).await;
+        client
+            .batch_execute(&format!(
+                // The table as Botpress's GhostFilesTable creates it.
+                "create schema {schema};
+                 create table {schema}.srv_ghost_files (
+                   file_path varchar(255) primary key, content bytea, deleted boolean,
+                   modified_on timestamptz)"
+            ))
+            .await
+            .unwrap();
+        for (path, content) in rows {
+            client
+                .execute(
+                    &format!("insert into {schema}.srv_ghost_files values ($1, $2, false, now())"),
+                    &[path, &content.as_bytes().to_vec()],
+                )
+                .await
+                .unwrap();
+        }
+        task.abort();
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        GhostSchema {
+            url: format!("{admin_url}{sep}options=-c%20search_path%3D{schema}"),
+            admin_url: admin_url.to_string(),
+            schema,
+        }
+    }
+
+    async fn drop(self) {
+        let (client, task) = pg_admin(&self.admin_url).await;
+        client
+            .batch_execute(&format!("drop schema {} cascade", self.schema))
+            .await
+            .unwrap();
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn bpfs_database_config_is_read_from_srv_ghost_files() {
+    let Some(admin) = service_url("BPGATE_TEST_DATABASE_URL", "PostgreSQL") else {
+        return;
+    };
+    // The database copy differs from the file on disk: another appSecret, an external NLU
+    // server, no cookie storage.
+    let db_config = serde_json::json!({
+        "appSecret": "db-secret-0123456789",
+        "httpServer": {"cors": {"enabled": true, "origin": "https://bot.example.com"}},
+        "jwtToken": {"useCookieStorage": true},
+        "pro": {"enabled": true}
+    })
+    .to_string();
+    let db_nlu = r#"{"nluServer": {"autoStart": false, "endpoint": "http://nlu.internal:3200"}}"#;
+    let g = GhostSchema::new(
+        &admin,
+        &[
+            ("data/global/botpress.config.json", db_config.as_str()),
+            ("data/global/config/nlu.json", db_nlu),
+        ],
+    )
+    .await;
+    let mut fx = Fx::compliant();
+    fx.env("DATABASE_URL", Some(&g.url));
+    let f = fx.check_async().await;
+    let src = finding(&f, item::CONFIG_SOURCE);
+    assert_eq!(src.status, Status::Pass, "{src:?}");
+    assert!(
+        src.evidence.contains(
+            "read data/global/botpress.config.json, data/global/config/nlu.json from the database"
+        ),
+        "{src:?}"
+    );
+    // Decided by the database copy, not by the file on disk.
+    assert_eq!(status_of(&f, item::AUDIT_IDENTITY), Status::Fail);
+    assert_eq!(status_of(&f, item::LANG_SERVER), Status::Manual);
+
+    // A database whose table lacks the NLU file: said, and the file given is used.
+    let g2 = GhostSchema::new(&admin, &[("data/global/botpress.config.json", "{}")]).await;
+    fx.env("DATABASE_URL", Some(&g2.url));
+    let f = fx.check_async().await;
+    let src = finding(&f, item::CONFIG_SOURCE);
+    assert_eq!(src.status, Status::Warn, "{src:?}");
+    assert!(
+        src.evidence
+            .contains("data/global/config/nlu.json is not in the database"),
+        "{src:?}"
+    );
+    g.drop().await;
+    g2.drop().await;
+}
+
+#[test]
+fn bpfs_database_over_tls_is_said_plainly() {
+    let mut fx = Fx::compliant();
+    fx.env(
+        "DATABASE_URL",
+        Some("postgres://botpress:pg-planted-pw@127.0.0.1:1/botpress?sslmode=require"),
+    );
+    let f = fx.check();
+    let src = finding(&f, item::CONFIG_SOURCE);
+    assert_eq!(src.status, Status::Warn);
+    assert!(
+        src.evidence.contains("requires TLS (sslmode=require)"),
+        "{src:?}"
+    );
+    let mut fx = Fx::compliant();
+    fx.env("DATABASE_URL", None);
+    let src = finding(&fx.check(), item::CONFIG_SOURCE).clone();
+    assert!(src.evidence.contains("SQLite"), "{src:?}");
+}
+
+// === diag: TLS-only services, hairpin ===
+
+#[tokio::test]
+async fn diag_says_plainly_what_it_does_not_probe_over_tls() {
+    let mut fx = Fx::compliant();
+    fx.gate(
+        "upstream.urls",
+        toml::Value::Array(vec!["http://127.0.0.1:1".into()]),
+    );
+    fx.env(
+        "DATABASE_URL",
+        Some("postgres://botpress:pg-planted-pw@127.0.0.1:1/botpress?ssl=true"),
+    )
+    .env("REDIS_URL", Some("rediss://:redis-planted-pw@127.0.0.1:1"));
+    let (report, _) = run_diag(&fx, Duration::from_millis(500)).await;
+    assert!(
+        report.contains("not probed: TLS required (ssl=true)"),
+        "{report}"
+    );
+    assert!(report.contains("127.0.0.1:1 NOT reachable"), "{report}");
+    assert!(
+        report.contains("not probed: rediss:// is Redis over TLS"),
+        "{report}"
+    );
+    for secret in PLANTED {
+        assert!(!report.contains(secret), "{secret} leaked");
+    }
+    // sslmode=disable is plain: probed (and refused here).
+    fx.env(
+        "DATABASE_URL",
+        Some("postgres://botpress:pg-planted-pw@127.0.0.1:1/botpress?sslmode=disable"),
+    );
+    let (report, _) = run_diag(&fx, Duration::from_millis(500)).await;
+    assert!(!report.contains("TLS required"), "{report}");
+    assert!(report.contains("connect 127.0.0.1:1"), "{report}");
+}
+
+#[tokio::test]
+async fn diag_probes_external_url_as_a_node_would() {
+    use crate::support::{self, Gate, Node};
+    support::init();
+    let node = Node::start("n1", support::echo()).await;
+    let gate = Gate::builder().upstream(node.url()).start().await;
+    let public = format!("https://127.0.0.1:{}", gate.https.port());
+    let mut fx = Fx::compliant();
+    fx.gate("upstream.urls", toml::Value::Array(vec![node.url().into()]));
+    fx.env("EXTERNAL_URL", Some(&public))
+        .env("REDIS_URL", None)
+        .env("BPFS_STORAGE", None)
+        .env("DATABASE_URL", None);
+    // bpgate's certificate comes from a private CA the node does not trust.
+    let (report, _) = run_diag(&fx, Duration::from_secs(3)).await;
+    let line = format!("GET {public}/version: FAILED");
+    assert!(report.contains(&line), "{report}");
+    assert!(report.contains("CERTIFICATE NOT TRUSTED"), "{report}");
+    assert!(
+        report.contains("NODE_EXTRA_CA_CERTS=/path/to/private-ca.pem"),
+        "{report}"
+    );
+    // With NODE_EXTRA_CA_CERTS in Botpress's environment the node trusts it: the request goes
+    // through bpgate to the node.
+    std::fs::write(fx.p("private-ca.pem"), &gate.pki.ca_pem).unwrap();
+    fx.env(
+        "NODE_EXTRA_CA_CERTS",
+        Some(&fx.p("private-ca.pem").display().to_string()),
+    );
+    let (report, _) = run_diag(&fx, Duration::from_secs(3)).await;
+    let line = format!("GET {public}/version: 200 in");
+    assert!(report.contains(&line), "{report}");
+    // The node's echo: the request came through bpgate's TLS listener.
+    assert!(report.contains("proto=https"), "{report}");
+    assert!(report.contains("bpgate/0.1.0 diag"), "{report}");
+    gate.stop().await;
+}
+
+// === the binary ===
+
+fn bpgate_bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bpgate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BPGATE_") || k.starts_with("BP_") || k == "EXTERNAL_URL" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn files_args(f: &BotpressFiles) -> Vec<String> {
+    let mut a = Vec::new();
+    for (flag, p) in [
+        ("--botpress-env", &f.botpress_env),
+        ("--botpress-config", &f.botpress_config),
+        ("--nlu-config", &f.nlu_config),
+    ] {
+        if let Some(p) = p {
+            a.push(flag.to_string());
+            a.push(p.display().to_string());
+        }
+    }
+    a
+}
+
+#[test]
+fn check_and_diag_exit_codes_from_the_binary() {
+    let run = |fx: &Fx, args: &[&str]| {
+        fx.load();
+        let files = fx.files();
+        let out = bpgate_bin()
+            .current_dir(fx.dir.path())
+            .arg("--config")
+            .arg(fx.p("bpgate.toml"))
+            .args(args)
+            .args(files_args(&files))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // check: 0 when nothing fails (JSON on stdout), 1 when something fails, 2 on bad input.
+    let fx = Fx::compliant();
+    let (code, out, err) = run(&fx, &["check", "--format", "json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["summary"]["fail"], 0);
+    assert_eq!(v["items"].as_array().unwrap().len(), item::ALL.len());
+    let (code, out, _) = run(&Fx::default_install(), &["check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL    Production mode"), "{out}");
+    let mut bad = Fx::compliant();
+    bad.raw_config = Some("{ not json".into());
+    let (code, _, err) = run(&bad, &["check"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--botpress-config") && err.contains("not valid JSON"),
+        "{err}"
+    );
+
+    // diag: 0 once written, 1 when it cannot be written, 2 on bad input.
+    let mut fx = Fx::compliant();
+    fx.gate(
+        "upstream.urls",
+        toml::Value::Array(vec!["http://127.0.0.1:1".into()]),
+    );
+    fx.env("REDIS_URL", None);
+    let out_file = fx.p("diag.txt").display().to_string();
+    let (code, out, err) = run(&fx, &["diag", "--timeout", "500ms", "--out", &out_file]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report = std::fs::read_to_string(&out_file).unwrap();
+    assert!(report.contains("bpgate diagnostic report"));
+    let unwritable = fx.p("no/such/dir/diag.txt").display().to_string();
+    let (code, _, err) = run(&fx, &["diag", "--timeout", "500ms", "--out", &unwritable]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot write"), "{err}");
+    let (code, _, _) = run(&bad, &["diag", "--out", &out_file]);
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn health_and_diag_probe_where_the_upstream_serves() {
+    let mut fx = Fx::compliant();
+    assert_eq!(
+        bpgate::generation::health_settings(&fx.load()).path,
+        format!("/botpress{}", fx.load().config.health.path)
+    );
+    fx.gate("base_path.mode", "strip".into());
+    assert_eq!(
+        bpgate::generation::health_settings(&fx.load()).path,
+        fx.load().config.health.path
+    );
 }

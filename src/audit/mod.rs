@@ -17,7 +17,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, ORIGIN, REFERER, USER_AGENT};
 use http::{Method, Response, StatusCode};
@@ -28,7 +27,8 @@ pub use record::{encode, now_ms, redact_query, Event, Record};
 pub use user::{visitor_id, UserInfo, UserResolver};
 pub use writer::{AuditError, AuditGuard, AuditSink, AuditStats, WriterSettings, CURRENT_FILE};
 
-use crate::exchange::{self, BodyEnd, Exchange, Note, Req, Resp, RespBody};
+use crate::counters::Counters;
+use crate::exchange::{self, BodyEnd, Exchange, Note, Outcome, Refusal, Req, Resp, RespBody};
 use crate::proxy::{TunnelHook, TunnelReport, X_REQUEST_ID};
 
 /// What the layer needs: where lines go and how users are recognised.
@@ -36,8 +36,8 @@ pub struct AuditContext {
     /// `None` when `audit.enabled = false`.
     pub sink: Option<AuditSink>,
     pub users: UserResolver,
-    /// Per-request metrics, recorded at the same moment as the line.
-    pub metrics: Arc<crate::metrics::RequestMetrics>,
+    /// Per-request counters, recorded at the same moment as the line.
+    pub counters: Arc<Counters>,
 }
 
 #[derive(Clone)]
@@ -84,16 +84,11 @@ where
         let x = exchange::exchange(&req).cloned();
         let id = x.as_ref().map(|x| x.id.clone());
         let sink = self.cx.sink.clone();
-        let metrics = self.cx.metrics.clone();
+        let counters = self.cx.counters.clone();
         let pending = x.map(|x| Pending::capture(&req, x, &self.cx.users));
         // Fail closed: while the trail cannot be written, nothing goes unaudited.
         let fut = if sink.as_ref().is_some_and(|s| s.refusing()) {
-            exchange::ready(exchange::error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the audit trail cannot be written",
-                "audit_unavailable",
-                id.as_ref(),
-            ))
+            exchange::ready(Refusal::AuditUnavailable.response(id.as_ref()))
         } else {
             self.inner.call(req)
         };
@@ -111,10 +106,10 @@ where
             p.record.status = status.as_u16();
             p.record.upstream = note.node;
             p.record.sticky = note.sticky;
-            p.record.outcome = note.outcome.unwrap_or("ok");
+            p.record.outcome = note.outcome.unwrap_or(Outcome::Ok);
             p.record.reason = note.reason;
             p.upstream_us = note.upstream_us;
-            p.metrics = Some(metrics);
+            p.counters = Some(counters);
             p.bodiless = p.bodiless
                 || status.is_informational()
                 || status == StatusCode::NO_CONTENT
@@ -133,9 +128,9 @@ where
                         close.bytes_out = r.bytes_down;
                         close.closed_by = Some(r.closed_by);
                         close.outcome = if r.closed_by == "error" {
-                            "tunnel_error"
+                            Outcome::TunnelError
                         } else {
-                            "ok"
+                            Outcome::Ok
                         };
                         sink.write(close);
                     });
@@ -167,7 +162,7 @@ struct Pending {
     record: Record,
     exchange: Arc<Exchange>,
     sink: Option<AuditSink>,
-    metrics: Option<Arc<crate::metrics::RequestMetrics>>,
+    counters: Option<Arc<Counters>>,
     upstream_us: Option<u64>,
     /// HEAD and 1xx/204/304 answers have no body for hyper to read.
     bodiless: bool,
@@ -203,7 +198,7 @@ impl Pending {
             user_agent: h.get(USER_AGENT).cloned(),
             origin: h.get(ORIGIN).cloned(),
             referer: h.get(REFERER).cloned(),
-            outcome: "ok",
+            outcome: Outcome::Ok,
             reason: None,
             closed_by: None,
         };
@@ -212,7 +207,7 @@ impl Pending {
             bodiless: req.method() == Method::HEAD,
             exchange: x,
             sink: None,
-            metrics: None,
+            counters: None,
             upstream_us: None,
         }
     }
@@ -226,13 +221,13 @@ pub struct AuditBody {
 
 impl AuditBody {
     /// `error`: the outcome when the body failed, `None` when it ended normally.
-    fn finish(&mut self, error: Option<&'static str>) {
+    fn finish(&mut self, error: Option<Outcome>) {
         let Some(p) = self.pending.take() else { return };
         let Pending {
             mut record,
             exchange,
             sink,
-            metrics,
+            counters,
             upstream_us,
             ..
         } = *p;
@@ -241,17 +236,17 @@ impl AuditBody {
         record.bytes_in = exchange.bytes_in.load(Ordering::Relaxed);
         if let Some(o) = error {
             record.outcome = o;
-        } else if record.outcome == "ok" {
+        } else if record.outcome == Outcome::Ok {
             match exchange.body_end() {
-                BodyEnd::ClientAbort => record.outcome = "client_abort",
-                BodyEnd::TooLarge => record.outcome = "rejected",
+                BodyEnd::ClientAbort => record.outcome = Outcome::ClientAbort,
+                BodyEnd::TooLarge => record.outcome = Outcome::Rejected,
                 BodyEnd::Normal => {}
             }
         }
-        if let (Some(m), Some(method)) = (&metrics, &record.method) {
-            m.record(
+        if let (Some(c), Some(method)) = (&counters, &record.method) {
+            c.requests.record(
                 record.status,
-                method,
+                method.as_str(),
                 record.duration_us,
                 upstream_us,
                 record.bytes_in,
@@ -289,7 +284,7 @@ impl Body for AuditBody {
                     self.finish(None);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(Some("upstream_error")),
+            Poll::Ready(Some(Err(_))) => self.finish(Some(Outcome::UpstreamError)),
             Poll::Ready(None) => self.finish(None),
             Poll::Pending => {}
         }
@@ -312,7 +307,7 @@ impl Drop for AuditBody {
             self.finish(if bodiless || self.inner.is_end_stream() {
                 None
             } else {
-                Some("client_abort")
+                Some(Outcome::ClientAbort)
             });
         }
     }
@@ -330,9 +325,4 @@ pub fn writer_settings(c: &crate::config::Audit) -> WriterSettings {
         flush_interval: c.flush_interval,
         on_failure: c.on_failure,
     }
-}
-
-/// The redaction list, swappable on reload.
-pub fn redaction(c: &crate::config::Audit) -> Arc<ArcSwap<Vec<String>>> {
-    Arc::new(ArcSwap::from_pointee(c.redact_query.clone()))
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Uri, Version};
 
 use super::user::UserInfo;
+use crate::exchange::{Outcome, Refusal};
 
 /// What a line records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub struct Record {
     pub user_agent: Option<HeaderValue>,
     pub origin: Option<HeaderValue>,
     pub referer: Option<HeaderValue>,
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub reason: Option<&'static str>,
     /// Tunnels: `client`, `upstream`, `idle_timeout`, `shutdown`, `error`.
     pub closed_by: Option<&'static str>,
@@ -53,10 +54,18 @@ pub struct Record {
 
 impl Record {
     /// A line for a request hyper refused before bpgate saw it (malformed, head too large).
+    pub fn refused(peer: IpAddr, tls: Option<&'static str>, why: Refusal) -> Record {
+        let (status, reason, outcome) = why.row();
+        Record::unparsed(peer, tls, status.as_u16(), outcome, reason)
+    }
+
+    /// A line with only the connection's facts and bpgate's answer; the caller fills in what it
+    /// knows of the request.
     pub fn unparsed(
         peer: IpAddr,
         tls: Option<&'static str>,
         status: u16,
+        outcome: Outcome,
         reason: &'static str,
     ) -> Record {
         Record {
@@ -81,7 +90,7 @@ impl Record {
             user_agent: None,
             origin: None,
             referer: None,
-            outcome: "rejected",
+            outcome,
             reason: Some(reason),
             closed_by: None,
         }
@@ -153,7 +162,7 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     field_hv(out, "user_agent", r.user_agent.as_ref());
     field_hv(out, "origin", r.origin.as_ref());
     field_hv(out, "referer", r.referer.as_ref());
-    field_str(out, "outcome", Some(r.outcome));
+    field_str(out, "outcome", Some(r.outcome.as_str()));
     if let Some(reason) = r.reason {
         field_str(out, "reason", Some(reason));
     }
@@ -284,7 +293,13 @@ mod tests {
     use super::*;
 
     fn record() -> Record {
-        let mut r = Record::unparsed("10.0.0.1".parse().unwrap(), Some("TLSv1.3"), 200, "x");
+        let mut r = Record::unparsed(
+            "10.0.0.1".parse().unwrap(),
+            Some("TLSv1.3"),
+            200,
+            Outcome::Ok,
+            "x",
+        );
         r.ts_ms = 1_764_017_777_123;
         r.user_agent = Some(HeaderValue::from_bytes(b"evil\"\xffagent\t").unwrap());
         r.uri = Some("/a/b?token=abc&x=1&Password=p&%74oken=t".parse().unwrap());

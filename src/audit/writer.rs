@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-
 use super::record::{encode, Record};
 use crate::config::{OnFailure, Rotation};
 
@@ -64,7 +62,8 @@ pub struct AuditSink {
     /// False while the files cannot be written.
     healthy: Arc<AtomicBool>,
     on_failure: OnFailure,
-    redact: Arc<ArcSwap<Vec<String>>>,
+    /// `audit.redact_query` of the generation this handle belongs to.
+    redact: Arc<[String]>,
 }
 
 /// Joins the writer thread at shutdown, after a final flush.
@@ -89,7 +88,7 @@ impl AuditSink {
     /// Creates the directory, checks it is writable, and starts the writer thread.
     pub fn start(
         s: WriterSettings,
-        redact: Arc<ArcSwap<Vec<String>>>,
+        redact: &[String],
     ) -> Result<(AuditSink, AuditGuard), AuditError> {
         let not_writable = |e: &dyn std::fmt::Display| {
             AuditError(format!(
@@ -113,7 +112,7 @@ impl AuditSink {
             stats: stats.clone(),
             healthy: healthy.clone(),
             on_failure: s.on_failure,
-            redact,
+            redact: redact.into(),
         };
         let thread = std::thread::Builder::new()
             .name("bpgate-audit".into())
@@ -138,12 +137,20 @@ impl AuditSink {
         ))
     }
 
+    /// The same writer with another redaction list (each configuration generation has its own).
+    pub fn with_redaction(&self, redact: &[String]) -> AuditSink {
+        AuditSink {
+            redact: redact.into(),
+            ..self.clone()
+        }
+    }
+
     /// Queues a line. Waits when the queue is full rather than drop it.
     pub fn write(&self, r: Record) {
         // Encoded here, on the request path, so the cost is spread evenly instead of stalling the
         // core for a whole batch when the writer wakes up.
         let mut line = Vec::with_capacity(768);
-        encode(&r, &self.redact.load(), &mut line);
+        encode(&r, &self.redact, &mut line);
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
         let msg = Msg::Line(line, r.ts_ms);
         let msg = match self.tx.try_send(msg) {

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{unix_ms, CheckResult, Cluster, Node};
+use super::{unix_ms, CheckResult, Node, Snapshot};
+use crate::proxy::ProbeError;
 
-#[derive(Debug, Clone)]
+/// `health.*`, as one generation has it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthSettings {
     pub enabled: bool,
     /// Full path, base path included.
@@ -21,19 +23,20 @@ pub struct HealthSettings {
     pub fall: u32,
 }
 
-/// Starts the checker. It reads the settings and the node set afresh each round, so a reload
-/// applies from the next round on.
+/// Starts the checker. Each round reads the current node set and settings through `current`
+/// (the current generation's), so a reload applies from the next round on; `reloaded` wakes it
+/// early, so a shorter interval or a new node does not wait out the old interval.
 pub fn spawn_health_checks(
-    cluster: Arc<Cluster>,
-    settings: Arc<ArcSwap<HealthSettings>>,
+    current: impl Fn() -> (Arc<Snapshot>, HealthSettings) + Send + 'static,
+    reloaded: Arc<Notify>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let s = settings.load_full();
+            let (snap, s) = current();
             if s.enabled {
+                let s = Arc::new(s);
                 let mut set = tokio::task::JoinSet::new();
-                let snap = cluster.snapshot();
                 for node in snap.nodes.iter() {
                     let node = node.clone();
                     let s = s.clone();
@@ -44,8 +47,11 @@ pub fn spawn_health_checks(
                 }
                 while set.join_next().await.is_some() {}
             }
+            // Read after the round: a reload during it counts.
+            let interval = current().1.interval;
             tokio::select! {
-                _ = tokio::time::sleep(s.interval) => {}
+                _ = tokio::time::sleep(interval) => {}
+                _ = reloaded.notified() => {}
                 _ = stop.cancelled() => return,
             }
         }
@@ -71,7 +77,7 @@ pub async fn check(node: &Node, s: &HealthSettings) -> CheckResult {
             status: None,
             latency_ms,
             at_ms,
-            error: Some(e),
+            error: Some(e.to_string()),
         },
         Err(_) => CheckResult {
             ok: false,
@@ -84,7 +90,7 @@ pub async fn check(node: &Node, s: &HealthSettings) -> CheckResult {
 }
 
 /// `GET path` on a new connection; returns the status.
-pub async fn probe(authority: &str, path: &str) -> Result<u16, String> {
+pub async fn probe(authority: &str, path: &str) -> Result<u16, ProbeError> {
     crate::proxy::probe_get(authority, path, 0)
         .await
         .map(|(status, _)| status)

@@ -20,16 +20,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use serde::Serialize;
 
 pub use health::{spawn_health_checks, HealthSettings};
-pub use route::{take_cookie, CookieSpec, Route, RouteLayer};
+pub use route::{take_cookie, CookieSpec, Ejection, Route, RouteLayer};
 pub use sticky::{NodeId, Opened, Rejected, StickyCodec};
 
 use crate::config::NodeSpec;
-use crate::proxy::{Pool, PoolSettings};
+use crate::proxy::Pool;
 
 const HEALTHY: u8 = 0;
 const UNHEALTHY: u8 = 1;
@@ -83,10 +82,10 @@ pub struct NodeView {
 }
 
 impl Node {
-    fn new(spec: NodeSpec, pool: PoolSettings) -> Self {
+    fn new(spec: NodeSpec) -> Self {
         let name: Arc<str> = Arc::from(spec.name.as_str());
         Node {
-            pool: Arc::new(Pool::new(name.clone(), spec.authority.clone(), pool)),
+            pool: Arc::new(Pool::new(name.clone(), spec.authority.clone())),
             name,
             spec,
             state: AtomicU8::new(HEALTHY),
@@ -178,12 +177,26 @@ impl Node {
     }
 }
 
-/// The current node set, with each node's id under the current and previous sticky keys.
+/// One generation's node set, with each node's id under the current and previous sticky keys.
+/// Nodes are shared between snapshots: a node that stays across a reload keeps its state.
 pub struct Snapshot {
     pub nodes: Vec<Arc<Node>>,
     ids: Vec<NodeId>,
     by_id: HashMap<NodeId, usize>,
     by_previous_id: HashMap<NodeId, usize>,
+}
+
+impl Snapshot {
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.iter().find(|n| &*n.name == name).cloned()
+    }
+
+    /// Ready: at least one node is healthy and has passed an active check (or checks are off).
+    pub fn ready(&self, checks_enabled: bool) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.is_healthy() && (!checks_enabled || n.seen_up.load(Ordering::Relaxed)))
+    }
 }
 
 /// Sticky outcome counters (`bpgate_sticky_total{outcome}`).
@@ -196,17 +209,14 @@ pub struct StickyStats {
     pub expired: AtomicU64,
 }
 
-/// All nodes and the routing policy.
+/// Every node bpgate knows (their state outlives reloads) and the sticky routing policy, which
+/// needs a restart to change. Which nodes serve is a [`Snapshot`], one per generation.
 pub struct Cluster {
-    snapshot: ArcSwap<Snapshot>,
     /// Nodes by name, so a reload keeps the state of nodes it keeps.
     registry: DashMap<String, Arc<Node>>,
     pub codec: StickyCodec,
     pub sticky_enabled: bool,
     pub ip_fallback: bool,
-    pub fall: u32,
-    pub passive_ejection: bool,
-    pool: PoolSettings,
     pub stats: StickyStats,
     /// True when the secret was generated at start (replicas will disagree).
     pub generated_secret: bool,
@@ -239,48 +249,33 @@ pub struct Choice {
 }
 
 pub struct ClusterSettings {
-    pub nodes: Vec<NodeSpec>,
-    pub pool: PoolSettings,
     pub codec: StickyCodec,
     pub sticky_enabled: bool,
     pub ip_fallback: bool,
-    pub fall: u32,
-    pub passive_ejection: bool,
     pub generated_secret: bool,
 }
 
 impl Cluster {
     pub fn new(s: ClusterSettings) -> Arc<Self> {
-        let c = Cluster {
-            snapshot: ArcSwap::from_pointee(Snapshot {
-                nodes: vec![],
-                ids: vec![],
-                by_id: HashMap::new(),
-                by_previous_id: HashMap::new(),
-            }),
+        Arc::new(Cluster {
             registry: DashMap::new(),
             codec: s.codec,
             sticky_enabled: s.sticky_enabled,
             ip_fallback: s.ip_fallback,
-            fall: s.fall,
-            passive_ejection: s.passive_ejection,
-            pool: s.pool,
             stats: StickyStats::default(),
             generated_secret: s.generated_secret,
-        };
-        c.set_nodes(&s.nodes);
-        Arc::new(c)
+        })
     }
 
-    /// Replaces the node set. Nodes that stay (same name and address) keep their state, pool
-    /// and draining flag; removed nodes' pinned clients fail over.
-    pub fn set_nodes(&self, specs: &[NodeSpec]) -> Vec<Arc<Node>> {
+    /// The node set for `specs`. Nodes that stay (same name and address) keep their state, pool
+    /// and draining flag; nodes left out are forgotten, and their pinned clients fail over.
+    pub fn snapshot(&self, specs: &[NodeSpec]) -> Arc<Snapshot> {
         let mut nodes = Vec::with_capacity(specs.len());
         for spec in specs {
             let node = match self.registry.get(&spec.name) {
                 Some(n) if n.spec == *spec => n.clone(),
                 _ => {
-                    let n = Arc::new(Node::new(spec.clone(), self.pool));
+                    let n = Arc::new(Node::new(spec.clone()));
                     self.registry.insert(spec.name.clone(), n.clone());
                     n
                 }
@@ -302,33 +297,12 @@ impl Cluster {
                 .collect(),
             None => HashMap::new(),
         };
-        self.snapshot.store(Arc::new(Snapshot {
-            nodes: nodes.clone(),
+        Arc::new(Snapshot {
+            nodes,
             ids,
             by_id,
             by_previous_id,
-        }));
-        nodes
-    }
-
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
-        self.snapshot()
-            .nodes
-            .iter()
-            .find(|n| &*n.name == name)
-            .cloned()
-    }
-
-    /// Ready: at least one node is healthy and has passed an active check (or checks are off).
-    pub fn ready(&self, checks_enabled: bool) -> bool {
-        self.snapshot()
-            .nodes
-            .iter()
-            .any(|n| n.is_healthy() && (!checks_enabled || n.seen_up.load(Ordering::Relaxed)))
+        })
     }
 
     /// Chooses the node for a request. `None`: no node can take it.
@@ -508,7 +482,15 @@ pub fn generate_secret() -> String {
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("nodes", &self.snapshot().nodes.len())
+            .field("nodes", &self.registry.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.nodes.iter().map(|n| &n.spec))
             .finish()
     }
 }
@@ -519,123 +501,4 @@ pub fn ms(d: Duration) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cluster(names: &[&str], ip_fallback: bool) -> Arc<Cluster> {
-        Cluster::new(ClusterSettings {
-            nodes: names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| NodeSpec {
-                    name: n.to_string(),
-                    authority: format!("127.0.0.1:{}", 40000 + i),
-                    weight: 1,
-                })
-                .collect(),
-            pool: PoolSettings {
-                connect_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(4),
-                max_idle: 4,
-            },
-            codec: StickyCodec::new(b"test secret test secret", None, "bpgate_node", "/", 86_400),
-            sticky_enabled: true,
-            ip_fallback,
-            fall: 3,
-            passive_ejection: true,
-            generated_secret: false,
-        })
-    }
-
-    #[test]
-    fn cookie_hits_its_node_and_survives_reordering() {
-        let c = cluster(&["a", "b", "c"], false);
-        let snap = c.snapshot();
-        let v = c.cookie_value(&snap, &snap.nodes[1]).unwrap();
-        let ch = c
-            .choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
-            .unwrap();
-        assert_eq!(&*ch.node.name, "b");
-        assert_eq!(ch.sticky, Sticky::Hit);
-        // Same names, other order, one added: the cookie still names b.
-        let c2 = cluster(&["c", "d", "b", "a"], false);
-        let ch = c2
-            .choose(&c2.snapshot(), Some(&v), "127.0.0.1".parse().unwrap())
-            .unwrap();
-        assert_eq!(&*ch.node.name, "b");
-    }
-
-    #[test]
-    fn dead_pinned_node_fails_over() {
-        let c = cluster(&["a", "b"], false);
-        let snap = c.snapshot();
-        let v = c.cookie_value(&snap, &snap.nodes[0]).unwrap();
-        for _ in 0..3 {
-            snap.nodes[0].passive_failure(3, true);
-        }
-        let ch = c
-            .choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
-            .unwrap();
-        assert_eq!(&*ch.node.name, "b");
-        assert_eq!(ch.sticky, Sticky::Failover);
-        assert!(ch.set_cookie);
-    }
-
-    #[test]
-    fn rendezvous_moves_only_the_removed_nodes_clients() {
-        let c = cluster(&["a", "b", "c"], true);
-        let before: Vec<String> = (0..300u32)
-            .map(|i| {
-                c.rendezvous(
-                    &c.snapshot(),
-                    IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
-                )
-                .unwrap()
-                .spec
-                .name
-                .clone()
-            })
-            .collect();
-        for name in ["a", "b", "c"] {
-            let n = before.iter().filter(|x| *x == name).count();
-            assert!(n > 50, "{name} got only {n} of 300");
-        }
-        c.set_nodes(
-            &c.snapshot()
-                .nodes
-                .iter()
-                .filter(|n| &*n.name != "c")
-                .map(|n| n.spec.clone())
-                .collect::<Vec<_>>(),
-        );
-        for (i, was) in before.iter().enumerate() {
-            let now = c
-                .rendezvous(
-                    &c.snapshot(),
-                    IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
-                )
-                .unwrap();
-            if was != "c" {
-                assert_eq!(&now.spec.name, was);
-            }
-        }
-    }
-
-    #[test]
-    fn draining_node_gets_no_new_sessions_but_keeps_pins() {
-        let c = cluster(&["a", "b"], false);
-        let snap = c.snapshot();
-        snap.nodes[0].set_draining(true);
-        for _ in 0..50 {
-            assert_eq!(&*c.balance(&snap, None).unwrap().name, "b");
-        }
-        let v = c.cookie_value(&snap, &snap.nodes[0]).unwrap();
-        assert_eq!(
-            &*c.choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
-                .unwrap()
-                .node
-                .name,
-            "a"
-        );
-    }
-}
+mod tests;

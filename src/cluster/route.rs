@@ -5,12 +5,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, COOKIE, RETRY_AFTER, SET_COOKIE};
-use http::StatusCode;
+use http::header::{HeaderValue, COOKIE, SET_COOKIE};
 use tower::{Layer, Service};
 
 use super::{Cluster, Node, Snapshot, Sticky};
-use crate::exchange::{self, BoxFut, Req, Resp};
+use crate::counters::status_class;
+use crate::exchange::{self, BoxFut, Refusal, Req, Resp};
 use crate::proxy::{ForwardError, Target};
 
 /// Cookie name and attributes, rendered once.
@@ -21,18 +21,38 @@ pub struct CookieSpec {
     pub attributes: String,
 }
 
-#[derive(Clone)]
-pub struct RouteLayer {
-    cluster: Arc<Cluster>,
-    cookie: Arc<CookieSpec>,
+/// Passive ejection: `health.fall` consecutive connection failures take a node out, when
+/// `health.enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    pub enabled: bool,
+    pub fall: u32,
 }
 
+/// What the layer routes with: the policy, one generation's node set and its settings.
+struct Routing {
+    cluster: Arc<Cluster>,
+    nodes: Arc<Snapshot>,
+    cookie: CookieSpec,
+    ejection: Ejection,
+}
+
+#[derive(Clone)]
+pub struct RouteLayer(Arc<Routing>);
+
 impl RouteLayer {
-    pub fn new(cluster: Arc<Cluster>, cookie: CookieSpec) -> Self {
-        RouteLayer {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        nodes: Arc<Snapshot>,
+        cookie: CookieSpec,
+        ejection: Ejection,
+    ) -> Self {
+        RouteLayer(Arc::new(Routing {
             cluster,
-            cookie: Arc::new(cookie),
-        }
+            nodes,
+            cookie,
+            ejection,
+        }))
     }
 }
 
@@ -41,8 +61,7 @@ impl<S> Layer<S> for RouteLayer {
     fn layer(&self, inner: S) -> Route<S> {
         Route {
             inner,
-            cluster: self.cluster.clone(),
-            cookie: self.cookie.clone(),
+            routing: self.0.clone(),
         }
     }
 }
@@ -50,8 +69,7 @@ impl<S> Layer<S> for RouteLayer {
 #[derive(Clone)]
 pub struct Route<S> {
     inner: S,
-    cluster: Arc<Cluster>,
-    cookie: Arc<CookieSpec>,
+    routing: Arc<Routing>,
 }
 
 impl<S> Service<Req> for Route<S>
@@ -68,33 +86,32 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> BoxFut {
-        let cluster = self.cluster.clone();
-        let cookie = self.cookie.clone();
+        let r = self.routing.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
+            let (cluster, snap, cookie) = (&r.cluster, &*r.nodes, &r.cookie);
             let x = exchange::exchange(&req).cloned();
             let id = x.as_ref().map(|x| x.id.clone());
             let client = x
                 .as_ref()
                 .map(|x| x.client_ip)
                 .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-            let snap = cluster.snapshot();
             let value = if cluster.sticky_enabled {
                 take_cookie(&mut req, &cookie.name)
             } else {
                 None
             };
-            let Some(choice) = cluster.choose(&snap, value.as_deref(), client) else {
-                return Ok(no_node(id.as_ref()));
+            let Some(choice) = cluster.choose(snap, value.as_deref(), client) else {
+                return Ok(Refusal::NoHealthyNode.response(id.as_ref()));
             };
             let (mut node, mut sticky, mut set_cookie) =
                 (choice.node, choice.sticky, choice.set_cookie);
             req.extensions_mut().insert(Target(node.pool.clone()));
             let mut result = inner.call(req).await;
             if let Err(ForwardError::Connect { req, error }) = result {
-                node.passive_failure(cluster.fall, cluster.passive_ejection);
+                node.passive_failure(r.ejection.fall, r.ejection.enabled);
                 tracing::debug!(node = %node.name, %error, "node unreachable, retrying on another");
-                match cluster.alternative(&snap, &node) {
+                match cluster.alternative(snap, &node) {
                     Some(alt) => {
                         let mut req = *req;
                         req.extensions_mut().insert(Target(alt.pool.clone()));
@@ -105,7 +122,7 @@ where
                         }
                         result = inner.call(req).await;
                         if let Err(ForwardError::Connect { .. }) = &result {
-                            node.passive_failure(cluster.fall, cluster.passive_ejection);
+                            node.passive_failure(r.ejection.fall, r.ejection.enabled);
                         }
                     }
                     None => result = Err(ForwardError::Connect { req, error }),
@@ -118,10 +135,10 @@ where
                 Ok(r) => r,
                 Err(e) => e.into_response(id.as_ref()),
             };
-            node.status_counts[crate::metrics::status_class(resp.status().as_u16())]
+            node.status_counts[status_class(resp.status().as_u16())]
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if cluster.sticky_enabled && set_cookie {
-                pin(&cluster, &snap, &node, &cookie, &mut resp);
+                pin(cluster, snap, &node, cookie, &mut resp);
             }
             let n = exchange::note_mut(&mut resp);
             n.node = Some(node.name.clone());
@@ -153,18 +170,6 @@ fn pin(cluster: &Cluster, snap: &Snapshot, node: &Node, cookie: &CookieSpec, res
             resp.headers_mut().append(SET_COOKIE, hv);
         }
     }
-}
-
-fn no_node(id: Option<&HeaderValue>) -> Resp {
-    let mut r = exchange::error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no healthy Botpress node",
-        "no_upstream",
-        id,
-    );
-    r.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-    r
 }
 
 /// Removes bpgate's cookie from the request's `Cookie` headers and returns its value.

@@ -54,6 +54,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("BPGATE_AUDIT_DIR", "audit.dir", Kind::Str),
     var("BPGATE_STICKY_SECRET", "sticky.secret", Kind::Str),
     var("BPGATE_JWT_SECRET", "audit.jwt_secret", Kind::Str),
+    var("BPGATE_AUDIT_JWT_SOURCE", "audit.jwt_source", Kind::Str),
 ];
 
 pub(super) fn apply_env(

@@ -9,6 +9,7 @@
 
 mod env;
 mod keys;
+mod origin;
 mod types;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 
 pub use env::{EnvVar, ENV_VARS};
+pub use origin::OriginSpec;
 pub use types::{ByteSize, Cidr, Secret};
 
 /// Where the default configuration file lives, relative to the working directory.
@@ -30,7 +32,7 @@ pub const DEV_CERT_PATH: &str = "certs/dev-cert.pem";
 pub const DEV_KEY_PATH: &str = "certs/dev-key.pem";
 
 /// The whole configuration. Field docs are the reference; the README repeats them as a table.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     /// `development` or `production`. Production refuses to start on posture failures.
@@ -64,7 +66,7 @@ pub enum Mode {
     Production,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Listen {
     /// HTTPS listener (HTTP/1.1 and HTTP/2 by ALPN).
@@ -76,7 +78,7 @@ pub struct Listen {
     pub admin: SocketAddr,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Tls {
     pub cert: PathBuf,
@@ -88,7 +90,7 @@ pub struct Tls {
     pub reload_interval: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Upstream {
     /// Node URLs, the short form (`BPGATE_UPSTREAMS`). Merged with `nodes`.
@@ -113,7 +115,7 @@ pub struct Upstream {
     pub tunnel_idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct NodeConfig {
     pub url: String,
     #[serde(
@@ -130,21 +132,21 @@ fn default_weight() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct PrefixTimeout {
     pub prefix: String,
     #[serde(with = "types::duration")]
     pub response_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct Forwarding {
     /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Request-Id` are believed.
     pub trusted_proxies: Vec<Cidr>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Limits {
     /// Largest request body; larger ones get 413.
@@ -163,7 +165,7 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Shutdown {
     /// How long a graceful shutdown waits for in-flight requests and tunnels.
@@ -171,7 +173,7 @@ pub struct Shutdown {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Log {
     /// tracing `EnvFilter` directives for the operational log.
@@ -187,7 +189,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Headers {
     /// `Strict-Transport-Security` value; empty turns it off.
@@ -203,7 +205,7 @@ pub struct Headers {
     pub remove_powered_by: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BasePath {
     /// The prefix Botpress is served under. Empty: the path of `external_url`.
     pub path: String,
@@ -220,7 +222,7 @@ pub enum BasePathMode {
     Strip,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Cors {
     pub enabled: bool,
@@ -236,7 +238,7 @@ pub struct Cors {
     pub reject_disallowed: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Sticky {
     pub enabled: bool,
@@ -271,7 +273,7 @@ pub enum StickyFallback {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Health {
     pub enabled: bool,
@@ -287,7 +289,7 @@ pub struct Health {
     pub fall: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Audit {
     pub enabled: bool,
@@ -304,11 +306,34 @@ pub struct Audit {
     pub redact_query: Vec<String>,
     /// Botpress's `appSecret`, to verify admin JWTs. Without it users are `jwt_unverified`.
     pub jwt_secret: Secret,
+    /// Where Botpress reads the admin JWT: `header` (`Authorization: Bearer`, Botpress's default)
+    /// or `cookie` (the `jwtToken` cookie, when `jwtToken.useCookieStorage` is on).
+    pub jwt_source: JwtSource,
     /// Lines buffered between the request path and the writer thread.
     pub queue: usize,
     /// Longest time a line waits in memory before it is written.
     #[serde(with = "types::duration")]
     pub flush_interval: Duration,
+}
+
+/// The one place Botpress reads the admin JWT from (`router-security.ts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JwtSource {
+    /// `Authorization: Bearer <token>` (`jwtToken.useCookieStorage = false`, the default).
+    #[default]
+    Header,
+    /// The `jwtToken` cookie (`jwtToken.useCookieStorage = true`).
+    Cookie,
+}
+
+impl JwtSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtSource::Header => "header",
+            JwtSource::Cookie => "cookie",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -330,7 +355,7 @@ pub enum OnFailure {
     Continue,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct Admin {}
 
@@ -518,6 +543,7 @@ impl Default for Audit {
                 .map(|s| s.to_string())
                 .collect(),
             jwt_secret: Secret::default(),
+            jwt_source: JwtSource::Header,
             queue: 4_096,
             flush_interval: Duration::from_millis(5),
         }
@@ -668,8 +694,6 @@ pub struct Derived {
     pub base_path: String,
     /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
     pub nodes: Vec<NodeSpec>,
-    /// `forwarding.trusted_proxies`, in the form the edge checks per request.
-    pub trusted: crate::proxy::Trusted,
     pub workers: usize,
 }
 
@@ -1003,11 +1027,38 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         );
     }
     for (i, o) in c.cors.origins.iter().enumerate() {
-        if let Err(p) = crate::cors::OriginPattern::parse(o) {
+        if let Err(p) = OriginSpec::parse(o) {
             err(
                 &format!("cors.origins.{i}"),
                 p,
                 "use an origin like https://app.example.com or https://*.example.com".into(),
+            );
+        }
+    }
+    // Response header values are checked here, so building the pipeline cannot fail later.
+    for (key, v) in [
+        ("headers.hsts", &c.headers.hsts),
+        ("headers.referrer_policy", &c.headers.referrer_policy),
+    ] {
+        if http::HeaderValue::from_str(v.trim()).is_err() {
+            err(
+                key,
+                format!("`{v}` is not a valid header value"),
+                "use visible ASCII only, or empty to turn the header off".into(),
+            );
+        }
+    }
+    for (i, a) in c.headers.frame_ancestors.iter().enumerate() {
+        if a.is_empty()
+            || a.contains(';')
+            || a.contains(',')
+            || a.chars().any(char::is_whitespace)
+            || http::HeaderValue::from_str(a).is_err()
+        {
+            err(
+                &format!("headers.frame_ancestors.{i}"),
+                format!("`{a}` is not one CSP source"),
+                "write one source per entry, like https://shop.example.com or 'self'".into(),
             );
         }
     }
@@ -1043,7 +1094,6 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             public_host,
             base_path,
             nodes,
-            trusted: crate::proxy::Trusted(c.forwarding.trusted_proxies.clone()),
             workers,
         })
     } else {

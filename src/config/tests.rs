@@ -168,3 +168,39 @@ fn several_errors_are_reported_together_and_secrets_are_redacted() {
     );
     assert!(out.contains("<redacted>"));
 }
+
+#[test]
+fn audit_jwt_source_from_file_and_env_and_bad_value_named() {
+    let l = load_str("", &[]).unwrap();
+    assert_eq!(l.config.audit.jwt_source, JwtSource::Header);
+    let l = load_str("[audit]\njwt_source = \"cookie\"\n", &[]).unwrap();
+    assert_eq!(l.config.audit.jwt_source, JwtSource::Cookie);
+    let l = load_str(
+        "[audit]\njwt_source = \"cookie\"\n",
+        &[("BPGATE_AUDIT_JWT_SOURCE", "header")],
+    )
+    .unwrap();
+    assert_eq!(l.config.audit.jwt_source, JwtSource::Header);
+    let e = err("", &[("BPGATE_AUDIT_JWT_SOURCE", "bearer")]);
+    assert!(
+        e.contains("audit.jwt_source") && e.contains("BPGATE_AUDIT_JWT_SOURCE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn response_header_values_are_checked_at_load() {
+    let e = err("[headers]\nhsts = \"max-age=1\\u0001\"\n", &[]);
+    assert!(e.contains("headers.hsts"), "{e}");
+    let e = err(
+        "[headers]\nframe_ancestors = [\"'self'\", \"https://a.example.com; script-src *\"]\n",
+        &[],
+    );
+    assert!(e.contains("headers.frame_ancestors.1"), "{e}");
+    let l = load_str(
+        "[headers]\nframe_ancestors = [\"'self'\", \"https://shop.example.com\"]\nreferrer_policy = \"\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(l.config.headers.frame_ancestors.len(), 2);
+}

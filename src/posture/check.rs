@@ -3,9 +3,10 @@
 
 use serde_json::Value;
 
+use super::botpress::{js_truthy, yn_opt, yn_value, ConfigSource, EnvFrom};
 use super::obfuscate::url_secrets;
 use super::{Finding, Inputs, Status};
-use crate::config::parse_external_url;
+use crate::config::{parse_external_url, BasePathMode, JwtSource};
 
 /// Item names, in output order. Tests and the README refer to them.
 pub mod item {
@@ -31,6 +32,36 @@ pub mod item {
     pub const TRUST_PROXY: &str = "REVERSE_PROXY (client IPs)";
     pub const DIRECT_CORS: &str = "Botpress CORS without bpgate";
     pub const SERVER_DIAG: &str = "Server diag page disabled";
+    pub const AUDIT_IDENTITY: &str = "Audit user identity";
+    pub const CONFIG_SOURCE: &str = "Botpress config source";
+
+    /// Every item, in output order.
+    pub const ALL: &[&str] = &[
+        PRO,
+        POSTGRES,
+        BPFS,
+        PRODUCTION,
+        EXTERNAL_URL,
+        REDIS,
+        CORS,
+        JWT_COOKIE,
+        LANG_SERVER,
+        HTTPS,
+        AUDIT,
+        STICKY,
+        FILE_LOGS,
+        BASE_PATH,
+        ROLES,
+        AUTH,
+        REVERSE_PROXY_LB,
+        DIAG_REPORT,
+        SERVER_CONFIG,
+        TRUST_PROXY,
+        DIRECT_CORS,
+        SERVER_DIAG,
+        AUDIT_IDENTITY,
+        CONFIG_SOURCE,
+    ];
 }
 
 /// Warn this many days before the certificate expires, fail at [`FAIL_DAYS`].
@@ -131,6 +162,8 @@ pub fn check(i: &Inputs<'_>) -> Vec<Finding> {
         trust_proxy(i),
         direct_cors(i),
         server_diag(i),
+        audit_identity(i),
+        config_source(i),
     ]
 }
 
@@ -141,11 +174,7 @@ fn several_nodes(i: &Inputs<'_>) -> bool {
 fn pro(i: &Inputs<'_>) -> Finding {
     let bp = &i.bp;
     let mut a = Acc::new(item::PRO);
-    let enabled = bp.cfg_bool("pro.enabled") || bp.env_yn("PRO_ENABLED");
-    let key = bp
-        .cfg_str("pro.licenseKey")
-        .or_else(|| bp.env("BP_LICENSE_KEY"))
-        .filter(|k| !k.to_ascii_lowercase().contains("paste your license key"));
+    let (enabled, from) = bp.pro_enabled();
     if !enabled {
         let s = if several_nodes(i) {
             Status::Fail
@@ -155,25 +184,25 @@ fn pro(i: &Inputs<'_>) -> Finding {
         a.bad(
             s,
             if several_nodes(i) {
-                "pro.enabled is false, but cluster mode (several nodes) needs Botpress Professional"
+                format!("Pro is off ({from}), but cluster mode (several nodes) needs Botpress Professional")
             } else {
-                "pro.enabled is false"
+                format!("Pro is off ({from})")
             },
-            "set BP_CONFIG_PRO_ENABLED=true (pro.enabled)",
+            "set BP_CONFIG_PRO_ENABLED=true (it and PRO_ENABLED, when defined, decide over the file)",
         );
     } else {
-        a.note("pro.enabled is true");
+        a.note(format!("Pro is on ({from})"));
     }
-    match key {
-        Some(_) => {
-            a.note("a license key is set");
+    match bp.license_key() {
+        Some((_, src)) => {
+            a.note(format!("a license key is set ({src})"));
         }
         None => {
             let s = if enabled { Status::Fail } else { Status::Warn };
             a.bad(
                 s,
-                "no license key",
-                "set BP_CONFIG_PRO_LICENSEKEY=<your key> (pro.licenseKey)",
+                "no license key (pro.licenseKey is unset or the schema's placeholder, and BP_LICENSE_KEY is unset)",
+                "set BP_LICENSE_KEY=<your key> (it wins over pro.licenseKey)",
             );
         }
     }
@@ -182,17 +211,12 @@ fn pro(i: &Inputs<'_>) -> Finding {
 
 fn postgres(i: &Inputs<'_>) -> Finding {
     match i.bp.env("DATABASE_URL") {
-        Some(u)
-            if u.to_ascii_lowercase().starts_with("postgres://")
-                || u.to_ascii_lowercase().starts_with("postgresql://") =>
-        {
-            one(
-                item::POSTGRES,
-                Status::Pass,
-                format!("DATABASE_URL={}", url_secrets(u)),
-                String::new(),
-            )
-        }
+        Some(u) if super::is_postgres_url(u) => one(
+            item::POSTGRES,
+            Status::Pass,
+            format!("DATABASE_URL={}", url_secrets(u)),
+            String::new(),
+        ),
         Some(u) => one(
             item::POSTGRES,
             Status::Fail,
@@ -209,21 +233,28 @@ fn postgres(i: &Inputs<'_>) -> Finding {
 }
 
 fn bpfs(i: &Inputs<'_>) -> Finding {
+    let bad = if several_nodes(i) {
+        // Several nodes on disk storage each see their own files: bots diverge.
+        Status::Fail
+    } else {
+        Status::Warn
+    };
     match i.bp.env("BPFS_STORAGE") {
-        Some(v) if v.eq_ignore_ascii_case("database") => one(
+        Some("database") => one(
             item::BPFS,
             Status::Pass,
             "BPFS_STORAGE=database".into(),
             String::new(),
         ),
+        Some(v) if v.eq_ignore_ascii_case("database") => one(
+            item::BPFS,
+            bad,
+            format!("BPFS_STORAGE={v}: Botpress compares it exactly with `database`, so it stores on disk"),
+            "set BPFS_STORAGE=database (lower case)".into(),
+        ),
         other => one(
             item::BPFS,
-            // Several nodes on disk storage each see their own files: bots diverge.
-            if several_nodes(i) {
-                Status::Fail
-            } else {
-                Status::Warn
-            },
+            bad,
             format!(
                 "BPFS_STORAGE={} (bots and config live on one node's disk)",
                 other.unwrap_or("unset, default disk")
@@ -234,31 +265,30 @@ fn bpfs(i: &Inputs<'_>) -> Finding {
 }
 
 fn production(i: &Inputs<'_>) -> Finding {
+    let mut a = Acc::new(item::PRODUCTION);
     if i.bp.env_yn("BP_PRODUCTION") {
-        one(
-            item::PRODUCTION,
-            Status::Pass,
-            "BP_PRODUCTION is true".into(),
-            String::new(),
-        )
+        a.note("BP_PRODUCTION is true");
     } else if i.bp.env_yn("CLUSTER_ENABLED") {
-        one(
-            item::PRODUCTION,
-            Status::Pass,
-            "CLUSTER_ENABLED=true forces production mode".into(),
-            String::new(),
-        )
+        a.note("CLUSTER_ENABLED=true forces production mode");
     } else {
-        one(
-            item::PRODUCTION,
+        a.bad(
             Status::Fail,
             format!(
-                "BP_PRODUCTION={}: stack traces are shown to users and debug logging is on",
+                "BP_PRODUCTION={}: stack traces are shown to users and debug logging is on (unless Botpress is started with `./bp -p`, which bpgate cannot see)",
                 i.bp.env("BP_PRODUCTION").unwrap_or("unset")
             ),
-            "set BP_PRODUCTION=true".into(),
-        )
+            "set BP_PRODUCTION=true (or keep starting Botpress with -p)",
+        );
+        return a.done();
     }
+    if i.bp.env("BP_ADMIN_PASSWORD").is_some() {
+        a.bad(
+            Status::Warn,
+            "BP_ADMIN_PASSWORD is still set: Botpress only needs it to create the first super-admin, after that it is a password in the environment (process listings, diag reports)",
+            "remove BP_ADMIN_PASSWORD (and BP_ADMIN_EMAIL) from Botpress's environment once the first admin exists",
+        );
+    }
+    a.done()
 }
 
 fn external_url(i: &Inputs<'_>) -> Finding {
@@ -281,6 +311,13 @@ fn external_url(i: &Inputs<'_>) -> Finding {
         return a.done();
     };
     a.note(format!("Botpress {src}={}", url_secrets(bp_url)));
+    if src == "EXTERNAL_URL" && i.bp.env_from == EnvFrom::Process {
+        a.bad(
+            Status::Warn,
+            "read from this process's environment (no --botpress-env), the same variable bpgate reads: a difference from Botpress's own cannot be seen",
+            "pass Botpress's .env with --botpress-env",
+        );
+    }
     let parsed = parse_external_url(bp_url);
     match &parsed {
         Err(p) => {
@@ -377,16 +414,27 @@ fn redis(i: &Inputs<'_>) -> Finding {
 
 /// How Botpress's own `httpServer.cors` stands.
 struct BpCors {
+    /// HTTP CORS is on: `if (config.cors?.enabled) app.use(cors(config.cors))`.
     enabled: bool,
+    /// `enabled` is absent from a config file that was given (so HTTP CORS is off).
+    enabled_missing: bool,
     origin: Option<String>,
+    /// HTTP cross-origin requests are restricted (CORS off, or an origin other than `*`).
     restricted: bool,
+    /// `cors({credentials})` sends the header only for `true`.
     credentials: bool,
+    /// socket.io applies `httpServer.cors || {origin:'*'}` ignoring `enabled`: without an origin
+    /// it answers any.
+    socket_any: bool,
 }
 
 fn bp_cors(i: &Inputs<'_>) -> BpCors {
-    let enabled = match i.bp.cfg("httpServer.cors.enabled") {
-        None | Some(Value::Null) => true, // schema default
-        v => super::botpress::truthy(v),
+    let raw = i.bp.cfg("httpServer.cors.enabled");
+    let enabled_missing = i.bp.config_given && matches!(raw, None | Some(Value::Null));
+    let enabled = match raw {
+        // Botpress parses the file without schema defaults: only a generated file has `true`.
+        None | Some(Value::Null) => !i.bp.config_given,
+        v => js_truthy(v),
     };
     let origin = match i.bp.cfg("httpServer.cors.origin") {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -403,9 +451,11 @@ fn bp_cors(i: &Inputs<'_>) -> BpCors {
         .is_none_or(|o| o.split(',').any(|x| x.trim() == "*"));
     BpCors {
         enabled,
+        enabled_missing,
         restricted: !enabled || !wildcard,
         origin,
-        credentials: i.bp.cfg_bool("httpServer.cors.credentials"),
+        credentials: i.bp.cfg("httpServer.cors.credentials") == Some(&Value::Bool(true)),
+        socket_any: wildcard,
     }
 }
 
@@ -438,16 +488,27 @@ fn cors(i: &Inputs<'_>) -> Finding {
         );
     } else if g.enabled {
         a.note(if g.origins.is_empty() {
-            "bpgate restricts CORS to the public origin".to_string()
+            "bpgate restricts CORS to the public origin (socket.io included)".to_string()
         } else {
-            format!("bpgate restricts CORS to {}", g.origins.join(", "))
+            format!(
+                "bpgate restricts CORS to {} (socket.io included)",
+                g.origins.join(", ")
+            )
         });
     } else if b.restricted {
         a.note(match &b.origin {
+            _ if b.enabled_missing => "bpgate CORS is off; Botpress's httpServer.cors.enabled is missing from its config, so its HTTP CORS is off (only a config Botpress generated has it on)".into(),
             _ if !b.enabled => "bpgate CORS is off; Botpress httpServer.cors.enabled=false".into(),
             Some(o) => format!("bpgate CORS is off; Botpress httpServer.cors.origin={o}"),
             None => "bpgate CORS is off; Botpress restricts CORS".to_string(),
         });
+        if b.socket_any {
+            a.bad(
+                Status::Warn,
+                "socket.io still answers any origin: it applies httpServer.cors without looking at `enabled`, and without an origin that is `*`",
+                "set httpServer.cors.origin to your origin, or turn bpgate's CORS on (cors.enabled = true)",
+            );
+        }
     } else {
         a.bad(
             Status::Fail,
@@ -467,7 +528,7 @@ fn cors(i: &Inputs<'_>) -> Finding {
 
 fn jwt_cookie(i: &Inputs<'_>) -> Finding {
     let mut a = Acc::new(item::JWT_COOKIE);
-    let on = i.bp.cfg_bool("jwtToken.useCookieStorage");
+    let on = yn_value(i.bp.cfg("jwtToken.useCookieStorage"));
     if !on {
         a.bad(
             Status::Warn,
@@ -505,6 +566,28 @@ fn jwt_cookie(i: &Inputs<'_>) -> Finding {
 }
 
 fn lang_server(i: &Inputs<'_>) -> Finding {
+    match i.bp.external_nlu_server() {
+        Some(Some(ep)) => {
+            return one(
+                item::LANG_SERVER,
+                Status::Manual,
+                format!(
+                    "nluServer.autoStart is false: Botpress uses the NLU server at {} and passes it no languageSources",
+                    url_secrets(&ep)
+                ),
+                "check the language server configured on that NLU server (its --languageURL / languageSources), not nlu.json".into(),
+            )
+        }
+        Some(None) => {
+            return one(
+                item::LANG_SERVER,
+                Status::Warn,
+                "nluServer.autoStart is false without nluServer.endpoint: Botpress starts no NLU server and has none to call".into(),
+                "set nluServer.endpoint in nlu.json (BP_MODULE_NLU_NLUSERVER_ENDPOINT), or nluServer.autoStart = true".into(),
+            )
+        }
+        None => {}
+    }
     let (eps, src) = i.bp.language_endpoints();
     let public: Vec<&String> = eps.iter().filter(|e| e.contains("botpress.io")).collect();
     let shown = eps
@@ -645,9 +728,15 @@ fn audit(i: &Inputs<'_>) -> Finding {
             ),
         };
     }
+    // The two trails complement each other: bpgate sees every request (refused ones included)
+    // with its IP and status; Botpress's bp:audit lines carry the operation, resource and role.
     match i.bp.env("DEBUG") {
-        Some(d) if d.contains("bp:audit") => a.note("Botpress DEBUG includes bp:audit too"),
-        _ => a.note("Botpress's own bp:audit:* scope is optional with bpgate's trail"),
+        Some(d) if d.contains("bp:audit") => a.note(
+            "Botpress DEBUG includes bp:audit too: its lines (operation, resource, role) complement bpgate's",
+        ),
+        _ => a.note(
+            "Botpress's bp:audit:* scope (DEBUG or data/global/debug.json) adds operation, resource and role, which bpgate cannot see",
+        ),
     };
     a.done()
 }
@@ -670,7 +759,7 @@ fn sticky(i: &Inputs<'_>) -> Finding {
         return one(
             item::STICKY,
             Status::Pass,
-            format!("{n} nodes, socketTransports {t}: websocket only needs no stickiness"),
+            format!("{n} nodes, socketTransports {t}: websocket only needs no stickiness (Botpress >= 12.26.8 finds a webchat session on any node)"),
             String::new(),
         );
     }
@@ -705,7 +794,7 @@ fn sticky(i: &Inputs<'_>) -> Finding {
 }
 
 fn file_logs(i: &Inputs<'_>) -> Finding {
-    if i.bp.cfg_bool("logs.fileOutput.enabled") {
+    if js_truthy(i.bp.cfg("logs.fileOutput.enabled")) {
         one(
             item::FILE_LOGS,
             Status::Pass,
@@ -727,6 +816,14 @@ fn file_logs(i: &Inputs<'_>) -> Finding {
 
 fn base_path(i: &Inputs<'_>) -> Finding {
     let gate = &i.loaded.derived.base_path;
+    if i.loaded.config.base_path.mode == BasePathMode::Strip {
+        return one(
+            item::BASE_PATH,
+            Status::Fail,
+            STRIP_EVIDENCE.into(),
+            STRIP_FIX.into(),
+        );
+    }
     let bp_path =
         i.bp.external_url()
             .and_then(|(u, _)| parse_external_url(u).ok())
@@ -800,32 +897,124 @@ fn server_config(i: &Inputs<'_>) -> Finding {
     }
 }
 
-fn trust_proxy(i: &Inputs<'_>) -> Finding {
-    match i.bp.env("REVERSE_PROXY") {
-        Some(v) if super::botpress::yn(v) => one(
-            item::TRUST_PROXY,
-            Status::Warn,
-            format!("REVERSE_PROXY={v} trusts every hop: the left-most X-Forwarded-For wins"),
-            "set REVERSE_PROXY=loopback (or bpgate's address) so only bpgate's header is believed".into(),
-        ),
-        Some(v) if !matches!(v.to_ascii_lowercase().as_str(), "false" | "no" | "n" | "0") => {
-            one(
-                item::TRUST_PROXY,
-                Status::Pass,
-                format!("REVERSE_PROXY={v}"),
-                String::new(),
-            )
+/// One entry of an Express `trust proxy` list, as `proxy-addr` compiles it: a name, an address,
+/// or `address/prefix` (or `address/netmask`). `Err` for what Express refuses at start.
+fn trust_entry(e: &str) -> Result<Vec<ipnet::IpNet>, ()> {
+    let net = |s: &str| s.parse::<ipnet::IpNet>().map_err(|_| ());
+    match e {
+        "loopback" => Ok(vec![net("127.0.0.0/8")?, net("::1/128")?]),
+        "linklocal" => Ok(vec![net("169.254.0.0/16")?, net("fe80::/10")?]),
+        "uniquelocal" => Ok(vec![
+            net("10.0.0.0/8")?,
+            net("172.16.0.0/12")?,
+            net("192.168.0.0/16")?,
+            net("fc00::/7")?,
+        ]),
+        _ => {
+            if let Ok(ip) = e.parse::<std::net::IpAddr>() {
+                return Ok(vec![ipnet::IpNet::from(ip)]);
+            }
+            if let Ok(n) = e.parse::<ipnet::IpNet>() {
+                return Ok(vec![n]);
+            }
+            let (ip, mask) = e.split_once('/').ok_or(())?;
+            let ip: std::net::IpAddr = ip.parse().map_err(|_| ())?;
+            let mask: std::net::IpAddr = mask.parse().map_err(|_| ())?;
+            let prefix = ipnet::ip_mask_to_prefix(mask).map_err(|_| ())?;
+            Ok(vec![ipnet::IpNet::new(ip, prefix).map_err(|_| ())?])
         }
-        v => one(
-            item::TRUST_PROXY,
-            Status::Fail,
-            format!(
-                "REVERSE_PROXY={}: Botpress records bpgate's IP for every user (audit, last_ip, rate limit)",
-                v.unwrap_or("unset")
-            ),
-            "set REVERSE_PROXY=loopback on Botpress (or bpgate's address if not on the same host)".into(),
-        ),
     }
+}
+
+const TRUST_FIX_REMOTE: &str = "set REVERSE_PROXY=loopback,<bpgate's address as the nodes see it> (loopback for the Studio behind core, bpgate's address for core)";
+
+fn trust_proxy(i: &Inputs<'_>) -> Finding {
+    let mut a = Acc::new(item::TRUST_PROXY);
+    let nodes_local = i
+        .loaded
+        .derived
+        .nodes
+        .iter()
+        .all(|n| is_loopback_authority(&n.authority));
+    let fix = if nodes_local {
+        "set REVERSE_PROXY=loopback on Botpress (bpgate reaches it over loopback)"
+    } else {
+        TRUST_FIX_REMOTE
+    };
+    let v = match i.bp.env("REVERSE_PROXY") {
+        None => {
+            a.bad(
+                Status::Fail,
+                "REVERSE_PROXY=unset: Botpress records bpgate's IP for every user (audit, last_ip, rate limit) and ignores X-Forwarded-Proto, so it sees http (secure session cookies are not set)",
+                fix,
+            );
+            return a.done();
+        }
+        Some(v) => v,
+    };
+    match yn_opt(v) {
+        Some(true) => {
+            a.bad(
+                Status::Warn,
+                format!("REVERSE_PROXY={v} trusts every hop: the left-most X-Forwarded-For, which the client controls, becomes the user's IP"),
+                fix,
+            );
+            return a.done();
+        }
+        Some(false) => {
+            a.bad(
+                Status::Fail,
+                format!("REVERSE_PROXY={v}: Botpress records bpgate's IP for every user (audit, last_ip, rate limit) and ignores X-Forwarded-Proto"),
+                fix,
+            );
+            return a.done();
+        }
+        None => {}
+    }
+    let entries: Vec<&str> = v.split(',').map(str::trim).collect();
+    if let Some(n) = entries
+        .iter()
+        .find(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
+    {
+        a.bad(
+            Status::Fail,
+            format!("REVERSE_PROXY={v}: `{n}` is not a hop count to Botpress (it reads `trust proxy` from a string, so Express takes it as the address 0.0.0.{n}); nothing is trusted and bpgate's IP is recorded for every user"),
+            fix,
+        );
+        return a.done();
+    }
+    let mut nets = Vec::new();
+    for e in &entries {
+        match trust_entry(e) {
+            Ok(n) => nets.extend(n),
+            Err(()) => {
+                a.bad(
+                    Status::Fail,
+                    format!("REVERSE_PROXY={v}: `{e}` is not an address, a CIDR or loopback/linklocal/uniquelocal; Express refuses it and Botpress does not start"),
+                    fix,
+                );
+                return a.done();
+            }
+        }
+    }
+    a.note(format!("REVERSE_PROXY={v}"));
+    let lo: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    if !nets.iter().any(|n| n.contains(&lo)) {
+        if nodes_local {
+            a.bad(
+                Status::Fail,
+                "bpgate reaches the nodes over loopback, which the list does not trust: Botpress records 127.0.0.1 for every user",
+                fix,
+            );
+        } else {
+            a.bad(
+                Status::Warn,
+                "loopback is not trusted: the Studio runs behind core on 127.0.0.1 and records that address instead of the user's",
+                TRUST_FIX_REMOTE,
+            );
+        }
+    }
+    a.done()
 }
 
 fn is_loopback_authority(a: &str) -> bool {
@@ -843,7 +1032,7 @@ fn is_loopback_authority(a: &str) -> bool {
 
 fn direct_cors(i: &Inputs<'_>) -> Finding {
     let b = bp_cors(i);
-    if b.restricted {
+    if b.restricted && !b.socket_any {
         return one(
             item::DIRECT_CORS,
             Status::Pass,
@@ -872,7 +1061,7 @@ fn direct_cors(i: &Inputs<'_>) -> Finding {
     one(
         item::DIRECT_CORS,
         Status::Warn,
-        "Botpress's httpServer.cors allows any origin; anyone reaching a node without bpgate gets that policy".into(),
+        "Botpress's httpServer.cors (or socket.io, which ignores cors.enabled) allows any origin; anyone reaching a node without bpgate gets that policy".into(),
         "firewall the nodes so only bpgate reaches them, or set httpServer.cors.origin to your origin".into(),
     )
 }
@@ -893,4 +1082,108 @@ fn server_diag(i: &Inputs<'_>) -> Finding {
             "set BP_DISABLE_SERVER_DIAG=true; use `bpgate diag` from the host instead".into(),
         )
     }
+}
+
+/// Why `strip` is refused for Botpress (check and production mode say the same).
+pub const STRIP_EVIDENCE: &str = "base_path.mode = strip cannot serve Botpress v12: its pages, API calls, socket.io and /s/ redirects use root-relative URLs under its own EXTERNAL_URL path, which bpgate does not rewrite in bodies";
+pub const STRIP_FIX: &str = "set base_path.mode = \"preserve\" (BPGATE_BASE_PATH_MODE=preserve) and give Botpress the same EXTERNAL_URL as bpgate, path included";
+
+fn audit_identity(i: &Inputs<'_>) -> Finding {
+    let mut a = Acc::new(item::AUDIT_IDENTITY);
+    let au = &i.loaded.config.audit;
+    match (au.jwt_secret.is_empty(), i.bp.app_secret()) {
+        (true, _) => {
+            a.bad(
+                Status::Warn,
+                "audit.jwt_secret is unset: tokens are read but not verified, users are recorded as jwt_unverified",
+                "set BPGATE_JWT_SECRET to Botpress's appSecret (botpress.config.json)",
+            );
+        }
+        // Neither secret is ever printed.
+        (false, Some((secret, src))) if secret == au.jwt_secret.expose() => {
+            a.note(format!("audit.jwt_secret equals Botpress's {src}"));
+        }
+        (false, Some((_, src))) => {
+            a.bad(
+                Status::Fail,
+                format!("audit.jwt_secret differs from Botpress's {src}: every signed token would be logged jwt_invalid"),
+                format!("set BPGATE_JWT_SECRET to Botpress's {src}"),
+            );
+        }
+        (false, None) if i.bp.config_given => {
+            a.note("Botpress's config has no appSecret yet (Botpress generates one at its first start): not compared");
+        }
+        (false, None) => {
+            a.note("audit.jwt_secret is set; not compared (no --botpress-config)");
+        }
+    }
+    let cookie = yn_value(i.bp.cfg("jwtToken.useCookieStorage"));
+    let want = if cookie {
+        JwtSource::Cookie
+    } else {
+        JwtSource::Header
+    };
+    if au.jwt_source == want {
+        a.note(format!(
+            "audit.jwt_source = {} as Botpress reads it (jwtToken.useCookieStorage={cookie})",
+            want.as_str()
+        ));
+    } else {
+        a.bad(
+            Status::Fail,
+            format!(
+                "audit.jwt_source = {} but Botpress reads the token only from {} (jwtToken.useCookieStorage={cookie}): the trail would name the wrong user, or none",
+                au.jwt_source.as_str(),
+                if cookie { "the jwtToken cookie" } else { "Authorization: Bearer" }
+            ),
+            format!("set BPGATE_AUDIT_JWT_SOURCE={} (audit.jwt_source)", want.as_str()),
+        );
+    }
+    a.done()
+}
+
+fn config_source(i: &Inputs<'_>) -> Finding {
+    let bp = &i.bp;
+    let mut a = Acc::new(item::CONFIG_SOURCE);
+    match &bp.env_from {
+        EnvFrom::File(p) => a.note(format!(
+            "environment: {p} (bpgate's own environment not used)"
+        )),
+        EnvFrom::Process => a.note("environment: this process's (no --botpress-env)"),
+    };
+    match &bp.source {
+        ConfigSource::Disk => {
+            a.note(if bp.config_given {
+                "BPFS on disk: the files given are what Botpress reads"
+            } else {
+                "no --botpress-config: the defaults of a config Botpress generates are assumed"
+            });
+        }
+        ConfigSource::Database { found, missing } => {
+            if !found.is_empty() {
+                a.note(format!(
+                    "BPFS_STORAGE=database: read {} from the database (srv_ghost_files), as Botpress does",
+                    found.join(", ")
+                ));
+            }
+            if !missing.is_empty() {
+                a.bad(
+                    Status::Warn,
+                    format!("{} is not in the database: Botpress writes its defaults there at start (it copies data/global from disk only while the database holds no global file); the file given was checked", missing.join(", ")),
+                    "start Botpress once, or push the file with `./bp pushfile`, then check again",
+                );
+            }
+        }
+        ConfigSource::DatabaseUnread(why) => {
+            a.bad(
+                Status::Warn,
+                format!("BPFS_STORAGE=database: Botpress reads botpress.config.json and nlu.json from the database, which could not be read ({why}); the files given are NOT necessarily the ones Botpress uses"),
+                "make DATABASE_URL reachable from here, or fetch the files with `./bp pullfile --file global/botpress.config.json` (and global/config/nlu.json) and pass those",
+            );
+        }
+    }
+    for n in &bp.notes {
+        a.note(n.clone());
+    }
+    a.done()
 }

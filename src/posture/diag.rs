@@ -5,6 +5,7 @@
 //! Every probe has its own timeout and its failure is written into the report; nothing stops it.
 //! Traffic goes only to the addresses found in bpgate's config and Botpress's env/config.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::obfuscate::{self, url_secrets};
-use super::{BotpressView, Inputs};
-use crate::config::{BasePathMode, Loaded};
+use super::{BotpressView, ConfigSource, EnvFrom, Inputs};
+use crate::config::{parse_external_url, BasePathMode, Loaded};
 
 /// Largest response body read from a probe; `/version` and `env.js` are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
@@ -44,6 +45,7 @@ pub async fn report(loaded: &Loaded, bp: BotpressView, timeout: Duration) -> Str
     r.raw(&super::render_text(&super::check(&inputs), false));
 
     nodes(&mut r, loaded, timeout).await;
+    hairpin(&mut r, &inputs.bp, timeout).await;
     redis(&mut r, &inputs.bp, timeout).await;
     postgres(&mut r, &inputs.bp, timeout).await;
     lang(&mut r, &inputs.bp, timeout).await;
@@ -55,11 +57,27 @@ pub async fn report(loaded: &Loaded, bp: BotpressView, timeout: Duration) -> Str
     // redacted_toml hides bpgate's own secrets; URLs may still carry credentials.
     r.raw(&url_secrets(&loaded.config.redacted_toml()));
 
-    r.section("Botpress environment (process environment over the .env file)");
+    match &inputs.bp.env_from {
+        EnvFrom::File(p) => r.section(&format!("Botpress environment ({p})")),
+        EnvFrom::Process => {
+            r.section("Botpress environment (this process's; no --botpress-env given)")
+        }
+    }
     for (k, v) in &inputs.bp.env {
         r.kv(k, &obfuscate::env_value(k, v));
     }
-    r.section("Botpress botpress.config.json (BP_CONFIG_* applied)");
+    r.section("Botpress botpress.config.json (substituted, BP_CONFIG_* applied)");
+    match &inputs.bp.source {
+        ConfigSource::Disk => {}
+        ConfigSource::Database { found, missing } => r.line(&format!(
+            "(BPFS_STORAGE=database: read from the database: {}; not there: {})",
+            if found.is_empty() { "none".to_string() } else { found.join(", ") },
+            if missing.is_empty() { "none".to_string() } else { missing.join(", ") }
+        )),
+        ConfigSource::DatabaseUnread(why) => r.line(&format!(
+            "(BPFS_STORAGE=database, but the database could not be read ({why}): this is the file given, not necessarily what Botpress uses)"
+        )),
+    }
     if !inputs.bp.config_given {
         r.line("(no --botpress-config given; only BP_CONFIG_* overrides shown)");
     }
@@ -259,6 +277,164 @@ async fn nodes(r: &mut Report, loaded: &Loaded, t: Duration) {
     }
 }
 
+/// Why a hairpin probe failed.
+enum HairpinError {
+    /// The certificate does not verify against the trust roots used.
+    Certificate(String),
+    Other(String),
+}
+
+/// `GET target` on `host:port` over TLS, trusting `roots`, with `Host: authority`.
+async fn https_get(
+    host: &str,
+    port: u16,
+    authority: &str,
+    target: &str,
+    roots: rustls::RootCertStore,
+) -> Result<(u16, String), HairpinError> {
+    use http_body_util::BodyExt;
+    let other = HairpinError::Other;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| other(format!("{host}: {e}")))?;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| other(format!("connect {host}:{port}: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(
+            |e| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(c)) => {
+                    HairpinError::Certificate(format!("{c:?}"))
+                }
+                _ => other(format!("TLS handshake: {e}")),
+            },
+        )?;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| other(e.to_string()))?;
+    let conn = AbortOnDrop(tokio::spawn(conn));
+    let req = http::Request::get(target)
+        .header(http::header::HOST, authority)
+        .header(
+            http::header::USER_AGENT,
+            concat!("bpgate/", env!("CARGO_PKG_VERSION"), " diag"),
+        )
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| other(e.to_string()))?;
+    let resp = tx
+        .send_request(req)
+        .await
+        .map_err(|e| other(format!("request: {e}")))?;
+    let status = resp.status().as_u16();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| other(format!("body: {e}")))?;
+    drop(conn);
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Botpress nodes call their own public URL: voice messages (`POST {EXTERNAL_URL}/api/v1/studio/
+/// <bot>/media`), Google Speech, and any custom action using `bp.http.getAxiosConfigForBot`. This
+/// probes `EXTERNAL_URL` + `/version` with the trust a node would have: the system store (close to
+/// Node's bundled list) plus `NODE_EXTRA_CA_CERTS` from Botpress's environment.
+async fn hairpin(r: &mut Report, bp: &BotpressView, t: Duration) {
+    r.section("Hairpin: Botpress's EXTERNAL_URL");
+    r.line("Botpress nodes call their own EXTERNAL_URL (voice messages, speech, custom actions that use bp.http.getAxiosConfigForBot): each node must resolve its host, reach it and trust its certificate. Probed from this host; run the same GET on a node if they are elsewhere.");
+    let Some((url, src)) = bp.external_url() else {
+        r.line("Botpress has no EXTERNAL_URL: not probed (nodes then call http://localhost:3000)");
+        return;
+    };
+    let (origin, host, path) = match parse_external_url(url) {
+        Ok(x) => x,
+        Err(e) => {
+            r.line(&format!("{src}: {e}; not probed"));
+            return;
+        }
+    };
+    let https = origin.starts_with("https://");
+    let authority = origin
+        .split_once("://")
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_default();
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(h, _)| !h.ends_with(']') || authority.starts_with('['))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(if https { 443 } else { 80 });
+    let target = format!("{path}/version");
+    let shown = format!("GET {origin}{target}");
+    let extra = bp.env("NODE_EXTRA_CA_CERTS");
+    match extra {
+        Some(p) if matches!(bp.env_from, EnvFrom::File(_)) => r.kv(
+            "NODE_EXTRA_CA_CERTS",
+            &format!("{p} (from the file given: it works only if the node process starts with it in its environment; Node reads it before Botpress loads .env)"),
+        ),
+        Some(p) => r.kv("NODE_EXTRA_CA_CERTS", p),
+        None => r.kv(
+            "NODE_EXTRA_CA_CERTS",
+            "unset: nodes trust only Node's bundled CA list",
+        ),
+    }
+    let res = if https {
+        let roots = match super::trust_roots(extra.map(std::path::Path::new)) {
+            Ok(roots) => roots,
+            Err(e) => {
+                r.line(&format!(
+                    "NODE_EXTRA_CA_CERTS cannot be used from here ({e}); probing with the system trust store only"
+                ));
+                match super::trust_roots(None) {
+                    Ok(roots) => roots,
+                    Err(e) => {
+                        r.line(&format!("{shown}: not probed: {e}"));
+                        return;
+                    }
+                }
+            }
+        };
+        timed(t, async {
+            https_get(&host, port, &authority, &target, roots)
+                .await
+                .map_err(|e| match e {
+                    HairpinError::Certificate(c) => format!("CERTIFICATE NOT TRUSTED ({c})"),
+                    HairpinError::Other(o) => o,
+                })
+        })
+        .await
+    } else {
+        let a = format!("{host}:{port}");
+        timed(t, http_get(&a, &target)).await
+    };
+    match res {
+        (Ok((status, body)), d) => {
+            r.line(&format!(
+                "{shown}: {status} in {}: {}",
+                ms(d),
+                one_line(&body, 200)
+            ));
+            if status != 200 {
+                r.line("  a node answers /version with 200 once loaded (503 while Botpress loads)");
+            }
+        }
+        (Err(e), d) => {
+            r.line(&format!("{shown}: FAILED after {}: {e}", ms(d)));
+            if e.starts_with("CERTIFICATE NOT TRUSTED") {
+                r.line("  Botpress runs on Node 12, which trusts its bundled CA list plus the PEM file in NODE_EXTRA_CA_CERTS only. If bpgate's certificate comes from a private CA, give every node NODE_EXTRA_CA_CERTS=/path/to/private-ca.pem in the environment its process starts with (systemd Environment=, docker -e, export before ./bp; Node reads it at start-up, so Botpress's .env is too late) and restart it; otherwise voice messages and these custom actions fail.");
+            }
+        }
+    }
+}
+
 /// Where and how to reach Redis, from `REDIS_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTarget {
@@ -393,8 +569,15 @@ async fn redis(r: &mut Report, bp: &BotpressView, t: Duration) {
         return;
     };
     r.kv("REDIS_URL", &url_secrets(url));
-    if url.starts_with("rediss://") {
-        r.line("not probed: TLS (rediss://)");
+    if let Some(rest) = url.strip_prefix("rediss://") {
+        // ioredis (Botpress) speaks TLS here; bpgate's probe speaks plain RESP only.
+        let reach = match parse_redis_url(&format!("redis://{rest}")) {
+            Ok(tg) => tcp_reach(&tg.authority, t).await,
+            Err(e) => format!("address unknown: {e}"),
+        };
+        r.line(&format!(
+            "not probed: rediss:// is Redis over TLS, which bpgate's probe does not speak (Botpress's ioredis does). TCP: {reach}"
+        ));
         return;
     }
     let targets: Vec<RedisTarget> = if url.trim_start().starts_with('[') {
@@ -445,11 +628,69 @@ async fn redis(r: &mut Report, bp: &BotpressView, t: Duration) {
     }
 }
 
-/// Connects with tokio-postgres (no TLS), runs `select 1+1` like Botpress's diag, and returns
-/// the server version.
-pub async fn postgres_probe(url: &str, t: Duration) -> Result<String, String> {
-    use std::str::FromStr;
-    let cfg = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+/// The TLS node-postgres would use for `DATABASE_URL` (pg-connection-string's `ssl` and
+/// `sslmode`, else `PGSSLMODE`): `Some(how)` when the connection is TLS, which bpgate's probe and
+/// reader do not speak.
+pub fn pg_tls_required(url: &str, env: &BTreeMap<String, String>) -> Option<String> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut ssl: Option<bool> = None;
+    let mut shown = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+        match k {
+            "ssl" => {
+                ssl = Some(!matches!(v.as_ref(), "0" | "false" | ""));
+                shown = Some(format!("ssl={v}"));
+            }
+            "sslcert" | "sslkey" | "sslrootcert" if ssl.is_none() => {
+                ssl = Some(true);
+                shown = Some(format!("{k}=..."));
+            }
+            "sslmode" => {
+                ssl = Some(v != "disable");
+                shown = Some(format!("sslmode={v}"));
+            }
+            _ => {}
+        }
+    }
+    if ssl.is_none() {
+        if let Some(m) = env.get("PGSSLMODE").filter(|m| !m.is_empty()) {
+            ssl = Some(m != "disable");
+            shown = Some(format!("PGSSLMODE={m}"));
+        }
+    }
+    if ssl == Some(true) {
+        shown
+    } else {
+        None
+    }
+}
+
+/// `DATABASE_URL` without the TLS parameters tokio-postgres does not know (`ssl`, `sslcert`, ...).
+fn pg_url_for_probe(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| {
+            let k = p.split('=').next().unwrap_or("");
+            !matches!(
+                k,
+                "ssl" | "sslmode" | "sslcert" | "sslkey" | "sslrootcert" | "sslpassword" | ""
+            )
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// `host:port` of `DATABASE_URL`.
+fn pg_authority(cfg: &tokio_postgres::Config) -> Result<String, String> {
     let host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         #[cfg(unix)]
@@ -459,11 +700,23 @@ pub async fn postgres_probe(url: &str, t: Duration) -> Result<String, String> {
         None => "localhost".into(),
     };
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let authority = if host.contains(':') {
+    Ok(if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    };
+    })
+}
+
+/// A plain (no TLS) connection; every step has the timeout. The connection task is aborted when
+/// the returned guard drops.
+async fn pg_connect(
+    url: &str,
+    t: Duration,
+) -> Result<(tokio_postgres::Client, AbortOnDrop), String> {
+    use std::str::FromStr;
+    let cfg =
+        tokio_postgres::Config::from_str(&pg_url_for_probe(url)).map_err(|e| e.to_string())?;
+    let authority = pg_authority(&cfg)?;
     let (stream, _) = timed(t, async {
         TcpStream::connect(&authority)
             .await
@@ -472,31 +725,83 @@ pub async fn postgres_probe(url: &str, t: Duration) -> Result<String, String> {
     .await;
     let stream = stream?;
     let (res, _) = timed(t, async {
-        let (client, conn) = cfg
-            .connect_raw(stream, tokio_postgres::NoTls)
+        cfg.connect_raw(stream, tokio_postgres::NoTls)
             .await
-            .map_err(|e| e.to_string())?;
-        let task = tokio::spawn(conn);
-        let rows = client
-            .simple_query("select 1+1 as two, current_setting('server_version') as v")
-            .await
-            .map_err(|e| e.to_string());
-        task.abort();
-        let rows = rows?;
-        let row = rows.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        });
-        match row {
-            Some(row) if row.get(0) == Some("2") => Ok(format!(
-                "select 1+1 = 2, server_version {}",
-                row.get(1).unwrap_or("?")
-            )),
-            _ => Err("unexpected answer to select 1+1".to_string()),
-        }
+            .map_err(|e| e.to_string())
     })
     .await;
-    res
+    let (client, conn) = res?;
+    Ok((client, AbortOnDrop(tokio::spawn(conn))))
+}
+
+struct AbortOnDrop<T = Result<(), tokio_postgres::Error>>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects with tokio-postgres (no TLS), runs `select 1+1` like Botpress's diag, and returns
+/// the server version.
+pub async fn postgres_probe(url: &str, t: Duration) -> Result<String, String> {
+    let (client, _conn) = pg_connect(url, t).await?;
+    let (res, _) = timed(t, async {
+        client
+            .simple_query("select 1+1 as two, current_setting('server_version') as v")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let rows = res?;
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    });
+    match row {
+        Some(row) if row.get(0) == Some("2") => Ok(format!(
+            "select 1+1 = 2, server_version {}",
+            row.get(1).unwrap_or("?")
+        )),
+        _ => Err("unexpected answer to select 1+1".to_string()),
+    }
+}
+
+/// Reads the global config files Botpress keeps in its database with `BPFS_STORAGE=database`
+/// (`srv_ghost_files`: `file_path` primary key, `content` bytea, `deleted` boolean), the way its
+/// DB storage driver does. Returns `file_path` → content for the rows found.
+pub async fn read_ghost_files(
+    url: &str,
+    env: &BTreeMap<String, String>,
+    t: Duration,
+) -> Result<BTreeMap<String, String>, String> {
+    if let Some(tls) = pg_tls_required(url, env) {
+        return Err(format!(
+            "DATABASE_URL requires TLS ({tls}), which bpgate's database reader does not speak"
+        ));
+    }
+    let (client, _conn) = pg_connect(url, t).await?;
+    let (res, _) = timed(t, async {
+        client
+            .query(
+                "select file_path, content from srv_ghost_files \
+                 where file_path in ($1, $2) and deleted = false",
+                &[&super::GHOST_CONFIG, &super::GHOST_NLU],
+            )
+            .await
+            .map_err(|e| format!("reading srv_ghost_files: {e}"))
+    })
+    .await;
+    let mut out = BTreeMap::new();
+    for row in res? {
+        let path: String = row.try_get(0).map_err(|e| e.to_string())?;
+        let content: Option<Vec<u8>> = row.try_get(1).map_err(|e| e.to_string())?;
+        out.insert(
+            path,
+            String::from_utf8_lossy(&content.unwrap_or_default()).into_owned(),
+        );
+    }
+    Ok(out)
 }
 
 async fn postgres(r: &mut Report, bp: &BotpressView, t: Duration) {
@@ -506,9 +811,22 @@ async fn postgres(r: &mut Report, bp: &BotpressView, t: Duration) {
         return;
     };
     r.kv("DATABASE_URL", &url_secrets(url));
-    let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+    if !super::is_postgres_url(url) {
         r.line("SQLite path: not probed");
+        return;
+    }
+    if let Some(tls) = pg_tls_required(url, &bp.env) {
+        let reach =
+            match <tokio_postgres::Config as std::str::FromStr>::from_str(&pg_url_for_probe(url))
+                .map_err(|e| e.to_string())
+                .and_then(|c| pg_authority(&c))
+            {
+                Ok(a) => tcp_reach(&a, t).await,
+                Err(e) => format!("address unknown: {e}"),
+            };
+        r.line(&format!(
+            "not probed: TLS required ({tls}); bpgate's probe speaks no TLS to PostgreSQL. TCP: {reach}"
+        ));
         return;
     }
     // Each step inside has the probe timeout; the outer bound keeps the total finite.
@@ -516,6 +834,20 @@ async fn postgres(r: &mut Report, bp: &BotpressView, t: Duration) {
     match res {
         Ok(s) => r.line(&format!("connected in {}: {s}", ms(d))),
         Err(e) => r.line(&format!("FAILED after {}: {}", ms(d), url_secrets(&e))),
+    }
+}
+
+/// "reachable in 1.2 ms" or why not.
+async fn tcp_reach(authority: &str, t: Duration) -> String {
+    let (res, d) = timed(t, async {
+        TcpStream::connect(authority)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    match res {
+        Ok(_) => format!("{authority} reachable in {}", ms(d)),
+        Err(e) => format!("{authority} NOT reachable after {}: {e}", ms(d)),
     }
 }
 

@@ -22,7 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::Serialize;
 
-pub use botpress::BotpressView;
+pub use botpress::{BotpressView, ConfigSource, EnvFrom};
 pub use check::item;
 
 use crate::config::Loaded;
@@ -36,28 +36,43 @@ pub enum Format {
     Json,
 }
 
-/// Files describing the Botpress side; without them Botpress's defaults and the process
-/// environment are assumed.
+/// Files describing the Botpress side. Without `--botpress-env`, this process's environment is
+/// taken as Botpress's; without the JSON files, Botpress's generated defaults are assumed.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct BotpressFiles {
-    /// Botpress's `.env` file. The process environment wins over it, as with Botpress's dotenv.
+    /// Botpress's `.env` file (in Botpress's folder). When given, it alone is Botpress's
+    /// environment: bpgate's own process environment is never mixed in.
     #[arg(long, value_name = "PATH")]
     pub botpress_env: Option<PathBuf>,
-    /// Botpress's `data/global/botpress.config.json`.
+    /// Botpress's `data/global/botpress.config.json` on disk. With `BPFS_STORAGE=database`
+    /// the copy in the database is read instead when `DATABASE_URL` is reachable.
     #[arg(long, value_name = "PATH")]
     pub botpress_config: Option<PathBuf>,
-    /// The NLU module config, `data/global/config/nlu.json`.
+    /// The NLU module config, `data/global/config/nlu.json` (read from the database likewise).
     #[arg(long, value_name = "PATH")]
     pub nlu_config: Option<PathBuf>,
 }
 
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub files: BotpressFiles,
     /// `text` (a table) or `json`.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Timeout of the database read (`BPFS_STORAGE=database`).
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Default for CheckArgs {
+    fn default() -> Self {
+        CheckArgs {
+            files: BotpressFiles::default(),
+            format: Format::Text,
+            timeout: Duration::from_secs(3),
+        }
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -149,8 +164,8 @@ pub fn check(inputs: &Inputs<'_>) -> Vec<Finding> {
     check::check(inputs)
 }
 
-/// Variables Botpress reads (its diag's list plus the checklist's); `BP_*` and `EXPOSED_*` from
-/// the process are added, since the environment function cannot be enumerated.
+/// Variables Botpress reads (its diag's list plus the checklist's); without `--botpress-env`
+/// these, and every `BP_*` and `EXPOSED_*` of the process, are taken from the process.
 pub const BOTPRESS_ENV_NAMES: &[&str] = &[
     "PORT",
     "BP_HOST",
@@ -159,6 +174,7 @@ pub const BOTPRESS_ENV_NAMES: &[&str] = &[
     "EXTERNAL_URL",
     "NODE_PATH",
     "NODE_ENV",
+    "NODE_EXTRA_CA_CERTS",
     "BPFS_STORAGE",
     "NATIVE_EXTENSIONS_DIR",
     "REDIS_URL",
@@ -173,31 +189,38 @@ pub const BOTPRESS_ENV_NAMES: &[&str] = &[
     "DEBUG",
     "PG_HOST",
     "PG_PORT",
+    "PGSSLMODE",
     "SERVER_ID",
     "TZ",
     "LANG",
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "NO_PROXY",
+    "MESSAGING_ENDPOINT",
     "BP_PRODUCTION",
     "BP_REDIS_SCOPE",
     "BP_LICENSE_KEY",
+    "BP_ADMIN_EMAIL",
+    "BP_ADMIN_PASSWORD",
     "BP_DISABLE_SERVER_CONFIG",
     "BP_DISABLE_SERVER_DIAG",
     "BP_MODULE_NLU_LANGUAGESOURCES",
 ];
 
-/// Reads the Botpress files. `Err` is a usage error (a file given but unreadable or invalid).
-pub fn botpress_view(
+/// The global files as Botpress names them in `srv_ghost_files.file_path`.
+pub const GHOST_CONFIG: &str = "data/global/botpress.config.json";
+pub const GHOST_NLU: &str = "data/global/config/nlu.json";
+
+/// Botpress's environment: the `.env` file alone when given, else this process's variables.
+fn botpress_env(
     files: &BotpressFiles,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<BotpressView, String> {
-    let dot = match &files.botpress_env {
-        Some(p) => dotenv::parse(&read_text(p, "--botpress-env")?),
-        None => BTreeMap::new(),
-    };
+) -> Result<(BTreeMap<String, String>, EnvFrom), String> {
+    if let Some(p) = &files.botpress_env {
+        let map = dotenv::parse(&read_text(p, "--botpress-env")?);
+        return Ok((map, EnvFrom::File(p.display().to_string())));
+    }
     let mut names: Vec<String> = BOTPRESS_ENV_NAMES.iter().map(|s| s.to_string()).collect();
-    names.extend(dot.keys().cloned());
     names.extend(
         std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
@@ -205,40 +228,170 @@ pub fn botpress_view(
     );
     names.sort();
     names.dedup();
-    let env_map = botpress::merge_env(dot, &names, env);
-    let (mut config, config_given) = match &files.botpress_config {
-        Some(p) => (read_json(p, "--botpress-config")?, true),
-        None => (serde_json::Value::Object(Default::default()), false),
-    };
-    botpress::apply_overrides(&mut config, &env_map);
-    let nlu = match &files.nlu_config {
-        Some(p) => Some(read_json(p, "--nlu-config")?),
+    let map = names
+        .into_iter()
+        .filter_map(|n| env(&n).map(|v| (n, v)))
+        .collect();
+    Ok((map, EnvFrom::Process))
+}
+
+/// `process.PROJECT_LOCATION`: the folder of `.env`, or three levels above
+/// `data/global/botpress.config.json`.
+fn project_dir(files: &BotpressFiles) -> Option<String> {
+    if let Some(p) = &files.botpress_env {
+        return std::fs::canonicalize(p)
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.display().to_string()));
+    }
+    let c = std::fs::canonicalize(files.botpress_config.as_ref()?).ok()?;
+    c.ends_with("data/global/botpress.config.json")
+        .then(|| c.ancestors().nth(3).map(|d| d.display().to_string()))
+        .flatten()
+}
+
+/// Reads Botpress's inputs: its environment, then (with `BPFS_STORAGE=database`) the global files
+/// from the database when it can be read, else the files given. `Err` is a usage error (a file
+/// given but unreadable or invalid).
+pub async fn botpress_view(
+    files: &BotpressFiles,
+    env: &dyn Fn(&str) -> Option<String>,
+    timeout: Duration,
+) -> Result<BotpressView, String> {
+    let (env_map, env_from) = botpress_env(files, env)?;
+    let disk_text = match &files.botpress_config {
+        Some(p) => Some(read_text(p, "--botpress-config")?),
         None => None,
     };
-    Ok(BotpressView {
-        env: env_map,
-        config,
-        config_given,
-        nlu,
-    })
+    let disk_nlu = match &files.nlu_config {
+        Some(p) => Some(read_text(p, "--nlu-config")?),
+        None => None,
+    };
+    let mut notes = Vec::new();
+    // Botpress compares exactly: `Database` is disk storage to it.
+    let bpfs_db = env_map.get("BPFS_STORAGE").map(String::as_str) == Some("database");
+    let mut source = ConfigSource::Disk;
+    let (mut config_text, mut config_from) = (disk_text.clone(), "--botpress-config");
+    let (mut nlu_text, mut nlu_from) = (disk_nlu, "--nlu-config");
+    if bpfs_db {
+        source = match env_map.get("DATABASE_URL").filter(|u| !u.is_empty()) {
+            None => ConfigSource::DatabaseUnread(
+                "DATABASE_URL is unset: the files are in Botpress's SQLite database, which bpgate does not read".into(),
+            ),
+            Some(u) if !is_postgres_url(u) => ConfigSource::DatabaseUnread(
+                "DATABASE_URL is an SQLite path, which bpgate does not read".into(),
+            ),
+            Some(u) => match diag::read_ghost_files(u, &env_map, timeout).await {
+                Err(e) => ConfigSource::DatabaseUnread(obfuscate::url_secrets(&e)),
+                Ok(rows) => {
+                    let (mut found, mut missing) = (Vec::new(), Vec::new());
+                    for (name, slot, from) in [
+                        (GHOST_CONFIG, &mut config_text, &mut config_from),
+                        (GHOST_NLU, &mut nlu_text, &mut nlu_from),
+                    ] {
+                        match rows.get(name) {
+                            Some(t) => {
+                                *slot = Some(t.clone());
+                                *from = name;
+                                found.push(name.to_string());
+                            }
+                            None => missing.push(name.to_string()),
+                        }
+                    }
+                    ConfigSource::Database { found, missing }
+                }
+            },
+        };
+    }
+    let lookup = |k: &str| env_map.get(k).cloned();
+    let dir = project_dir(files);
+    let mut view = BotpressView {
+        env_from,
+        source,
+        ..Default::default()
+    };
+    view.env = env_map.clone();
+    let cx = botpress::SubstitutionContext {
+        project_dir: dir.as_deref(),
+        is_production: view.is_production(),
+        env: &lookup,
+    };
+    let (mut config, config_given) = match &config_text {
+        Some(t) => {
+            let (text, subs) = botpress::substitute(t, &cx);
+            notes.extend(subs);
+            let v = serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+                if text == *t {
+                    format!("{config_from}: not valid JSON: {e}")
+                } else {
+                    format!("{config_from}: not valid JSON after Botpress's %VAR% substitution (Botpress would not start): {e}")
+                }
+            })?;
+            (v, true)
+        }
+        None => (serde_json::Value::Object(Default::default()), false),
+    };
+    let (_, ignored) = botpress::apply_overrides(&mut config, &view.env);
+    for k in ignored {
+        notes.push(format!(
+            "{k} is ignored by Botpress: its path is not a leaf of botpress.config.json's schema"
+        ));
+    }
+    if let (Some(key), Some(serde_json::Value::Object(pro))) =
+        (view.env("BP_LICENSE_KEY"), config.get_mut("pro"))
+    {
+        pro.insert("licenseKey".into(), serde_json::Value::String(key.into()));
+    }
+    view.config = config;
+    view.config_given = config_given;
+    view.disk_config = disk_text
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok());
+    if disk_text.is_some()
+        && view.disk_config.is_none()
+        && !view.env_defined("PRO_ENABLED")
+        && !view.env_defined("BP_CONFIG_PRO_ENABLED")
+    {
+        notes.push("botpress.config.json on disk is not plain JSON: Botpress's boot-time read of pro.enabled (require) would throw".into());
+    }
+    view.nlu = match &nlu_text {
+        Some(t) => {
+            let mut v: serde_json::Value =
+                serde_json::from_str(t).map_err(|e| format!("{nlu_from}: not valid JSON: {e}"))?;
+            botpress::apply_nlu_env(&mut v, &view.env);
+            Some(v)
+        }
+        // nlu.json not given: Botpress still applies the environment to its defaults.
+        None if view
+            .env
+            .keys()
+            .any(|k| k.starts_with("BP_MODULE_NLU_") || k.starts_with("BP_NLU_")) =>
+        {
+            let mut v = serde_json::Value::Object(Default::default());
+            botpress::apply_nlu_env(&mut v, &view.env);
+            Some(v)
+        }
+        None => None,
+    };
+    view.notes = notes;
+    Ok(view)
+}
+
+pub fn is_postgres_url(u: &str) -> bool {
+    u.to_ascii_lowercase().starts_with("postgres")
 }
 
 fn read_text(p: &Path, flag: &str) -> Result<String, String> {
     std::fs::read_to_string(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
 }
 
-fn read_json(p: &Path, flag: &str) -> Result<serde_json::Value, String> {
-    let t = read_text(p, flag)?;
-    serde_json::from_str(&t).map_err(|e| format!("{flag} {}: not valid JSON: {e}", p.display()))
-}
-
-/// Reads everything the checks need from disk.
-pub fn gather<'a>(
+/// Reads everything the checks need from disk (and the database, see [`botpress_view`]).
+pub async fn gather<'a>(
     loaded: &'a Loaded,
     files: &BotpressFiles,
     env: &dyn Fn(&str) -> Option<String>,
+    timeout: Duration,
 ) -> Result<Inputs<'a>, String> {
-    let bp = botpress_view(files, env)?;
+    let bp = botpress_view(files, env, timeout).await?;
     Ok(Inputs {
         loaded,
         bp,
@@ -246,6 +399,14 @@ pub fn gather<'a>(
         audit_dir: write_test(&loaded.config.audit.dir),
         now: now_secs(),
     })
+}
+
+/// A small runtime for the synchronous commands.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 pub fn now_secs() -> i64 {
@@ -304,10 +465,10 @@ const CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// Verifies the chain against the system trust store with rustls's own verifier, so the answer
-/// is the one a TLS client on this host would give.
-pub fn system_trust(chain: &[CertificateDer<'_>], host: Option<&str>) -> Result<(), String> {
-    let (leaf, rest) = chain.split_first().ok_or("no certificate")?;
+/// The system trust store (the first bundle that has certificates, `SSL_CERT_FILE` first), plus
+/// the PEM certificates of `extra` (Node's `NODE_EXTRA_CA_CERTS`). `Err` when nothing was found
+/// or `extra` cannot be read.
+pub fn trust_roots(extra: Option<&Path>) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     let bundles = std::env::var("SSL_CERT_FILE")
         .ok()
@@ -321,9 +482,24 @@ pub fn system_trust(chain: &[CertificateDer<'_>], host: Option<&str>) -> Result<
             }
         }
     }
+    if let Some(p) = extra {
+        let it = CertificateDer::pem_file_iter(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let (added, _) = roots.add_parsable_certificates(it.filter_map(Result::ok));
+        if added == 0 {
+            return Err(format!("{}: no certificate in it", p.display()));
+        }
+    }
     if roots.is_empty() {
         return Err("no system trust store found".into());
     }
+    Ok(roots)
+}
+
+/// Verifies the chain against the system trust store with rustls's own verifier, so the answer
+/// is the one a TLS client on this host would give.
+pub fn system_trust(chain: &[CertificateDer<'_>], host: Option<&str>) -> Result<(), String> {
+    let (leaf, rest) = chain.split_first().ok_or("no certificate")?;
+    let roots = trust_roots(None)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -438,7 +614,9 @@ pub fn run_check(
     args: &CheckArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> ExitCode {
-    let inputs = match gather(loaded, &args.files, env) {
+    let inputs = match runtime()
+        .and_then(|rt| rt.block_on(gather(loaded, &args.files, env, args.timeout)))
+    {
         Ok(i) => i,
         Err(e) => {
             eprintln!("bpgate check: {e}");
@@ -462,7 +640,7 @@ pub async fn run_diag(
     args: &DiagArgs,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> ExitCode {
-    let bp = match botpress_view(&args.files, env) {
+    let bp = match botpress_view(&args.files, env, args.timeout).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("bpgate diag: {e}");
@@ -530,6 +708,14 @@ pub fn production_failures_at(loaded: &Loaded, cert: &CertInfo, now: i64) -> Vec
             status: Status::Fail,
             evidence: "cors.origins contains `*`".into(),
             fix: "set BPGATE_CORS_ORIGINS to your own origins, e.g. https://app.example.com".into(),
+        });
+    }
+    if c.base_path.mode == crate::config::BasePathMode::Strip {
+        out.push(Finding {
+            item: item::BASE_PATH,
+            status: Status::Fail,
+            evidence: check::STRIP_EVIDENCE.into(),
+            fix: check::STRIP_FIX.into(),
         });
     }
     if loaded.derived.nodes.len() > 1 && c.sticky.enabled && c.sticky.secret.is_empty() {

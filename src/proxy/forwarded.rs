@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED, HOST};
 
 use crate::config::Cidr;
+use crate::exchange::{ForwardedCache, ForwardedValues};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -100,20 +101,6 @@ pub struct ForwardingContext<'a> {
     pub prefix: Option<&'a HeaderValue>,
     /// The connection's values from its previous request, reused when they still apply.
     pub cache: Option<&'a ForwardedCache>,
-}
-
-/// Per-connection memo of the header values that only depend on the peer and the `Host`: a
-/// keep-alive connection from an untrusted peer sends the same ones on every request, so they
-/// are formatted once instead of per request.
-#[derive(Debug, Default)]
-pub struct ForwardedCache(arc_swap::ArcSwapOption<CachedForwarding>);
-
-#[derive(Debug)]
-struct CachedForwarding {
-    client: IpAddr,
-    host: Option<HeaderValue>,
-    client_text: HeaderValue,
-    forwarded: Option<HeaderValue>,
 }
 
 /// Writes `X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `-Prefix`, `X-Real-IP` and `Forwarded`.
@@ -214,7 +201,7 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
         None => h.remove(FORWARDED),
     };
     if let (Some(cache), false) = (cx.cache, cx.peer_trusted) {
-        cache.0.store(Some(std::sync::Arc::new(CachedForwarding {
+        cache.0.store(Some(std::sync::Arc::new(ForwardedValues {
             client: cx.client,
             host,
             client_text,

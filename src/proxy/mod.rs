@@ -20,14 +20,14 @@ use tokio_util::task::TaskTracker;
 
 pub use forwarded::{
     acceptable_request_id, canonical, client_ip, ip_header, new_request_id, set_forwarding_headers,
-    ForwardedCache, ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST,
-    X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+    ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
+    X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
 };
 pub use hop::{strip as strip_hop_by_hop, wants_upgrade};
-pub use pool::{Pool, PoolSettings, SendError, UpstreamBody};
+pub use pool::{ConnectError, Pool, PoolSettings, SendError};
 pub use tunnel::{TunnelHook, TunnelReport};
 
-use crate::exchange::{self, BodyEnd, Exchange, Req, Resp, RespBody};
+use crate::exchange::{self, BodyEnd, Exchange, Refusal, Req, Resp, RespBody, UpstreamBody};
 
 /// The node a request goes to, put in the request's extensions by the cluster layer.
 #[derive(Clone)]
@@ -39,7 +39,7 @@ pub enum ForwardError {
     /// Nothing reached the node. The request is handed back.
     Connect {
         req: Box<Req>,
-        error: String,
+        error: ConnectError,
     },
     Timeout,
     /// The client sent more than `limits.max_body`.
@@ -53,41 +53,21 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
+    /// The answer bpgate gives for this failure (see [`Refusal::row`] for the table).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            ForwardError::Connect { .. } => Refusal::NodeUnreachable,
+            ForwardError::Timeout => Refusal::NodeTimeout,
+            ForwardError::TooLarge => Refusal::BodyTooLarge,
+            ForwardError::ClientAbort => Refusal::BodyCutOff,
+            ForwardError::Failed(_) => Refusal::NodeBroke,
+            ForwardError::NoTarget => Refusal::NoTarget,
+        }
+    }
+
     /// bpgate's answer for this failure.
     pub fn into_response(self, id: Option<&HeaderValue>) -> Resp {
-        let (status, reason, outcome) = match self {
-            ForwardError::Connect { .. } => (
-                StatusCode::BAD_GATEWAY,
-                "the Botpress node could not be reached",
-                "upstream_error",
-            ),
-            ForwardError::Timeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "the Botpress node did not answer in time",
-                "upstream_timeout",
-            ),
-            ForwardError::TooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is larger than bpgate allows",
-                "rejected",
-            ),
-            ForwardError::ClientAbort => (
-                StatusCode::BAD_REQUEST,
-                "the request body was cut off",
-                "client_abort",
-            ),
-            ForwardError::Failed(_) => (
-                StatusCode::BAD_GATEWAY,
-                "the Botpress node broke the connection",
-                "upstream_error",
-            ),
-            ForwardError::NoTarget => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "no node was selected",
-                "error",
-            ),
-        };
-        exchange::error_response(status, reason, outcome, id)
+        self.refusal().response(id)
     }
 }
 
@@ -107,6 +87,8 @@ pub struct ForwardSettings {
     pub tunnel_idle_timeout: Duration,
     /// `limits.max_body`: a declared `Content-Length` above it is refused before forwarding.
     pub max_body: u64,
+    /// How the node's pool connects and keeps connections.
+    pub pool: PoolSettings,
 }
 
 /// Handles for work that outlives a request: tunnels, and the signal that ends them at the drain
@@ -181,7 +163,7 @@ async fn forward(
     prepare(&s, &x, &mut req, upgrade, trailers);
 
     let sent = std::time::Instant::now();
-    let (resp, mut lease) = match pool.send(req, timeout).await {
+    let (resp, mut lease) = match pool.send(req, timeout, &s.pool).await {
         Ok(r) => r,
         Err(SendError::Connect { req, error }) => return Err(ForwardError::Connect { req, error }),
         Err(SendError::Timeout) => return Err(ForwardError::Timeout),
@@ -297,28 +279,56 @@ fn te_trailers(h: &http::HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
+/// Why a probe (health check, `bpgate diag`) got no answer.
+#[derive(Debug)]
+pub enum ProbeError {
+    Connect(std::io::Error),
+    /// The path cannot be a request target.
+    BadPath(String),
+    /// The HTTP exchange failed (handshake, request or response head).
+    Http(hyper::Error),
+    /// The response body broke off or was larger than asked for.
+    Body(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Connect(e) => write!(f, "connect: {e}"),
+            ProbeError::BadPath(p) => write!(f, "bad probe path {p}"),
+            ProbeError::Http(e) => write!(f, "request: {e}"),
+            ProbeError::Body(e) => write!(f, "body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+impl From<ProbeError> for String {
+    fn from(e: ProbeError) -> String {
+        e.to_string()
+    }
+}
+
 /// `GET path` on a fresh connection to `authority` (health checks, `bpgate diag`): the status and
 /// up to `max_body` bytes of the body (none read when 0).
 pub async fn probe_get(
     authority: &str,
     path: &str,
     max_body: usize,
-) -> Result<(u16, bytes::Bytes), String> {
+) -> Result<(u16, bytes::Bytes), ProbeError> {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(authority)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Connect)?;
     let _ = stream.set_nodelay(true);
     let (mut tx, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Http)?;
     let conn = tokio::spawn(conn);
-    let req = probe_request(authority, path).ok_or_else(|| format!("bad probe path {path}"))?;
-    let resp = tx
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
+    let req = probe_request(authority, path).ok_or_else(|| ProbeError::BadPath(path.into()))?;
+    let resp = tx.send_request(req).await.map_err(ProbeError::Http)?;
     let status = resp.status().as_u16();
     let body = if max_body == 0 {
         bytes::Bytes::new()
@@ -327,7 +337,7 @@ pub async fn probe_get(
             .collect()
             .await
             .map(|b| b.to_bytes())
-            .map_err(|e| format!("body: {e}"))?
+            .map_err(|e| ProbeError::Body(e.to_string()))?
     };
     conn.abort();
     Ok((status, body))

@@ -6,34 +6,57 @@
 //! connection) whatever its method, and knows that nothing reached Botpress. The idle list is a
 //! lock-free queue; a connection goes back into it only once its response body has been read to
 //! the end.
+//!
+//! A pool outlives configuration generations; its settings ([`PoolSettings`]) come with each
+//! request from the generation the request runs under, so a reload applies to the next request
+//! and a connection in use finishes under the settings it started with.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use http::Response;
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::exchange::{Req, ReqBody};
+use crate::exchange::{ConnectionHome, Lease, Req, ReqBody};
 
 /// Why a request could not be exchanged with a node.
 #[derive(Debug)]
 pub enum SendError {
     /// Nothing reached the node; the request comes back for a retry.
-    Connect { req: Box<Req>, error: String },
+    Connect { req: Box<Req>, error: ConnectError },
     /// The node took longer than the response timeout to send its response head.
     Timeout,
     /// The exchange broke after the request was (partly) sent.
     Failed(hyper::Error),
 }
+
+/// Why no connection to a node could be used.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The TCP connection failed (refused, unreachable, reset).
+    Io(std::io::Error),
+    /// No connection within `upstream.connect_timeout`.
+    Timeout(Duration),
+    /// The HTTP/1.1 handshake or the first send on a connection failed before any byte left.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "connect: {e}"),
+            ConnectError::Timeout(d) => write!(f, "connect timed out after {d:?}"),
+            ConnectError::Http(e) => write!(f, "connection closed before the request: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
 
 /// Connections to one node.
 pub struct Pool {
@@ -41,8 +64,9 @@ pub struct Pool {
     pub authority: String,
     /// Node name, for notes and logs.
     pub name: Arc<str>,
-    idle: ArrayQueue<Idle>,
-    settings: PoolSettings,
+    idle: SegQueue<Idle>,
+    /// Length of `idle`, kept beside it to bound it by `pool_max_idle`.
+    idle_len: AtomicUsize,
     /// Requests sent to this node whose responses have not finished.
     in_flight: AtomicUsize,
     /// Connections opened (for metrics and the reuse ratio).
@@ -51,7 +75,8 @@ pub struct Pool {
     pub requests: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// `upstream.connect_timeout`, `idle_timeout` and `pool_max_idle`, as one generation has them.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -67,18 +92,18 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("authority", &self.authority)
-            .field("idle", &self.idle.len())
+            .field("idle", &self.idle_count())
             .finish()
     }
 }
 
 impl Pool {
-    pub fn new(name: Arc<str>, authority: String, settings: PoolSettings) -> Self {
+    pub fn new(name: Arc<str>, authority: String) -> Self {
         Pool {
             authority,
             name,
-            idle: ArrayQueue::new(settings.max_idle.max(1)),
-            settings,
+            idle: SegQueue::new(),
+            idle_len: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             connects: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -90,7 +115,13 @@ impl Pool {
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.idle_len.load(Ordering::Relaxed)
+    }
+
+    fn pop_idle(&self) -> Option<Idle> {
+        let i = self.idle.pop()?;
+        self.idle_len.fetch_sub(1, Ordering::Relaxed);
+        Some(i)
     }
 
     /// Sends `req` and waits for the response head. On success the returned [`Lease`] keeps the
@@ -99,12 +130,13 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Req,
         response_timeout: Duration,
+        settings: &PoolSettings,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
-        let in_flight = InFlight::new(self.clone());
+        let in_flight = InFlight::new(self);
         // Reuse an idle connection when one is alive; a dead one hands the request back.
-        while let Some(idle) = self.idle.pop() {
+        while let Some(idle) = self.pop_idle() {
             let Idle { mut tx, since } = idle;
-            if since.elapsed() >= self.settings.idle_timeout || tx.is_closed() {
+            if since.elapsed() >= settings.idle_timeout || tx.is_closed() {
                 continue;
             }
             // Checked in when its last body ended; the dispatcher may still be wrapping up.
@@ -112,48 +144,29 @@ impl Pool {
                 continue;
             }
             match self.exchange(&mut tx, req, response_timeout).await {
-                Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Lease {
-                            pool: self.clone(),
-                            tx: Some(tx),
-                            _in_flight: in_flight,
-                        },
-                    ))
-                }
+                Ok(resp) => return Ok((resp, in_flight.into_lease(tx, settings.max_idle))),
                 Err(SendError::Connect { req: r, .. }) => req = *r,
                 Err(e) => return Err(e),
             }
         }
-        let mut tx = match tokio::time::timeout(self.settings.connect_timeout, self.connect()).await
-        {
+        let connect = tokio::time::timeout(settings.connect_timeout, self.connect()).await;
+        let mut tx = match connect {
             Ok(Ok(tx)) => tx,
-            Ok(Err(e)) => {
+            Ok(Err(error)) => {
                 return Err(SendError::Connect {
                     req: Box::new(req),
-                    error: e,
+                    error,
                 })
             }
             Err(_) => {
                 return Err(SendError::Connect {
                     req: Box::new(req),
-                    error: format!(
-                        "connect timed out after {:?}",
-                        self.settings.connect_timeout
-                    ),
+                    error: ConnectError::Timeout(settings.connect_timeout),
                 })
             }
         };
         let resp = self.exchange(&mut tx, req, response_timeout).await?;
-        Ok((
-            resp,
-            Lease {
-                pool: self.clone(),
-                tx: Some(tx),
-                _in_flight: in_flight,
-            },
-        ))
+        Ok((resp, in_flight.into_lease(tx, settings.max_idle)))
     }
 
     async fn exchange(
@@ -168,7 +181,7 @@ impl Pool {
             Ok(Err(mut e)) => match e.take_message() {
                 Some(req) => Err(SendError::Connect {
                     req: Box::new(req),
-                    error: e.into_error().to_string(),
+                    error: ConnectError::Http(e.into_error()),
                 }),
                 None => Err(SendError::Failed(e.into_error())),
             },
@@ -176,17 +189,17 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<ReqBody>, String> {
+    async fn connect(&self) -> Result<SendRequest<ReqBody>, ConnectError> {
         let stream = TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
         self.connects.fetch_add(1, Ordering::Relaxed);
         let (tx, conn) = http1::Builder::new()
             .preserve_header_case(false)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ConnectError::Http)?;
         let name = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -196,116 +209,62 @@ impl Pool {
         Ok(tx)
     }
 
-    fn checkin(&self, tx: SendRequest<ReqBody>) {
-        if !tx.is_closed() {
-            // A full queue drops the connection, which closes it.
-            let _ = self.idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+    /// Keeps a connection for reuse unless `max_idle` are already kept (dropping it closes it).
+    fn checkin(&self, tx: SendRequest<ReqBody>, max_idle: usize) {
+        if tx.is_closed() {
+            return;
         }
+        if self.idle_len.fetch_add(1, Ordering::Relaxed) >= max_idle {
+            self.idle_len.fetch_sub(1, Ordering::Relaxed);
+            // A lowered `pool_max_idle` also sheds the surplus kept under the old value.
+            if self.idle_len.load(Ordering::Relaxed) > max_idle {
+                drop(self.pop_idle());
+            }
+            return;
+        }
+        self.idle.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
     }
 }
 
-/// Counts a request as outstanding on its node while it lives.
-pub struct InFlight(Arc<Pool>);
+impl ConnectionHome for Pool {
+    fn exchange_ended(&self, reusable: Option<SendRequest<ReqBody>>, max_idle: usize) {
+        if let Some(tx) = reusable {
+            self.checkin(tx, max_idle);
+        }
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a request as outstanding on its node until its response ends (then its [`Lease`]
+/// does).
+struct InFlight {
+    pool: Arc<Pool>,
+    armed: bool,
+}
 
 impl InFlight {
-    fn new(pool: Arc<Pool>) -> Self {
+    fn new(pool: &Arc<Pool>) -> Self {
         pool.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(pool)
+        InFlight {
+            pool: pool.clone(),
+            armed: true,
+        }
+    }
+
+    /// Hands the count over to the lease of the connection that got the response.
+    fn into_lease(mut self, tx: SendRequest<ReqBody>, max_idle: usize) -> Lease {
+        self.armed = false;
+        Lease::new(self.pool.clone(), tx, max_idle)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A connection lent to one exchange. Released to the pool when the body ended cleanly.
-pub struct Lease {
-    pool: Arc<Pool>,
-    tx: Option<SendRequest<ReqBody>>,
-    _in_flight: InFlight,
-}
-
-impl Lease {
-    /// The connection is not reusable (it became a tunnel, or the response was cut).
-    pub fn discard(&mut self) {
-        self.tx = None;
-    }
-
-    fn release(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            self.pool.checkin(tx);
-        }
-    }
-}
-
-/// A node's response body: streamed to the client, its connection returned to the pool at the
-/// end, and the node's in-flight count lowered when it finishes or is dropped.
-pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<Lease>,
-}
-
-impl UpstreamBody {
-    pub fn new(inner: Incoming, lease: Lease) -> Self {
-        let mut b = UpstreamBody {
-            inner,
-            lease: Some(lease),
-        };
-        if b.inner.is_end_stream() {
-            b.finish();
-        }
-        b
-    }
-
-    fn finish(&mut self) {
-        if let Some(mut l) = self.lease.take() {
-            l.release();
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(l) = self.lease.as_mut() {
-                    l.discard();
-                }
-                self.lease = None;
-            }
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Dropped before the end (client went away): the connection may hold unread bytes.
-        if let Some(l) = self.lease.as_mut() {
-            l.discard();
+        if self.armed {
+            self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -335,6 +335,10 @@ impl GateBuilder {
         let loaded = bpgate::config::load(&path, &|k| env.get(k).cloned(), &Default::default())
             .unwrap_or_else(|e| panic!("config: {e}"));
         let gw = bpgate::Gateway::start(loaded).unwrap_or_else(|e| panic!("start: {e}"));
+        // A reload reads the file again with the test's environment, not the process's.
+        gw.set_reloader(move |old| {
+            bpgate::config::load(&old.path, &|k| env.get(k).cloned(), &Default::default())
+        });
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = if self.redirect {
@@ -418,7 +422,7 @@ impl Gate {
 
     /// All audit lines written so far (flushes first).
     pub fn audit_lines(&self) -> Vec<serde_json::Value> {
-        if let Some(a) = &self.gw.audit {
+        if let Some(a) = &self.gw.shared().audit {
             a.flush();
         }
         read_audit_dir(&self.audit_dir)

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::entry::{parse_ts, Parsed};
+use crate::exchange::Outcome;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FilterArgs {
@@ -21,8 +22,8 @@ pub struct FilterArgs {
     /// Path prefix (as the client sent it, base path included), e.g. `/api/v1/bots`.
     #[arg(long, value_name = "PREFIX")]
     pub path: Vec<String>,
-    /// Outcome: ok, client_abort, upstream_error, upstream_timeout, rejected, no_upstream,
-    /// audit_unavailable, redirect, tunnel_error.
+    /// Outcome, e.g. `rejected`, `upstream_error,upstream_timeout` (the README's audit field
+    /// list has them all; a value this bpgate does not write is matched with a warning).
     #[arg(long, value_delimiter = ',', value_name = "OUTCOME")]
     pub outcome: Vec<String>,
     /// Lines at or after this time: RFC 3339 (`2026-11-24T08:00:00Z`) or an age (`90m`, `1h`, `2d`).
@@ -109,6 +110,16 @@ impl Filter {
             }
         }
         let users: Vec<String> = a.user.iter().map(|u| u.trim().to_string()).collect();
+        for o in &a.outcome {
+            if !Outcome::ALL.iter().any(|k| k.as_str() == o.trim()) {
+                // Another version's trail may hold it: a warning, not an error.
+                let known: Vec<&str> = Outcome::ALL.iter().map(|k| k.as_str()).collect();
+                eprintln!(
+                    "bpgate audit: --outcome `{o}` is not an outcome this bpgate writes ({}); matching it anyway",
+                    known.join(", ")
+                );
+            }
+        }
         Ok(Filter {
             anonymous: users.iter().any(|u| u == "-"),
             users: users.into_iter().filter(|u| u != "-").collect(),

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use super::entry::{format_ms, Parsed};
 use super::filter::{Filter, FilterArgs};
 use super::{Failure, Format, Tally, Trail};
+use crate::exchange::Outcome;
 
 /// Distinct users (and distinct IPs) counted exactly.
 pub const TOP_CAP: usize = 20_000;
@@ -323,7 +324,7 @@ impl Summary {
             t.bytes_up += e.bytes_in.unwrap_or(0);
             t.bytes_down += e.bytes_out.unwrap_or(0);
             t.durations.add(p.duration_us());
-            if outcome != "ok" {
+            if outcome != Outcome::Ok.as_str() {
                 t.errors += 1;
             }
             count(
@@ -372,7 +373,9 @@ impl Summary {
             5 => n.s5xx += 1,
             _ => {}
         }
-        if matches!(outcome, "upstream_error" | "upstream_timeout") {
+        if outcome == Outcome::UpstreamError.as_str()
+            || outcome == Outcome::UpstreamTimeout.as_str()
+        {
             n.upstream_errors += 1;
         }
         if e.sticky.as_ref().is_some_and(|s| s.as_str() == "failover") {

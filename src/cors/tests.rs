@@ -1,0 +1,387 @@
+use super::*;
+use crate::exchange::{ConnInfo, Exchange, ReqBody, RespBody};
+use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn cfg(origins: &[&str], credentials: bool) -> crate::config::Cors {
+    crate::config::Cors {
+        origins: origins.iter().map(|s| s.to_string()).collect(),
+        credentials,
+        expose_headers: vec!["X-Request-Id".into()],
+        max_age: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
+fn xchg() -> Arc<Exchange> {
+    let a = "127.0.0.1:1".parse().unwrap();
+    Arc::new(Exchange {
+        start: Instant::now(),
+        id: HeaderValue::from_static("req-1"),
+        conn: Arc::new(ConnInfo::new(a, a, Some("TLSv1.3"))),
+        client_ip: a.ip(),
+        peer_trusted: false,
+        bytes_in: AtomicU64::new(0),
+        body_end: AtomicU8::new(0),
+    })
+}
+
+/// Runs one request through the layer over an inner service that counts calls and answers
+/// like a permissive Botpress (`Access-Control-Allow-Origin: *`, `Vary: Accept-Encoding`).
+async fn run(policy: CorsPolicy, req: Req) -> (Resp, usize) {
+    use tower::ServiceExt;
+    let calls = Arc::new(Mutex::new(0usize));
+    let c = calls.clone();
+    let inner = tower::service_fn(move |_r: Req| {
+        *c.lock().unwrap() += 1;
+        let mut resp = http::Response::new(RespBody::empty());
+        resp.headers_mut()
+            .insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        resp.headers_mut().insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET,POST"),
+        );
+        resp.headers_mut()
+            .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+        Box::pin(async move { Ok::<_, Infallible>(resp) }) as BoxFut
+    });
+    let svc = CorsLayer::new(policy).layer(inner);
+    let resp = svc.oneshot(req).await.unwrap();
+    let n = *calls.lock().unwrap();
+    (resp, n)
+}
+
+fn req(method: &str, origin: Option<&str>, acrm: Option<&str>, acrh: Option<&str>) -> Req {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri("/botpress/api/v1/x")
+        .header(HOST, "bot.example.com");
+    if let Some(o) = origin {
+        b = b.header(ORIGIN, o);
+    }
+    if let Some(m) = acrm {
+        b = b.header(ACCESS_CONTROL_REQUEST_METHOD, m);
+    }
+    if let Some(h) = acrh {
+        b = b.header(ACCESS_CONTROL_REQUEST_HEADERS, h);
+    }
+    let mut r = b.body(ReqBody::empty()).unwrap();
+    r.extensions_mut().insert(xchg());
+    r
+}
+
+fn has_any_acx(r: &Resp) -> bool {
+    r.headers()
+        .keys()
+        .any(|k| k.as_str().starts_with("access-control-"))
+}
+
+#[test]
+fn pattern_parsing() {
+    for good in [
+        "https://app.example.com",
+        "https://app.example.com:8443",
+        "http://localhost:3000",
+        "https://*.example.com",
+        "https://*.example.com:8443",
+        "null",
+        "https://[::1]:8443",
+        "HTTPS://APP.Example.com",
+    ] {
+        assert!(OriginPattern::parse(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "*",
+        "app.example.com",
+        "https://app.example.com/",
+        "https://app.example.com/path",
+        "https://app.example.com?x=1",
+        "https://app.example.com#f",
+        "https://user@app.example.com",
+        "ftp://app.example.com",
+        "https://a.*.example.com",
+        "https://*example.com",
+        "https://*.com",
+        "https://*",
+        "https://",
+        "https://app.example.com:0",
+        "https://app.example.com:99999",
+        "https://app.example.com:x",
+        "https://ex ample.com",
+    ] {
+        let e = OriginPattern::parse(bad);
+        assert!(e.is_err(), "{bad} should be refused");
+        assert!(e.unwrap_err().contains('`'), "message names the value");
+    }
+    // Default ports are dropped so they match what browsers send.
+    assert!(OriginPattern::parse("https://app.example.com:443")
+        .unwrap()
+        .matches("https://app.example.com"));
+}
+
+#[test]
+fn wildcard_edges() {
+    let p = OriginPattern::parse("https://*.example.com").unwrap();
+    let cases = [
+        ("https://a.example.com", true),
+        ("https://A.Example.com", true),
+        ("https://example.com", false),
+        ("http://a.example.com", false),
+        // One label only: documented choice.
+        ("https://a.b.example.com", false),
+        ("https://evil-example.com", false),
+        ("https://a.example.com.evil.com", false),
+        ("https://a.example.com:8443", false),
+        ("https://.example.com", false),
+        ("https://-a.example.com", false),
+        ("https://a_b.example.com", false),
+        ("https://x/.example.com", false),
+        ("null", false),
+    ];
+    for (o, want) in cases {
+        assert_eq!(p.matches(o), want, "{o}");
+    }
+    let p = OriginPattern::parse("https://*.example.com:8443").unwrap();
+    assert!(p.matches("https://a.example.com:8443"));
+    assert!(!p.matches("https://a.example.com"));
+    let exact = OriginPattern::parse("https://app.example.com").unwrap();
+    assert!(exact.matches("https://app.example.com"));
+    assert!(!exact.matches("https://app.example.com:8443"));
+    assert!(!exact.matches("http://app.example.com"));
+}
+
+/// origins × methods × credentials × preflight/actual.
+#[tokio::test]
+async fn table() {
+    let origins = ["https://app.example.com", "https://*.example.org"];
+    // (origin, method, preflight, allowed)
+    let cases: &[(&str, &str, bool, bool)] = &[
+        ("https://app.example.com", "GET", true, true),
+        ("https://app.example.com", "DELETE", true, true),
+        ("https://app.example.com", "TRACE", true, false),
+        ("https://a.example.org", "POST", true, true),
+        ("https://example.org", "POST", true, false),
+        ("https://bot.example.com", "PUT", true, true), // public origin
+        ("https://evil.com", "GET", true, false),
+        ("https://app.example.com:8443", "GET", true, false),
+        ("null", "GET", true, false),
+        ("https://app.example.com", "GET", false, true),
+        ("https://a.example.org", "POST", false, true),
+        ("https://bot.example.com", "POST", false, true),
+        ("https://evil.com", "GET", false, false),
+        ("http://app.example.com", "GET", false, false),
+        ("null", "POST", false, false),
+    ];
+    for credentials in [true, false] {
+        for &(origin, method, preflight, allowed) in cases {
+            let p = CorsPolicy::new(&cfg(&origins, credentials), Some("https://bot.example.com"));
+            let r = if preflight {
+                req(
+                    "OPTIONS",
+                    Some(origin),
+                    Some(method),
+                    Some("content-type,x-bp-workspace,CSRF-Token"),
+                )
+            } else {
+                req(method, Some(origin), None, None)
+            };
+            let (resp, calls) = run(p, r).await;
+            let what = format!("{origin} {method} preflight={preflight} creds={credentials}");
+            let h = resp.headers();
+            if preflight {
+                assert_eq!(calls, 0, "{what}: preflight reached Botpress");
+            }
+            if !allowed {
+                assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{what}");
+                assert!(!has_any_acx(&resp), "{what}");
+                assert_eq!(
+                    resp.extensions()
+                        .get::<crate::exchange::Note>()
+                        .unwrap()
+                        .outcome,
+                    Some(crate::exchange::Outcome::Rejected)
+                );
+                assert_eq!(calls, 0, "{what}");
+                continue;
+            }
+            assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], origin, "{what}");
+            assert_eq!(
+                h.get(ACCESS_CONTROL_ALLOW_CREDENTIALS)
+                    .map(|v| v.to_str().unwrap()),
+                credentials.then_some("true"),
+                "{what}"
+            );
+            if preflight {
+                assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{what}");
+                assert_eq!(
+                    h[ACCESS_CONTROL_ALLOW_METHODS],
+                    "GET, HEAD, POST, PUT, PATCH, DELETE"
+                );
+                let ah = h[ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap();
+                for n in REQUIRED_HEADERS {
+                    assert!(ah.contains(n), "{ah}");
+                }
+                assert_eq!(h[ACCESS_CONTROL_MAX_AGE], "600");
+                assert_eq!(
+                    h[VARY],
+                    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+                );
+            } else {
+                assert_eq!(calls, 1);
+                assert_eq!(h[ACCESS_CONTROL_EXPOSE_HEADERS], "X-Request-Id");
+                // Botpress's own were removed.
+                assert!(h.get(ACCESS_CONTROL_ALLOW_METHODS).is_none());
+                assert_eq!(h.get_all(ACCESS_CONTROL_ALLOW_ORIGIN).iter().count(), 1);
+                assert_eq!(h[VARY], "Accept-Encoding, Origin");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn preflight_headers_checked_case_insensitively() {
+    let p = || CorsPolicy::new(&cfg(&["https://app.example.com"], true), None);
+    let (r, _) = run(
+        p(),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("POST"),
+            Some("AUTHORIZATION, csrf-token"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (r, n) = run(
+        p(),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("POST"),
+            Some("x-evil"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!has_any_acx(&r));
+    assert_eq!(n, 0);
+    // Methods are case-sensitive.
+    let (r, _) = run(
+        p(),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("post"),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn required_headers_added_even_if_config_omits_them() {
+    let mut c = cfg(&["https://app.example.com"], true);
+    c.allow_headers = vec!["x-custom".into()];
+    let (r, _) = run(
+        CorsPolicy::new(&c, None),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("GET"),
+            Some("x-custom, x-bp-workspace"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.headers()[ACCESS_CONTROL_ALLOW_HEADERS],
+        "x-custom, Authorization, Content-Type, CSRF-Token, X-BP-Workspace, X-Requested-With"
+    );
+}
+
+#[tokio::test]
+async fn no_origin_same_origin_and_reject_off() {
+    let p = || CorsPolicy::new(&cfg(&[], true), Some("https://bot.example.com"));
+    // No Origin: passes, upstream CORS stripped, Vary added.
+    let (r, n) = run(p(), req("GET", None, None, None)).await;
+    assert_eq!((r.status(), n), (StatusCode::OK, 1));
+    assert!(!has_any_acx(&r));
+    assert_eq!(r.headers()[VARY], "Accept-Encoding, Origin");
+    // Same origin by Host, even when it is not the public origin.
+    let mut q = req(
+        "POST",
+        Some("https://internal.example.net:8443"),
+        None,
+        None,
+    );
+    q.headers_mut()
+        .insert(HOST, HeaderValue::from_static("internal.example.net:8443"));
+    let (r, n) = run(p(), q).await;
+    assert_eq!((r.status(), n), (StatusCode::OK, 1));
+    assert!(!has_any_acx(&r));
+    // reject_disallowed = false: forwarded, but without CORS headers.
+    let mut c = cfg(&[], true);
+    c.reject_disallowed = false;
+    let (r, n) = run(
+        CorsPolicy::new(&c, None),
+        req("GET", Some("https://evil.com"), None, None),
+    )
+    .await;
+    assert_eq!((r.status(), n), (StatusCode::OK, 1));
+    assert!(!has_any_acx(&r));
+    // A preflight from a disallowed origin is still refused.
+    let (r, n) = run(
+        CorsPolicy::new(&c, None),
+        req("OPTIONS", Some("https://evil.com"), Some("GET"), None),
+    )
+    .await;
+    assert_eq!((r.status(), n), (StatusCode::FORBIDDEN, 0));
+}
+
+#[tokio::test]
+async fn null_only_when_listed() {
+    let (r, _) = run(
+        CorsPolicy::new(&cfg(&["null"], false), None),
+        req("POST", Some("null"), None, None),
+    )
+    .await;
+    assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "null");
+    assert!(r.headers().get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+}
+
+#[tokio::test]
+async fn disabled_is_transparent() {
+    let mut c = cfg(&[], true);
+    c.enabled = false;
+    let (r, n) = run(
+        CorsPolicy::new(&c, None),
+        req("OPTIONS", Some("https://evil.com"), Some("GET"), None),
+    )
+    .await;
+    assert_eq!(n, 1);
+    assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert_eq!(r.headers()[VARY], "Accept-Encoding");
+}
+
+#[test]
+fn vary_merging() {
+    let mut h = HeaderMap::new();
+    add_vary_origin(&mut h);
+    assert_eq!(h[VARY], "Origin");
+    let mut h = HeaderMap::new();
+    h.append(VARY, HeaderValue::from_static("Accept-Encoding"));
+    h.append(VARY, HeaderValue::from_static("Cookie"));
+    add_vary_origin(&mut h);
+    assert_eq!(h[VARY], "Accept-Encoding, Cookie, Origin");
+    assert_eq!(h.get_all(VARY).iter().count(), 1);
+    let mut h = HeaderMap::new();
+    h.insert(VARY, HeaderValue::from_static("origin, accept"));
+    add_vary_origin(&mut h);
+    assert_eq!(h[VARY], "origin, accept");
+    let mut h = HeaderMap::new();
+    h.insert(VARY, HeaderValue::from_static("*"));
+    add_vary_origin(&mut h);
+    assert_eq!(h[VARY], "*");
+}
