@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when serving and at least one node is up, else 503 |
+//! | `GET /readyz` | 200 when serving, at least one node is up and the audit trail takes new work, else 503 |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text |
 //! | `GET /upstreams` | every node's state as JSON |
 //! | `POST /upstreams/{name}/drain`, `/undrain` | stop / resume new sessions to a node |
@@ -75,6 +75,7 @@ async fn handle(gw: &Arc<Generations>, req: Request<Incoming>) -> Response<Full<
                 "draining": shared.shutdown.is_cancelled(),
                 "healthy_nodes": current.nodes.nodes.iter().filter(|n| n.is_healthy()).count(),
                 "audit_writable": shared.audit.as_ref().map(|a| a.healthy()),
+                "audit_blocked": shared.audit.as_ref().map(|a| a.blocked()),
                 "generation": current.number,
                 "generation_loaded_at": crate::tls::rfc3339_secs((current.loaded_at_ms / 1000) as i64),
             });

@@ -82,6 +82,24 @@ pub struct Exchange {
     pub bytes_in: AtomicU64,
     /// Set by the request body when it stopped early; see [`BodyEnd`].
     pub body_end: AtomicU8,
+    /// The node the request was last sent to, for the audit line of an exchange that ends
+    /// without a response (the client went away first).
+    pub node: NodeSlot,
+}
+
+/// The node an exchange was sent to (set by the forwarding step, read by the audit layer).
+#[derive(Debug, Default)]
+pub struct NodeSlot(std::sync::Mutex<Option<Arc<str>>>);
+
+impl NodeSlot {
+    pub fn set(&self, node: Arc<str>) {
+        if let Ok(mut n) = self.0.lock() {
+            *n = Some(node);
+        }
+    }
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.lock().ok().and_then(|n| n.clone())
+    }
 }
 
 /// How a request body ended, when it did not simply finish.

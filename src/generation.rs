@@ -137,9 +137,12 @@ impl Generation {
         }
     }
 
-    /// Serving, not draining, and at least one node up.
+    /// Serving, not draining, at least one node up, and the audit trail taking new work (not
+    /// refusing requests with `on_failure = "block"`, not full).
     pub fn ready(&self, shared: &Shared) -> bool {
-        !shared.shutdown.is_cancelled() && self.nodes.ready(self.health.enabled)
+        !shared.shutdown.is_cancelled()
+            && self.nodes.ready(self.health.enabled)
+            && !shared.audit.as_ref().is_some_and(|a| a.blocked())
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::cluster;
 use crate::config::{
-    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Forwarding, Headers, Health, JwtSource,
+    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Durability, Forwarding, Headers, Health, JwtSource,
     Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky, Tls,
     Upstream,
 };
@@ -74,6 +74,7 @@ pub struct RestartAudit {
     pub queue: usize,
     #[serde(with = "humantime_serde")]
     pub flush_interval: std::time::Duration,
+    pub durability: Durability,
 }
 
 mod humantime_serde {
@@ -119,6 +120,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         jwt_source,
         queue,
         flush_interval,
+        durability,
     } = audit;
     (
         Live {
@@ -152,6 +154,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
                 jwt_source,
                 queue,
                 flush_interval,
+                durability,
             },
             admin,
         },
@@ -192,6 +195,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
                 jwt_source,
                 queue,
                 flush_interval,
+                durability,
             },
         admin,
     } = restart;
@@ -224,6 +228,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
             jwt_source,
             queue,
             flush_interval,
+            durability,
         },
         admin,
     }

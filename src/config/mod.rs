@@ -309,11 +309,40 @@ pub struct Audit {
     /// Where Botpress reads the admin JWT: `header` (`Authorization: Bearer`, Botpress's default)
     /// or `cookie` (the `jwtToken` cookie, when `jwtToken.useCookieStorage` is on).
     pub jwt_source: JwtSource,
-    /// Lines buffered between the request path and the writer thread.
+    /// Lines held in memory (queued or being written) before new requests wait for room.
     pub queue: usize,
-    /// Longest time a line waits in memory before it is written.
+    /// With `durability = "batched"`: longest time a line waits in memory before it is written.
     #[serde(with = "types::duration")]
     pub flush_interval: Duration,
+    /// Where a request's line is when its answer completes; see [`Durability`].
+    pub durability: Durability,
+}
+
+/// How far a request's audit line has got when the client receives the end of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Queued: written within `flush_interval` after the answer (a process crash loses the
+    /// lines of up to `flush_interval` of answered requests).
+    Batched,
+    /// Written to the file (the kernel has it) before the answer completes: a process crash
+    /// loses no answered request's line; a power loss can lose what the kernel had not yet
+    /// written to disk.
+    #[default]
+    Written,
+    /// Written and synced to disk (`fdatasync`) before the answer completes: a power loss loses
+    /// no answered request's line either, on a disk that honours cache flushes.
+    Synced,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Batched => "batched",
+            Durability::Written => "written",
+            Durability::Synced => "synced",
+        }
+    }
 }
 
 /// The one place Botpress reads the admin JWT from (`router-security.ts`).
@@ -546,6 +575,7 @@ impl Default for Audit {
             jwt_source: JwtSource::Header,
             queue: 4_096,
             flush_interval: Duration::from_millis(5),
+            durability: Durability::default(),
         }
     }
 }

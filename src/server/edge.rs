@@ -217,6 +217,7 @@ impl Edge {
             peer_trusted,
             bytes_in: AtomicU64::new(0),
             body_end: Default::default(),
+            node: Default::default(),
         });
         let max_body = generation.edge.max_body;
         let mut stack = generation.stack.clone();
