@@ -424,6 +424,11 @@ async fn disk_full_blocks_requests_then_recovers_without_losing_a_line() {
         StatusCode::SERVICE_UNAVAILABLE,
         "on_failure = block refuses unaudited work"
     );
+    // A load balancer sees it too: not ready while requests are refused.
+    let (s, body) = gate.admin_get("/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["audit_blocked"], true, "{body}");
     let (_, m) = gate.admin_get("/metrics").await;
     assert!(
         !m.contains("bpgate_audit_write_errors_total 0"),
@@ -441,6 +446,7 @@ async fn disk_full_blocks_requests_then_recovers_without_losing_a_line() {
             .healthy())
         .await
     );
+    assert_eq!(gate.admin_get("/readyz").await.0, StatusCode::OK);
     assert_eq!(c.get("/after").await.status, StatusCode::OK);
     let lines = gate.audit_lines();
     let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();

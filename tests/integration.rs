@@ -7,6 +7,7 @@ mod support;
 mod architecture;
 mod audit;
 mod audit_cli;
+mod audit_durability;
 mod cli;
 mod cluster;
 mod cors_base_path;

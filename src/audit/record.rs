@@ -35,6 +35,7 @@ pub struct Record {
     pub method: Option<Method>,
     pub host: Option<HeaderValue>,
     pub uri: Option<Uri>,
+    /// 0 (written as `null`) when no response head was sent.
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -137,7 +138,12 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     }
     let mut n = itoa::Buffer::new();
     out.extend_from_slice(b",\"status\":");
-    out.extend_from_slice(n.format(r.status).as_bytes());
+    if r.status == 0 {
+        // No response head was sent (the client went away first).
+        out.extend_from_slice(b"null");
+    } else {
+        out.extend_from_slice(n.format(r.status).as_bytes());
+    }
     out.extend_from_slice(b",\"bytes_in\":");
     out.extend_from_slice(n.format(r.bytes_in).as_bytes());
     out.extend_from_slice(b",\"bytes_out\":");

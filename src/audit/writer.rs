@@ -684,7 +684,19 @@ struct Files {
 impl Files {
     fn open(s: &WriterSettings) -> io::Result<Files> {
         let path = s.dir.join(CURRENT_FILE);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let torn = trim_torn_tail(&file)?;
+        if torn > 0 {
+            tracing::warn!(
+                file = %path.display(),
+                bytes = torn,
+                "the audit file ended in part of a line (the process was killed during a write); removed it so every line stays whole. The request it belonged to had not been answered yet unless audit.durability = \"batched\""
+            );
+        }
         let meta = file.metadata()?;
         let now = (s.clock)();
         // A file left by an earlier run belongs to the period it was last written in.
@@ -741,6 +753,39 @@ impl Files {
         self.period = period_start(s.rotation, now);
         prune(&self.dir, s.max_files);
         Ok(())
+    }
+}
+
+/// Cuts a partial last line (a process killed in the middle of a write can leave one) so the
+/// next line starts on a line of its own; returns how many bytes were cut. Only regular files.
+fn trim_torn_tail(file: &File) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let meta = file.metadata()?;
+    let len = meta.len();
+    if !meta.is_file() || len == 0 {
+        return Ok(0);
+    }
+    let mut f = file;
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut chunk[..n])?;
+        if end == len && chunk[n - 1] == b'\n' {
+            return Ok(0);
+        }
+        if let Some(i) = memchr::memrchr(b'\n', &chunk[..n]) {
+            let keep = start + i as u64 + 1;
+            file.set_len(keep)?;
+            return Ok(len - keep);
+        }
+        if start == 0 {
+            file.set_len(0)?;
+            return Ok(len);
+        }
+        end = start;
     }
 }
 

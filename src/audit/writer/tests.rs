@@ -314,3 +314,50 @@ fn a_stalled_file_never_makes_a_sender_wait_and_room_returns_when_it_drains() {
     }
     guard.shutdown();
 }
+
+#[test]
+fn a_line_torn_by_a_killed_process_is_cut_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(CURRENT_FILE);
+    let whole = "{\"ts\":\"2026-11-24T10:00:00.000Z\",\"path\":\"/whole\"}\n";
+    std::fs::write(&path, format!("{whole}{{\"ts\":\"2026-11-24T10:00:0")).unwrap();
+    let t = {
+        let clock = Arc::new(AtomicI64::new(T0));
+        let c = clock.clone();
+        let (sink, guard) = AuditSink::start(
+            WriterSettings {
+                dir: dir.path().to_path_buf(),
+                rotation: Rotation::Never,
+                max_size: 0,
+                max_files: 0,
+                stdout: false,
+                queue: 64,
+                flush_interval: Duration::from_millis(1),
+                on_failure: OnFailure::Block,
+                durability: Durability::Written,
+                clock: Arc::new(move || c.load(Ordering::SeqCst)),
+            },
+            &[],
+        )
+        .unwrap();
+        Trail {
+            dir,
+            clock,
+            sink,
+            guard: Some(guard),
+        }
+    };
+    t.line("/next");
+    t.sink.flush();
+    assert_eq!(
+        t.files(),
+        [("audit.jsonl".into(), vec!["/whole".into(), "/next".into()])]
+    );
+    // A file that ends in a newline is left alone.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(t.dir.path().join(CURRENT_FILE))
+        .unwrap();
+    assert_eq!(trim_torn_tail(&f).unwrap(), 0);
+}
