@@ -83,7 +83,11 @@ enum Start {
     /// At once: the inner service's future, or bpgate's own answer.
     Now(exchange::BoxFut),
     /// The audit queue is full: wait (without holding a thread) for room first.
-    AfterRoom(AuditSink, exchange::BoxFut, Box<dyn FnOnce() -> exchange::BoxFut + Send>),
+    AfterRoom(
+        AuditSink,
+        Option<HeaderValue>,
+        Box<dyn FnOnce() -> exchange::BoxFut + Send>,
+    ),
 }
 
 impl<S> Service<Req> for Audit<S>
@@ -115,30 +119,25 @@ where
                 self.cx.counters.clone(),
             ))
         }));
-        let refusal = {
-            let id = id.clone();
-            move || exchange::ready(Refusal::AuditUnavailable.response(id.as_ref()))
+        let refusal = |id: Option<&HeaderValue>| {
+            exchange::ready(Refusal::AuditUnavailable.response(id))
         };
         let start = match &sink {
             // Fail closed: while the trail cannot be written, nothing goes unaudited.
-            Some(s) if s.has_room() && s.refusing() => Start::Now(refusal()),
+            Some(s) if s.has_room() && s.refusing() => Start::Now(refusal(id.as_ref())),
             Some(s) if !s.has_room() => {
                 let mut inner = self.inner.clone();
-                Start::AfterRoom(
-                    s.clone(),
-                    refusal(),
-                    Box::new(move || inner.call(req)),
-                )
+                Start::AfterRoom(s.clone(), id.clone(), Box::new(move || inner.call(req)))
             }
             _ => Start::Now(self.inner.call(req)),
         };
         Box::pin(async move {
             let fut = match start {
                 Start::Now(f) => f,
-                Start::AfterRoom(s, refused, call) => {
+                Start::AfterRoom(s, id, call) => {
                     std::future::poll_fn(|cx| s.poll_room(cx)).await;
                     if s.refusing() {
-                        refused
+                        refusal(id.as_ref())
                     } else {
                         call()
                     }
