@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 
 use crate::cluster;
 use crate::config::{
-    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Durability, Forwarding, Headers, Health, JwtSource,
-    Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky, Tls,
-    Upstream,
+    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Durability, Forwarding, Headers, Health,
+    JwtSource, Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky,
+    Tls, Upstream,
 };
 use crate::generation::{Generation, Shared};
 use crate::tls::{self, TlsError};

@@ -84,11 +84,9 @@ async fn a_client_that_leaves_before_the_response_head_still_gets_its_line() {
 
     // HTTP/1.1: a POST with a body, then the connection closes.
     let mut tls = tls_connect(&gate, &[b"http/1.1"]).await;
-    tls.write_all(
-        b"POST /abort/h1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
-    )
-    .await
-    .unwrap();
+    tls.write_all(b"POST /abort/h1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
     tls.flush().await.unwrap();
     reached(1).await;
     drop(tls);
@@ -122,7 +120,10 @@ async fn a_client_that_leaves_before_the_response_head_still_gets_its_line() {
     })
     .await;
     let lines = gate.audit_lines();
-    assert!(all_written, "a line per request that reached the node: {lines:?}");
+    assert!(
+        all_written,
+        "a line per request that reached the node: {lines:?}"
+    );
     for (path, version, bytes_in) in want {
         let l = lines_for(&lines, path);
         assert_eq!(l.len(), 1, "exactly one line for {path}: {l:?}");
@@ -195,7 +196,7 @@ async fn a_client_that_leaves_in_the_middle_of_the_body_gets_one_line_with_what_
         assert_eq!(l["status"], 200);
         assert_eq!(l["upstream"], node_name.as_str());
         let out = l["bytes_out"].as_u64().unwrap();
-        assert!(out >= 1024 && out < 1000 * 1024, "{l}");
+        assert!((1024..1000 * 1024).contains(&out), "{l}");
     }
     conn.abort();
     gate.stop().await;
@@ -207,8 +208,7 @@ async fn a_client_that_leaves_in_the_middle_of_the_body_gets_one_line_with_what_
 fn parse_trail(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("not a whole JSON line ({e}): {l:?}"))
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a whole JSON line ({e}): {l:?}"))
         })
         .collect()
 }
@@ -247,11 +247,7 @@ fn prlimit_fsize(pid: u32, soft: &str) {
 async fn partial_write_is_resumed(on_failure: &str) {
     init();
     let node = Node::start("n", echo()).await;
-    let gate = BinGate::start(
-        &node.url(),
-        "",
-        &format!("on_failure = \"{on_failure}\""),
-    );
+    let gate = BinGate::start(&node.url(), "", &format!("on_failure = \"{on_failure}\""));
     let file = gate.audit_dir.join("audit.jsonl");
     let mut c = gate.h1().await;
     let mut answered = Vec::new();
@@ -277,7 +273,9 @@ async fn partial_write_is_resumed(on_failure: &str) {
     let statuses: Vec<StatusCode> = during[1..].iter().map(|d| d.0).collect();
     if on_failure == "block" {
         assert!(
-            statuses.iter().all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+            statuses
+                .iter()
+                .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
             "block refuses while the trail fails: {statuses:?}"
         );
         let (s, body) = gate.admin_get("/readyz").await;
@@ -321,7 +319,11 @@ async fn partial_write_is_resumed(on_failure: &str) {
     let lines = parse_trail(&text);
     let seen = ids(&lines);
     for (status, id) in &answered {
-        assert_eq!(seen.get(id), Some(&1), "{status} {id}: one line each\n{text}");
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "{status} {id}: one line each\n{text}"
+        );
     }
     assert_eq!(lines.len(), answered.len(), "{text}");
 }
@@ -358,7 +360,11 @@ async fn sigkill_under_load_loses_no_answered_requests_line() {
         tasks.push(tokio::spawn(async move {
             for i in 0..500 {
                 let Ok(resp) = c
-                    .send(get(&format!("/load/{k}/{i}")).body(full(Bytes::new())).unwrap())
+                    .send(
+                        get(&format!("/load/{k}/{i}"))
+                            .body(full(Bytes::new()))
+                            .unwrap(),
+                    )
                     .await
                 else {
                     return;
@@ -381,7 +387,9 @@ async fn sigkill_under_load_loses_no_answered_requests_line() {
         }));
     }
     assert!(
-        eventually(Duration::from_secs(60), || https_ok.load(Ordering::Relaxed) >= 1000).await,
+        eventually(Duration::from_secs(60), || https_ok.load(Ordering::Relaxed)
+            >= 1000)
+        .await,
         "load did not reach 1,000 answers"
     );
     gate.signal("KILL");
@@ -394,13 +402,19 @@ async fn sigkill_under_load_loses_no_answered_requests_line() {
     gate.wait(Duration::from_secs(10));
     let dir = gate.take_dir();
     let answered = answered.lock().unwrap().clone();
-    assert!(answered.len() >= 1000 && answered.len() < 2000, "killed under load");
+    assert!(
+        answered.len() >= 1000 && answered.len() < 2000,
+        "killed under load"
+    );
     let file = dir.path().join("audit/audit.jsonl");
     let text = std::fs::read_to_string(&file).unwrap();
     // Whole lines (a killed write may have left part of one at the very end).
     let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
     let seen = ids(&parse_trail(whole));
-    let lost: Vec<&String> = answered.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let lost: Vec<&String> = answered
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
     assert!(
         lost.is_empty(),
         "{} of {} answered requests have no line after kill -9: {:?}",
@@ -415,7 +429,8 @@ async fn sigkill_under_load_loses_no_answered_requests_line() {
     assert_eq!(s, StatusCode::OK);
     drop(c);
     let dir = again.stop();
-    let lines = parse_trail(&std::fs::read_to_string(dir.path().join("audit/audit.jsonl")).unwrap());
+    let lines =
+        parse_trail(&std::fs::read_to_string(dir.path().join("audit/audit.jsonl")).unwrap());
     let seen = ids(&lines);
     assert_eq!(seen.get(&last), Some(&1));
     assert!(answered.iter().all(|id| seen.get(id) == Some(&1)));
@@ -469,7 +484,10 @@ async fn stalled_writer(on_failure: &str) {
     );
     // A WebSocket session opened before the stall.
     let tls = gate.tls(&[b"http/1.1"]).await;
-    let url = format!("wss://localhost:{}/socket.io/?EIO=4&transport=websocket", gate.https.port());
+    let url = format!(
+        "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
+        gate.https.port()
+    );
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
     ws_roundtrip(&mut ws, "before").await;
 
@@ -617,4 +635,65 @@ async fn a_stalled_writer_never_blocks_the_runtime_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_writer_never_blocks_the_runtime_continue() {
     stalled_writer("continue").await;
+}
+
+#[tokio::test]
+async fn every_durability_setting_answers_and_writes_the_line() {
+    init();
+    // 300 KB answers for /big (streamed in several frames, the last one held for the line),
+    // the echo otherwise.
+    let e = echo();
+    let node = Node::start(
+        "n",
+        Arc::new(move |req: http::Request<hyper::body::Incoming>, cx| {
+            if req.uri().path() == "/big" {
+                Box::pin(async move {
+                    let _ = req.into_body().collect().await;
+                    http::Response::new(full(vec![b'y'; 300_000]))
+                })
+            } else {
+                e(req, cx)
+            }
+        }),
+    )
+    .await;
+    for durability in ["batched", "written", "synced"] {
+        let gate = Gate::builder()
+            .upstream(node.url())
+            .toml(&format!(
+                "[health]\nenabled = false\n[audit]\ndurability = \"{durability}\""
+            ))
+            .start()
+            .await;
+        let mut c = Client::h2(&gate).await;
+        let small = c.get("/small").await;
+        let big = c
+            .call(post("/big").body(full(vec![b'x'; 300_000])).unwrap())
+            .await;
+        let head = c
+            .call(
+                get("/head")
+                    .method("HEAD")
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        for a in [&small, &big, &head] {
+            assert_eq!(a.status, StatusCode::OK, "{durability}");
+        }
+        assert_eq!(big.body.len(), 300_000);
+        let lines = gate.audit_lines();
+        for (path, a) in [("/small", &small), ("/big", &big)] {
+            let l = lines_for(&lines, path);
+            assert_eq!(l.len(), 1, "{durability} {path}");
+            assert_eq!(
+                l[0]["bytes_out"],
+                a.body.len() as u64,
+                "{durability} {path}"
+            );
+            assert_eq!(l[0]["outcome"], "ok");
+        }
+        assert_eq!(lines_for(&lines, "/head").len(), 1);
+        gate.stop().await;
+    }
 }

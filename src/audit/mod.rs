@@ -26,8 +26,8 @@ use tower::{Layer, Service};
 pub use record::{encode, now_ms, redact_query, Event, Record};
 pub use user::{visitor_id, UserInfo, UserResolver};
 pub use writer::{
-    system_clock, AuditError, AuditGuard, AuditSink, AuditStats, Clock, WriterSettings, CURRENT_FILE,
-    STALL,
+    system_clock, AuditError, AuditGuard, AuditSink, AuditStats, Clock, WriterSettings,
+    CURRENT_FILE, STALL,
 };
 
 use crate::counters::Counters;
@@ -119,9 +119,8 @@ where
                 self.cx.counters.clone(),
             ))
         }));
-        let refusal = |id: Option<&HeaderValue>| {
-            exchange::ready(Refusal::AuditUnavailable.response(id))
-        };
+        let refusal =
+            |id: Option<&HeaderValue>| exchange::ready(Refusal::AuditUnavailable.response(id));
         let start = match &sink {
             // Fail closed: while the trail cannot be written, nothing goes unaudited.
             Some(s) if s.has_room() && s.refusing() => Start::Now(refusal(id.as_ref())),
@@ -380,8 +379,7 @@ impl AuditBody {
 
     /// The whole answer is known: bodiless, or every frame has been taken.
     fn complete(&self) -> bool {
-        self.bodiless()
-            || (self.source_done() && !matches!(self.early_tail, Some(Err(_))))
+        self.bodiless() || (self.source_done() && !matches!(self.early_tail, Some(Err(_))))
     }
 
     /// Takes the frames the body has ready now, up to [`PREFETCH`] bytes.

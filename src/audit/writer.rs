@@ -9,7 +9,10 @@
 //!
 //! Every line has a sequence number; the writer publishes how many are written (with
 //! `durability = "synced"`: written and synced), so an answer can wait until its own line is in
-//! the file ([`AuditSink::poll_committed`]). A write error keeps the unwritten bytes and retries
+//! the file ([`AuditSink::poll_committed`]). That is a group commit: a relay task on the runtime
+//! hands the writer the lines of a few scheduler passes at once and wakes the answers whose lines
+//! are written, so a batch costs one wake-up each way instead of one per line ([`relay`]).
+//! A write error keeps the unwritten bytes and retries
 //! from exactly the byte where the failed write stopped, so a write that fails part-way (a full
 //! disk, a file size limit) never leaves a torn line. A write that fails or has been stuck for
 //! [`STALL`] marks the trail unwritable: `on_failure = "block"` then refuses new requests, and
@@ -111,7 +114,8 @@ struct Core {
     state: Mutex<State>,
     /// Wakes the writer when it waits for lines.
     wake: Condvar,
-    /// Lines accepted so far; a line's sequence number is the value after its own.
+    /// Lines accepted so far; a line's sequence number is this count once it includes the line
+    /// (1 for the first).
     accepted: AtomicU64,
     /// Lines written so far (with `durability = "synced"`: written and synced). Lines are
     /// written in sequence order, so every line up to this number is in the file.
@@ -243,7 +247,9 @@ impl Core {
 
     /// Starts the relay on the caller's runtime, if there is one and no relay runs.
     fn ensure_relay(self: &Arc<Self>) {
-        if self.relay_spawned.swap(true, Ordering::AcqRel) {
+        if self.relay_spawned.load(Ordering::Acquire)
+            || self.relay_spawned.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         match tokio::runtime::Handle::try_current() {
@@ -287,9 +293,10 @@ async fn relay(core: Arc<Core>) {
                 || core.kick.load(Ordering::Acquire)
                 || (!st.commits.is_empty()
                     && (!core.healthy()
-                        || st.commits.iter().any(|(seq, _)| {
-                            *seq <= core.committed.load(Ordering::Acquire)
-                        })));
+                        || st
+                            .commits
+                            .iter()
+                            .any(|(seq, _)| *seq <= core.committed.load(Ordering::Acquire))));
             if ready {
                 Poll::Ready(())
             } else {
@@ -620,10 +627,7 @@ impl Writer {
                     Item::Reopen(ack) => {
                         self.write_out();
                         if let Err(e) = self.files.reopen() {
-                            self.core
-                                .stats
-                                .write_errors
-                                .fetch_add(1, Ordering::Relaxed);
+                            self.core.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(error = %e, "cannot reopen the audit file; keeping the current one");
                         }
                         acks.push(ack);
@@ -783,10 +787,7 @@ impl Writer {
                 self.core.stats.rotations.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                self.core
-                    .stats
-                    .write_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.core.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "audit rotation failed; continuing in the current file");
             }
         }

@@ -163,7 +163,10 @@ fn hourly_rotation_follows_the_clock_with_or_without_traffic() {
     t.set_clock(T0 + HOUR / 2);
     t.line("/b");
     t.sink.flush();
-    assert_eq!(t.files(), [("audit.jsonl".into(), vec!["/a".into(), "/b".into()])]);
+    assert_eq!(
+        t.files(),
+        [("audit.jsonl".into(), vec!["/a".into(), "/b".into()])]
+    );
     // The next hour: the first line of it goes to a new file.
     t.set_clock(T0 + HOUR + 5_000);
     t.line("/c");
@@ -306,8 +309,7 @@ fn a_stalled_file_never_makes_a_sender_wait_and_room_returns_when_it_drains() {
         all
     });
     let all = drain.join().unwrap();
-    assert!(wait_for(Duration::from_secs(5), || sink.healthy()
-        && sink.has_room()));
+    assert!(wait_for(Duration::from_secs(5), || sink.healthy() && sink.has_room()));
     assert_eq!(last, 200);
     for l in all.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         serde_json::from_slice::<serde_json::Value>(l).unwrap();
