@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Uri, Version};
 
-use super::user::UserInfo;
+use super::user::{EndUser, UserInfo};
 use crate::exchange::{Outcome, Refusal};
 
 /// What a line records.
@@ -31,6 +31,8 @@ pub struct Record {
     pub client_ip: IpAddr,
     pub peer_ip: IpAddr,
     pub user: UserInfo,
+    /// The webchat or API end user, where the request carries one.
+    pub end_user: Option<EndUser>,
     pub visitor_id: Option<String>,
     pub method: Option<Method>,
     pub host: Option<HeaderValue>,
@@ -75,6 +77,7 @@ impl Record {
             client_ip: peer,
             peer_ip: peer,
             user: UserInfo::default(),
+            end_user: None,
             visitor_id: None,
             method: None,
             host: None,
@@ -121,9 +124,26 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     push_ip(out, r.peer_ip);
     out.push(b'"');
     field_str(out, "user", r.user.user.as_deref());
-    field_str(out, "user_source", r.user.source);
+    field_str(out, "user_source", r.user.source.map(|s| s.as_str()));
     if let Some(c) = &r.user.claimed {
         field_str(out, "claimed_user", Some(c));
+    }
+    if let Some(k) = r.user.kind {
+        field_str(out, "user_kind", Some(k.as_str()));
+    }
+    if let Some(s) = &r.user.strategy {
+        field_str(out, "user_strategy", Some(s));
+    }
+    if let Some(b) = r.user.super_admin {
+        key(out, "user_super_admin");
+        out.extend_from_slice(if b { b"true" } else { b"false" });
+    }
+    if let Some(e) = &r.end_user {
+        field_str(out, "end_user", e.id.as_deref());
+        field_str(out, "end_user_source", Some(e.source.as_str()));
+        if let Some(c) = &e.claimed {
+            field_str(out, "claimed_end_user", Some(c));
+        }
     }
     if let Some(v) = &r.visitor_id {
         field_str(out, "visitor_id", Some(v));
@@ -161,7 +181,16 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     field_str(out, "tls_version", r.tls_version);
     field_hv(out, "user_agent", r.user_agent.as_ref());
     field_hv(out, "origin", r.origin.as_ref());
-    field_hv(out, "referer", r.referer.as_ref());
+    match r.referer.as_ref() {
+        // The webchat iframe's URL (and its `options`) comes back as the Referer of every
+        // request the iframe makes.
+        Some(v) if v.as_bytes().contains(&b'?') => field_string(
+            out,
+            "referer",
+            &redact_url(&String::from_utf8_lossy(v.as_bytes()), redact),
+        ),
+        v => field_hv(out, "referer", v),
+    }
     field_str(out, "outcome", Some(r.outcome.as_str()));
     if let Some(reason) = r.reason {
         field_str(out, "reason", Some(reason));
@@ -266,7 +295,9 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
 }
 
 /// The query with the values of sensitive parameters replaced by `REDACTED`. Parameter names
-/// compare case-insensitively after percent-decoding, so `%74oken=` is caught too.
+/// compare case-insensitively after percent-decoding, so `%74oken=` is caught too. A value that
+/// carries the webchat's `externalAuthToken` (inside `options` of the iframe URL, or anywhere
+/// else) is redacted whatever its parameter's name.
 pub fn redact_query(q: &str, redact: &[String]) -> String {
     let mut out = String::with_capacity(q.len());
     for (i, pair) in q.split('&').enumerate() {
@@ -282,10 +313,40 @@ pub fn redact_query(q: &str, redact: &[String]) -> String {
         out.push_str(k);
         if let Some(v) = v {
             out.push('=');
-            out.push_str(if sensitive { "REDACTED" } else { v });
+            out.push_str(if sensitive || carries_external_token(v) {
+                "REDACTED"
+            } else {
+                v
+            });
         }
     }
     out
+}
+
+/// `externalAuthToken` in a value, as sent (inject.js's `encodeURIComponent` leaves letters as
+/// they are) or with any of its letters percent-encoded.
+fn carries_external_token(v: &str) -> bool {
+    const NAME: &[u8] = b"externalauthtoken";
+    if memchr::memmem::find(v.as_bytes(), b"externalAuthToken").is_some() {
+        return true;
+    }
+    if !v.contains('%') {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(v).collect();
+    decoded
+        .windows(NAME.len())
+        .any(|w| w.eq_ignore_ascii_case(NAME))
+}
+
+/// A URL with its query redacted as [`redact_query`] does (the fragment, if any, is dropped:
+/// browsers never send one in `Referer`).
+fn redact_url(u: &str, redact: &[String]) -> String {
+    let u = u.split_once('#').map_or(u, |(a, _)| a);
+    match u.split_once('?') {
+        Some((base, q)) => format!("{base}?{}", redact_query(q, redact)),
+        None => u.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! from ("listen.https (from env BPGATE_LISTEN)").
 
 mod env;
+mod external_auth;
 mod keys;
 mod origin;
 mod types;
@@ -22,6 +23,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 
 pub use env::{EnvVar, ENV_VARS};
+pub use external_auth::{ExternalAuth, ExternalKey};
 pub use origin::OriginSpec;
 pub use types::{ByteSize, Cidr, Secret};
 
@@ -309,6 +311,8 @@ pub struct Audit {
     /// Where Botpress reads the admin JWT: `header` (`Authorization: Bearer`, Botpress's default)
     /// or `cookie` (the `jwtToken` cookie, when `jwtToken.useCookieStorage` is on).
     pub jwt_source: JwtSource,
+    /// Botpress's `pro.externalAuth`, to name webchat end users from `X-BP-ExternalAuth`.
+    pub external_auth: ExternalAuth,
     /// Lines buffered between the request path and the writer thread.
     pub queue: usize,
     /// Longest time a line waits in memory before it is written.
@@ -538,12 +542,21 @@ impl Default for Audit {
             max_files: 30,
             stdout: false,
             on_failure: OnFailure::Block,
-            redact_query: ["token", "access_token", "password", "secret", "code"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            // `options`: the webchat iframe URL carries `externalAuthToken` inside it.
+            redact_query: [
+                "token",
+                "access_token",
+                "password",
+                "secret",
+                "code",
+                "options",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             jwt_secret: Secret::default(),
             jwt_source: JwtSource::Header,
+            external_auth: ExternalAuth::default(),
             queue: 4_096,
             flush_interval: Duration::from_millis(5),
         }
@@ -695,6 +708,8 @@ pub struct Derived {
     /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
     pub nodes: Vec<NodeSpec>,
     pub workers: usize,
+    /// `audit.external_auth`'s key, read and parsed; `None` when external auth is off.
+    pub external_auth: Option<ExternalKey>,
 }
 
 /// One upstream node, validated.
@@ -1069,6 +1084,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 1024 (default 4096)".into(),
         );
     }
+    let external_auth = external_auth::load(&c.audit.external_auth, &mut err);
 
     let workers = if c.workers == 0 {
         std::thread::available_parallelism()
@@ -1095,6 +1111,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             base_path,
             nodes,
             workers,
+            external_auth,
         })
     } else {
         Err(ConfigErrors(errs))
@@ -1200,6 +1217,7 @@ impl Config {
         c.sticky.secret = c.sticky.secret.redacted();
         c.sticky.previous_secret = c.sticky.previous_secret.redacted();
         c.audit.jwt_secret = c.audit.jwt_secret.redacted();
+        c.audit.external_auth.public_key = c.audit.external_auth.public_key.redacted();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
