@@ -1084,7 +1084,26 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 1024 (default 4096)".into(),
         );
     }
-    let external_auth = external_auth::load(&c.audit.external_auth, &mut err);
+    let external_auth = if c.audit.external_auth.enabled() {
+        external_auth::load(&c.audit.external_auth, &mut err)
+    } else {
+        if let Some((k, o)) = origins
+            .0
+            .iter()
+            // An empty key (`BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY=`) just means off.
+            .find(|(k, _)| {
+                k.starts_with("audit.external_auth.")
+                    && !k.starts_with("audit.external_auth.public_key")
+            })
+        {
+            err(
+                "audit.external_auth.public_key",
+                format!("{k} is set (from {o}) but no key is: external auth would verify nothing"),
+                "set public_key or public_key_file to Botpress's pro.externalAuth key, or remove the [audit.external_auth] settings".into(),
+            );
+        }
+        None
+    };
 
     let workers = if c.workers == 0 {
         std::thread::available_parallelism()
