@@ -12,5 +12,6 @@ mod cluster;
 mod cors_base_path;
 mod deploy;
 mod gateway;
+mod identity;
 mod operability;
 mod posture;

@@ -384,4 +384,103 @@ mod tests {
         assert_eq!(v["path"], "/a/b");
         assert!(!s.contains("abc"));
     }
+
+    /// The iframe URL inject.js builds: `'/lite/' + botId + '/?m=channel-web&v=' + viewMode +
+    /// '&options=' + encodeURIComponent(JSON.stringify({ config }))`.
+    fn inject_js_url(token: &str) -> String {
+        const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'!')
+            .remove(b'~')
+            .remove(b'*')
+            .remove(b'\'')
+            .remove(b'(')
+            .remove(b')');
+        let config = serde_json::json!({"config": {
+            "host": "https://bot.example.com", "botId": "welcome-bot",
+            "externalAuthToken": token, "showConversationsButton": false
+        }});
+        format!(
+            "/lite/welcome-bot/?m=channel-web&v=Fullscreen&options={}",
+            percent_encoding::utf8_percent_encode(&config.to_string(), URI_COMPONENT)
+        )
+    }
+
+    #[test]
+    fn the_webchat_external_token_never_reaches_the_trail() {
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTcifQ.c2lnbmF0dXJl";
+        let url = inject_js_url(token);
+        let defaults = crate::config::Audit::default().redact_query;
+        // With `options` in the list (the default) and without it (the value is still seen to
+        // carry the token).
+        for redact in [defaults, vec!["token".to_string()]] {
+            let mut r = record();
+            r.uri = Some(url.parse().unwrap());
+            r.referer =
+                Some(HeaderValue::from_str(&format!("https://bot.example.com{url}")).unwrap());
+            let mut out = Vec::new();
+            encode(&r, &redact, &mut out);
+            let line = String::from_utf8(out).unwrap();
+            assert!(!line.contains(token) && !line.contains("eyJ"), "{line}");
+            let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+            assert_eq!(v["query"], "m=channel-web&v=Fullscreen&options=REDACTED");
+            assert_eq!(
+                v["referer"],
+                "https://bot.example.com/lite/welcome-bot/?m=channel-web&v=Fullscreen&options=REDACTED"
+            );
+        }
+        // Encoded letters do not hide it.
+        assert_eq!(
+            redact_query("o=%7B%22%65xternalAuthToken%22%3A%22x%22%7D&a=1", &[]),
+            "o=REDACTED&a=1"
+        );
+        assert_eq!(redact_query("options=%7B%7D", &[]), "options=%7B%7D");
+    }
+
+    #[test]
+    fn user_and_end_user_fields() {
+        use super::super::user::{EndUserSource, UserKind, UserSource};
+        let mut r = record();
+        r.user = UserInfo {
+            user: None,
+            source: Some(UserSource::JwtNoCsrf),
+            claimed: Some("a@x.io".into()),
+            kind: Some(UserKind::ChatUser),
+            strategy: Some("ldap".into()),
+            super_admin: Some(false),
+        };
+        r.end_user = Some(EndUser {
+            id: None,
+            source: EndUserSource::ExternalAuthExpired,
+            claimed: Some("u-7".into()),
+        });
+        let mut out = Vec::new();
+        encode(&r, &[], &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["user"], serde_json::Value::Null);
+        assert_eq!(v["user_source"], "jwt_no_csrf");
+        assert_eq!(v["claimed_user"], "a@x.io");
+        assert_eq!(v["user_kind"], "chat_user");
+        assert_eq!(v["user_strategy"], "ldap");
+        assert_eq!(v["user_super_admin"], false);
+        assert_eq!(v["end_user"], serde_json::Value::Null);
+        assert_eq!(v["end_user_source"], "external_auth_expired");
+        assert_eq!(v["claimed_end_user"], "u-7");
+        // Absent: the optional fields are left out.
+        let mut out = Vec::new();
+        encode(&record(), &[], &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        for k in [
+            "user_kind",
+            "user_strategy",
+            "user_super_admin",
+            "end_user",
+            "end_user_source",
+        ] {
+            assert!(v.get(k).is_none(), "{k}");
+        }
+        assert!(v["user"].is_null() && v["user_source"].is_null());
+    }
 }

@@ -90,9 +90,9 @@ enum Family {
 }
 
 fn family(alg: &str) -> Family {
-    match &alg[..2] {
-        "HS" => Family::Hmac,
-        "ES" => Family::Ec,
+    match alg.get(..2) {
+        Some("HS") => Family::Hmac,
+        Some("ES") => Family::Ec,
         _ => Family::Rsa,
     }
 }
@@ -174,23 +174,22 @@ pub(super) fn load(
         );
         return None;
     }
-    match families[0] {
-        Family::Hmac => Some(ExternalKey::Hmac(raw)),
-        Family::Rsa | Family::Ec => {
-            let spki = match public_key_der(&raw) {
-                Ok(d) => d,
-                Err(p) => {
-                    err(key_name, p, "give the PEM public key (-----BEGIN PUBLIC KEY-----) or certificate that Botpress has in pro.externalAuth.publicKey or end_users_auth.pub".into());
-                    return None;
-                }
-            };
-            match check_key_type(&spki, &ea.algorithms) {
-                Ok(k) => Some(k),
-                Err(p) => {
-                    err(key_name, p, "use the key pair whose private key signs the tokens, with the algorithms Botpress is configured for".into());
-                    None
-                }
-            }
+    match ExternalKey::parse(&raw, &ea.algorithms) {
+        Ok(k) => Some(k),
+        Err(p) => {
+            err(key_name, p, "give the key Botpress has in pro.externalAuth.publicKey or end_users_auth.pub: a PEM public key (-----BEGIN PUBLIC KEY-----) or certificate for RS*, PS*, ES*, the secret for HS*".into());
+            None
+        }
+    }
+}
+
+impl ExternalKey {
+    /// The key `raw` (Botpress's `publicKey` text) is for `algorithms` (known, one family).
+    pub fn parse(raw: &[u8], algorithms: &[String]) -> Result<ExternalKey, String> {
+        match algorithms.first().map(|a| family(a)) {
+            Some(Family::Hmac) => Ok(ExternalKey::Hmac(raw.to_vec())),
+            Some(_) => check_key_type(&public_key_der(raw)?, algorithms),
+            None => Err("no algorithms".into()),
         }
     }
 }
@@ -228,10 +227,10 @@ fn check_key_type(spki: &[u8], algorithms: &[String]) -> Result<ExternalKey, Str
         if *oid == OID_PKCS1_RSAENCRYPTION {
             return Ok(ExternalKey::Rsa(spki.to_vec()));
         }
-        return Err(format!("is not an RSA key, but {:?} need one", algorithms));
+        return Err(format!("is not an RSA key, but {algorithms:?} need one"));
     }
     if *oid != OID_KEY_TYPE_EC_PUBLIC_KEY {
-        return Err(format!("is not an EC key, but {:?} need one", algorithms));
+        return Err(format!("is not an EC key, but {algorithms:?} need one"));
     }
     let curve = info
         .algorithm
