@@ -123,6 +123,14 @@ async fn header_mode_names_the_bearer_user_and_nothing_else_hides_or_replaces_it
         None,
         now() + 60,
     );
+    let studio = botpress_token(
+        jsonwebtoken::Algorithm::HS256,
+        APP_SECRET,
+        "other@x.io",
+        "studio",
+        None,
+        now() + 60,
+    );
     let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
     let l = lines_for(
         &gate,
@@ -139,6 +147,7 @@ async fn header_mode_names_the_bearer_user_and_nothing_else_hides_or_replaces_it
             ("/e", vec![bearer(&chat)]),
             ("/f", vec![bearer(&junk)]),
             ("/g", vec![("authorization", format!("Bearer  {real}"))]),
+            ("/h", vec![bearer(&studio)]),
         ],
     )
     .await;
@@ -157,6 +166,10 @@ async fn header_mode_names_the_bearer_user_and_nothing_else_hides_or_replaces_it
         who(&l[6]),
         (None, None, None),
         "two spaces: no token to Botpress"
+    );
+    assert_eq!(
+        who(&l[7]),
+        (None, Some("jwt_wrong_audience"), Some("other@x.io"))
     );
     let raw = raw_trail(&gate);
     for t in [&real, &junk, &hs512, &chat] {
