@@ -236,8 +236,8 @@ async fn cookie_mode_reads_the_cookie_checks_csrf_and_a_junk_bearer_cannot_hide_
         ],
     )
     .await;
-    for i in 0..3 {
-        assert_eq!(who(&l[i]), (Some("real@x.io"), Some("jwt"), None), "{i}");
+    for (i, x) in l[..3].iter().enumerate() {
+        assert_eq!(who(x), (Some("real@x.io"), Some("jwt"), None), "{i}");
     }
     assert_eq!(who(&l[3]), (None, Some("jwt_no_csrf"), Some("real@x.io")));
     assert_eq!(
