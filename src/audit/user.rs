@@ -17,8 +17,8 @@ use std::borrow::Cow;
 
 use http::header::{HeaderName, AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderValue};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::config::{ExternalKey, JwtSource, Loaded};
@@ -176,7 +176,8 @@ static MESSAGING_CLIENT_ID: HeaderName = HeaderName::from_static("x-bp-messaging
 pub struct UserResolver {
     /// `None` without `audit.jwt_secret`.
     key: Option<DecodingKey>,
-    validation: Validation,
+    /// jsonwebtoken 8.5.1 with a secret and no `algorithms` option: the HS family.
+    algorithms: [Algorithm; 3],
     source: JwtSource,
     /// The base path ("" or "/prefix"); Botpress's routes are below it.
     base: Box<str>,
@@ -190,8 +191,7 @@ impl UserResolver {
             key: secret
                 .filter(|s| !s.is_empty())
                 .map(|s| DecodingKey::from_secret(s.as_bytes())),
-            // jsonwebtoken 8.5.1 with a secret and no `algorithms` option: the HS family.
-            validation: signature_only(vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]),
+            algorithms: [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
             source: JwtSource::Header,
             base: "".into(),
             external: None,
@@ -228,7 +228,7 @@ impl UserResolver {
         };
         self.external = Some(External {
             key,
-            validation: signature_only(algorithms),
+            algorithms,
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             user_claims: cfg.user_claims.clone(),
@@ -279,22 +279,21 @@ impl UserResolver {
                 },
             };
         };
-        let c = match jsonwebtoken::decode::<BotpressClaims>(&*token, key, &self.validation) {
-            Ok(d) => d.claims,
-            Err(_) => {
-                // Signature, algorithm or format: Botpress rejects it before reading a claim.
-                return match claimed(&token, &["email"]) {
-                    Some(c) => UserInfo {
-                        source: Some(UserSource::JwtInvalid),
-                        claimed: c,
-                        ..UserInfo::default()
-                    },
-                    None => UserInfo {
-                        source: Some(UserSource::JwtMalformed),
-                        ..UserInfo::default()
-                    },
-                };
-            }
+        let verified = verified_payload(&token, key, &self.algorithms)
+            .and_then(|p| serde_json::from_slice::<BotpressClaims>(&p).ok());
+        let Some(c) = verified else {
+            // Signature, algorithm or format: Botpress rejects it before reading a claim.
+            return match claimed(&token, &["email"]) {
+                Some(c) => UserInfo {
+                    source: Some(UserSource::JwtInvalid),
+                    claimed: c,
+                    ..UserInfo::default()
+                },
+                None => UserInfo {
+                    source: Some(UserSource::JwtMalformed),
+                    ..UserInfo::default()
+                },
+            };
         };
         let kind = if c.aud.collaborators {
             Some(UserKind::Collaborator)
@@ -431,7 +430,7 @@ enum Route {
 /// The external-auth verifier: `pro.externalAuth`'s key, algorithms, issuer and audience.
 struct External {
     key: DecodingKey,
-    validation: Validation,
+    algorithms: Vec<Algorithm>,
     issuer: Option<String>,
     audience: Option<String>,
     user_claims: Vec<String>,
@@ -449,12 +448,12 @@ impl External {
         let Some(token) = bearer(v) else {
             return fail(EndUserSource::ExternalAuthInvalid, None);
         };
-        let payload =
-            match jsonwebtoken::decode::<ExternalClaims>(token, &self.key, &self.validation) {
-                Ok(d) => d.claims,
-                Err(_) => return fail(EndUserSource::ExternalAuthInvalid, Some(token)),
-            };
-        let id = user_of(&payload.rest, &claims);
+        let verified =
+            verified_payload(token, &self.key, &self.algorithms).and_then(|p| payload(&p, &claims));
+        let Some(payload) = verified else {
+            return fail(EndUserSource::ExternalAuthInvalid, Some(token));
+        };
+        let id = payload.user.clone();
         let failed = |source| EndUser {
             id: None,
             source,
@@ -487,17 +486,35 @@ impl External {
     }
 }
 
-/// A validation that checks the signature and algorithm only: the claims are checked here, with
-/// jsonwebtoken 8.5.1's rules (which differ at the edges from the Rust crate's).
-fn signature_only(algorithms: Vec<Algorithm>) -> Validation {
-    let mut v = Validation::new(Algorithm::HS256);
-    v.algorithms = algorithms;
-    v.validate_exp = false;
-    v.validate_nbf = false;
-    v.validate_aud = false;
-    v.leeway = 0;
-    v.required_spec_claims.clear();
-    v
+/// The payload of `token` when its signature verifies with `key` under an algorithm of
+/// `algorithms` (the header's `alg`, as jws does); the claims are then checked here, with
+/// jsonwebtoken 8.5.1's rules, which differ at the edges from the Rust crate's. One header parse
+/// and one payload parse, where `jsonwebtoken::decode` does each twice.
+fn verified_payload(token: &str, key: &DecodingKey, algorithms: &[Algorithm]) -> Option<Vec<u8>> {
+    #[derive(Deserialize)]
+    struct Header<'a> {
+        #[serde(borrow)]
+        alg: Cow<'a, str>,
+    }
+    let (message, signature) = token.rsplit_once('.')?;
+    let (header, payload) = message.split_once('.')?;
+    let header = b64(header)?;
+    let alg: Algorithm = serde_json::from_slice::<Header>(&header)
+        .ok()?
+        .alg
+        .parse()
+        .ok()?;
+    if !algorithms.contains(&alg) {
+        return None;
+    }
+    match jsonwebtoken::crypto::verify(signature, message.as_bytes(), key, alg) {
+        Ok(true) => b64(payload),
+        _ => None,
+    }
+}
+
+fn b64(part: &str) -> Option<Vec<u8>> {
+    base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, part).ok()
 }
 
 /// The claims of a token Botpress signs (`security/utils.ts`).
@@ -519,31 +536,92 @@ struct BotpressClaims {
     nbf: NumericDate,
 }
 
-/// An external token's claims: any payload; the user claims are looked up by name.
-#[derive(Deserialize)]
-struct ExternalClaims {
-    #[serde(default)]
+/// What is read of any other payload (an external token's, or an unverified one): the times,
+/// `aud`, `iss`, and the first of the user claims present as a string or a number. Other claims
+/// are skipped without being kept.
+#[derive(Default)]
+struct Payload {
     exp: NumericDate,
-    #[serde(default)]
     nbf: NumericDate,
-    #[serde(default)]
     aud: Option<serde_json::Value>,
-    #[serde(default)]
     iss: Option<serde_json::Value>,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, serde_json::Value>,
+    user: Option<String>,
 }
 
-/// The first of `claims` present as a string (or a number) in `payload`.
-fn user_of(
-    payload: &serde_json::Map<String, serde_json::Value>,
-    claims: &[&str],
-) -> Option<String> {
-    claims.iter().find_map(|c| match payload.get(*c)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    })
+fn payload(bytes: &[u8], claims: &[&str]) -> Option<Payload> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let p = PayloadSeed(claims).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(p)
+}
+
+struct PayloadSeed<'c>(&'c [&'c str]);
+
+impl<'de> DeserializeSeed<'de> for PayloadSeed<'_> {
+    type Value = Payload;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Payload, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadSeed<'_> {
+    type Value = Payload;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JWT payload")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Payload, A::Error> {
+        let mut p = Payload::default();
+        let mut rank = usize::MAX;
+        while let Some(Key(k)) = m.next_key::<Key>()? {
+            let claim = self.0.iter().position(|c| *c == k);
+            let reserved = matches!(&*k, "exp" | "nbf" | "aud" | "iss");
+            if claim.is_none() && !reserved {
+                m.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let v: serde_json::Value = m.next_value()?;
+            if let Some(i) = claim.filter(|i| *i < rank) {
+                let user = match &v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                if user.is_some() {
+                    (p.user, rank) = (user, i);
+                }
+            }
+            match &*k {
+                "exp" => p.exp = NumericDate::of(&v),
+                "nbf" => p.nbf = NumericDate::of(&v),
+                "aud" => p.aud = Some(v),
+                "iss" => p.iss = Some(v),
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// A map key, borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a claim name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// `isSuperAdmin` when it is a boolean; anything else is ignored rather than failing the token.
@@ -561,14 +639,20 @@ enum NumericDate {
     Invalid,
 }
 
-impl<'de> Deserialize<'de> for NumericDate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match serde_json::Value::deserialize(d)? {
+impl NumericDate {
+    fn of(v: &serde_json::Value) -> NumericDate {
+        match v {
             serde_json::Value::Number(n) => {
                 n.as_f64().map_or(NumericDate::Invalid, NumericDate::At)
             }
             _ => NumericDate::Invalid,
-        })
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(NumericDate::of(&serde_json::Value::deserialize(d)?))
     }
 }
 
@@ -801,14 +885,8 @@ fn jwt_cookie(headers: &HeaderMap) -> Option<Cow<'_, str>> {
 /// `Some(None)`: a JWT without such a claim.
 fn claimed(token: &str, claims: &[&str]) -> Option<Option<String>> {
     let mut parts = token.split('.');
-    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
-    let bytes = base64::Engine::decode(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-        payload.trim_end_matches('='),
-    )
-    .ok()?;
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
-    Some(user_of(&map, claims))
+    let (_, p, _) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(payload(&b64(p.trim_end_matches('='))?, claims)?.user)
 }
 
 /// The webchat's `visitorId` from a socket.io handshake query. The admin UI's socket sends one
