@@ -448,8 +448,8 @@ impl External {
         let Some(token) = bearer(v) else {
             return fail(EndUserSource::ExternalAuthInvalid, None);
         };
-        let verified =
-            verified_payload(token, &self.key, &self.algorithms).and_then(|p| payload(&p, &claims));
+        let verified = verified_payload(token, &self.key, &self.algorithms)
+            .and_then(|p| payload(&p, &claims, true));
         let Some(payload) = verified else {
             return fail(EndUserSource::ExternalAuthInvalid, Some(token));
         };
@@ -548,14 +548,18 @@ struct Payload {
     user: Option<String>,
 }
 
-fn payload(bytes: &[u8], claims: &[&str]) -> Option<Payload> {
+/// `times`: read `exp`, `nbf`, `aud` and `iss` too (a verified token's checks).
+fn payload(bytes: &[u8], claims: &[&str], times: bool) -> Option<Payload> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let p = PayloadSeed(claims).deserialize(&mut de).ok()?;
+    let p = PayloadSeed { claims, times }.deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(p)
 }
 
-struct PayloadSeed<'c>(&'c [&'c str]);
+struct PayloadSeed<'c> {
+    claims: &'c [&'c str],
+    times: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for PayloadSeed<'_> {
     type Value = Payload;
@@ -573,10 +577,18 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
         let mut p = Payload::default();
         let mut rank = usize::MAX;
         while let Some(Key(k)) = m.next_key::<Key>()? {
-            let claim = self.0.iter().position(|c| *c == k);
-            let reserved = matches!(&*k, "exp" | "nbf" | "aud" | "iss");
+            let claim = self.claims.iter().position(|c| *c == k);
+            let reserved = self.times && matches!(&*k, "exp" | "nbf" | "aud" | "iss");
             if claim.is_none() && !reserved {
                 m.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            if !reserved {
+                // A user claim only: its text, without building a JSON value.
+                let UserClaim(user) = m.next_value()?;
+                if let Some(i) = claim.filter(|i| *i < rank && user.is_some()) {
+                    (p.user, rank) = (user, i);
+                }
                 continue;
             }
             let v: serde_json::Value = m.next_value()?;
@@ -591,6 +603,7 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
                 }
             }
             match &*k {
+                _ if !self.times => {}
                 "exp" => p.exp = NumericDate::of(&v),
                 "nbf" => p.nbf = NumericDate::of(&v),
                 "aud" => p.aud = Some(v),
@@ -599,6 +612,50 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
             }
         }
         Ok(p)
+    }
+}
+
+/// A claim's value as a user name: a string, or a number's text; anything else is none.
+struct UserClaim(Option<String>);
+
+impl<'de> Deserialize<'de> for UserClaim {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UserClaim;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a claim")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<UserClaim, E> {
+                Ok(UserClaim(Some(s.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<UserClaim, E> {
+                Ok(UserClaim(Some(n.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<UserClaim, E> {
+                Ok(UserClaim(Some(n.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<UserClaim, E> {
+                Ok(UserClaim(
+                    serde_json::Number::from_f64(n).map(|n| n.to_string()),
+                ))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<UserClaim, E> {
+                Ok(UserClaim(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<UserClaim, E> {
+                Ok(UserClaim(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UserClaim, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(UserClaim(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<UserClaim, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(UserClaim(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -886,7 +943,7 @@ fn jwt_cookie(headers: &HeaderMap) -> Option<Cow<'_, str>> {
 fn claimed(token: &str, claims: &[&str]) -> Option<Option<String>> {
     let mut parts = token.split('.');
     let (_, p, _) = (parts.next()?, parts.next()?, parts.next()?);
-    Some(payload(&b64(p.trim_end_matches('='))?, claims)?.user)
+    Some(payload(&b64(p.trim_end_matches('='))?, claims, false)?.user)
 }
 
 /// The webchat's `visitorId` from a socket.io handshake query. The admin UI's socket sends one
