@@ -230,12 +230,69 @@ pub struct Cors {
     pub origins: Vec<String>,
     pub credentials: bool,
     pub methods: Vec<String>,
-    pub allow_headers: Vec<String>,
+    /// Request headers a preflight may ask for: `"reflect"` (the default) allows whatever an
+    /// allowed origin asks for, as Botpress's own CORS middleware does; a list pins them.
+    pub allow_headers: AllowHeaders,
     pub expose_headers: Vec<String>,
     #[serde(with = "types::duration")]
     pub max_age: Duration,
     /// Refuse with 403 any request whose `Origin` is not allowed.
     pub reject_disallowed: bool,
+}
+
+/// `cors.allow_headers`: reflect what an allowed origin's preflight asks for, or a fixed list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AllowHeaders {
+    /// Allow every header an allowed origin's preflight names. The origin is the security
+    /// boundary; which headers a page may send is the application's business (Botpress's
+    /// channel-web and messaging clients send `ExternalAuth`, `X-BP-ExternalAuth`,
+    /// `x-bp-messaging-*`).
+    #[default]
+    Reflect,
+    /// Only these (compared case-insensitively), plus the ones the Botpress UIs cannot work
+    /// without.
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for AllowHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AllowHeaders;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"reflect\" or a list of header names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AllowHeaders, E> {
+                if v.trim().eq_ignore_ascii_case("reflect") {
+                    Ok(AllowHeaders::Reflect)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}` is neither \"reflect\" nor a list of header names"
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AllowHeaders, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = seq.next_element::<String>()? {
+                    v.push(x);
+                }
+                Ok(AllowHeaders::List(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for AllowHeaders {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AllowHeaders::Reflect => s.serialize_str("reflect"),
+            AllowHeaders::List(v) => v.serialize(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -483,14 +540,7 @@ impl Default for Cors {
             origins: Vec::new(),
             credentials: true,
             methods: s(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
-            allow_headers: s(&[
-                "Authorization",
-                "Content-Type",
-                "CSRF-Token",
-                "X-BP-Workspace",
-                "X-Requested-With",
-                "X-BP-ExternalAuth",
-            ]),
+            allow_headers: AllowHeaders::Reflect,
             expose_headers: Vec::new(),
             max_age: Duration::from_secs(600),
             reject_disallowed: true,
@@ -1025,6 +1075,17 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "shorter than a minute".into(),
             "use e.g. 24h".into(),
         );
+    }
+    if let AllowHeaders::List(l) = &c.cors.allow_headers {
+        for (i, h) in l.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
+                err(
+                    &format!("cors.allow_headers.{i}"),
+                    format!("`{h}` is not a header name"),
+                    "use names like X-BP-ExternalAuth, or \"reflect\" to allow what allowed origins ask for".into(),
+                );
+            }
+        }
     }
     for (i, o) in c.cors.origins.iter().enumerate() {
         if let Err(p) = OriginSpec::parse(o) {

@@ -204,3 +204,25 @@ fn response_header_values_are_checked_at_load() {
     .unwrap();
     assert_eq!(l.config.headers.frame_ancestors.len(), 2);
 }
+
+#[test]
+fn cors_allow_headers_reflect_by_default_or_a_pinned_list() {
+    assert_eq!(
+        load_str("", &[]).unwrap().config.cors.allow_headers,
+        AllowHeaders::Reflect
+    );
+    let l = load_str("[cors]\nallow_headers = \"reflect\"\n", &[]).unwrap();
+    assert_eq!(l.config.cors.allow_headers, AllowHeaders::Reflect);
+    let l = load_str("[cors]\nallow_headers = [\"X-BP-ExternalAuth\"]\n", &[]).unwrap();
+    assert_eq!(
+        l.config.cors.allow_headers,
+        AllowHeaders::List(vec!["X-BP-ExternalAuth".into()])
+    );
+    // Round-trips through the rendered configuration (`bpgate config`, reload comparisons).
+    let t = l.config.redacted_toml();
+    assert!(t.contains("allow_headers = [\"X-BP-ExternalAuth\"]"), "{t}");
+    let e = err("[cors]\nallow_headers = \"*\"\n", &[]);
+    assert!(e.contains("cors.allow_headers") && e.contains("reflect"), "{e}");
+    let e = err("[cors]\nallow_headers = [\"ok\", \"not a header\"]\n", &[]);
+    assert!(e.contains("cors.allow_headers.1"), "{e}");
+}
