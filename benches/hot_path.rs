@@ -68,6 +68,8 @@ fn cluster() -> (Arc<Cluster>, Arc<Snapshot>) {
         sticky_enabled: true,
         ip_fallback: true,
         generated_secret: false,
+        sid_map_max_entries: 1000,
+        sid_map_idle: std::time::Duration::from_secs(300),
     });
     let snap = c.snapshot(&node_specs());
     (c, snap)
@@ -253,10 +255,10 @@ fn route(c: &mut Criterion) {
     let cookie = pinned_cookie(&cluster, &snap);
     let client: IpAddr = "198.51.100.23".parse().expect("ip");
     g.bench_function("choose_cookie_hit", |b| {
-        b.iter(|| cluster.choose(&snap, Some(black_box(&cookie)), client))
+        b.iter(|| cluster.choose(&snap, Some(black_box(&cookie)), None, client))
     });
     g.bench_function("choose_ip_fallback", |b| {
-        b.iter(|| cluster.choose(&snap, None, black_box(client)))
+        b.iter(|| cluster.choose(&snap, None, None, black_box(client)))
     });
     g.bench_function("cookie_value_issue", |b| {
         b.iter(|| cluster.cookie_value(&snap, &snap.nodes[1]))

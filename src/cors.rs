@@ -140,7 +140,12 @@ impl CorsPolicy {
             .iter()
             .flat_map(|l| l.iter())
             .map(|h| h.trim())
-            .chain(REQUIRED_HEADERS.iter().copied().filter(|_| pinned.is_some()))
+            .chain(
+                REQUIRED_HEADERS
+                    .iter()
+                    .copied()
+                    .filter(|_| pinned.is_some()),
+            )
         {
             if HeaderName::from_bytes(h.as_bytes()).is_ok()
                 && !names.iter().any(|n| n.eq_ignore_ascii_case(h))
@@ -171,8 +176,7 @@ impl CorsPolicy {
             expose_headers_value: join(&expose),
             max_age_value: HeaderValue::from(c.max_age.as_secs()),
             methods,
-            allow_headers: pinned
-                .map(|_| names.iter().map(|n| n.to_ascii_lowercase()).collect()),
+            allow_headers: pinned.map(|_| names.iter().map(|n| n.to_ascii_lowercase()).collect()),
             reject_disallowed: c.reject_disallowed,
         }
     }

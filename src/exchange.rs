@@ -383,11 +383,19 @@ impl Drop for Lease {
     }
 }
 
+/// Sees the first bytes of a node's response body as they stream past (nothing is held back or
+/// changed), until it has seen enough. Node selection learns engine.io session ids this way.
+pub trait BodyObserver: Send + Sync {
+    /// One data frame passed. `true`: done, no more frames are shown.
+    fn data(&mut self, chunk: &[u8]) -> bool;
+}
+
 /// A node's response body: streamed to the client, its connection given back at the end (or
 /// closed when the body broke off or was dropped early).
 pub struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
+    observer: Option<Box<dyn BodyObserver>>,
 }
 
 impl UpstreamBody {
@@ -395,6 +403,7 @@ impl UpstreamBody {
         let mut b = UpstreamBody {
             inner,
             lease: Some(lease),
+            observer: None,
         };
         if b.inner.is_end_stream() {
             b.finish();
@@ -407,6 +416,11 @@ impl UpstreamBody {
             l.clean = true;
         }
     }
+
+    /// Shows the data frames to `o` as they pass, until it is done.
+    pub fn observe(&mut self, o: Box<dyn BodyObserver>) {
+        self.observer = Some(o);
+    }
 }
 
 impl Body for UpstreamBody {
@@ -418,6 +432,13 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(o)) = (&r, self.observer.as_mut()) {
+            if let Some(d) = f.data_ref() {
+                if o.data(d) {
+                    self.observer = None;
+                }
+            }
+        }
         match &r {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),

@@ -242,7 +242,9 @@ pub fn cookie_spec(loaded: &Loaded) -> CookieSpec {
         a.push_str("; Secure");
     }
     a.push_str(match s.same_site {
-        SameSite::None => "; SameSite=None",
+        // Partitioned (CHIPS): browsers that block third-party cookies still keep this one
+        // for the webchat iframe, in a jar of its own per embedding site.
+        SameSite::None => "; SameSite=None; Partitioned",
         SameSite::Lax => "; SameSite=Lax",
         SameSite::Strict => "; SameSite=Strict",
     });

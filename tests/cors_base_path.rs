@@ -354,7 +354,11 @@ async fn preflights_real_clients_send_pass_and_every_answer_varies_on_origin() {
             assert_eq!(a.header("access-control-allow-origin"), origin);
         }
     }
-    assert_eq!(node.requests.load(Ordering::Relaxed), 4, "only GETs reach Botpress");
+    assert_eq!(
+        node.requests.load(Ordering::Relaxed),
+        4,
+        "only GETs reach Botpress"
+    );
     gate.stop().await;
 }
 

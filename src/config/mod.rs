@@ -311,7 +311,14 @@ pub struct Sticky {
     pub same_site: SameSite,
     #[serde(with = "types::opt_string", skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// How a visitor without a valid cookie (and without a known engine.io session) is placed.
     pub fallback: StickyFallback,
+    /// engine.io session ids learned from handshake answers (`sid` → node), at most this many;
+    /// 0 turns the map off.
+    pub sid_map_max_entries: usize,
+    /// A learned session id not seen for this long is forgotten.
+    #[serde(with = "types::duration")]
+    pub sid_map_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -325,9 +332,15 @@ pub enum SameSite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StickyFallback {
+    /// By load (power of two choices, least outstanding requests per unit of weight), then
+    /// pinned by the cookie: new visitors behind one NAT spread over the nodes. `"none"` is the
+    /// older spelling.
     #[default]
+    #[serde(alias = "none")]
+    Load,
+    /// By a rendezvous hash of the client IP: replicas agree without a cookie, but one NAT's
+    /// visitors all land on one node.
     ClientIp,
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -560,7 +573,9 @@ impl Default for Sticky {
             secure: true,
             same_site: SameSite::None,
             domain: None,
-            fallback: StickyFallback::ClientIp,
+            fallback: StickyFallback::Load,
+            sid_map_max_entries: 100_000,
+            sid_map_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -1067,6 +1082,13 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "sticky.secure",
             "browsers reject SameSite=None cookies without Secure".into(),
             "set sticky.secure = true or choose another same_site".into(),
+        );
+    }
+    if c.sticky.sid_map_max_entries > 0 && c.sticky.sid_map_idle_timeout.as_secs() < 60 {
+        err(
+            "sticky.sid_map_idle_timeout",
+            "shorter than a minute: a polling session is idle up to engine.io's pingInterval + pingTimeout (45 s)".into(),
+            "use e.g. 5m".into(),
         );
     }
     if c.sticky.max_age.as_secs() < 60 {

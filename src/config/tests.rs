@@ -222,7 +222,10 @@ fn cors_allow_headers_reflect_by_default_or_a_pinned_list() {
     let t = l.config.redacted_toml();
     assert!(t.contains("allow_headers = [\"X-BP-ExternalAuth\"]"), "{t}");
     let e = err("[cors]\nallow_headers = \"*\"\n", &[]);
-    assert!(e.contains("cors.allow_headers") && e.contains("reflect"), "{e}");
+    assert!(
+        e.contains("cors.allow_headers") && e.contains("reflect"),
+        "{e}"
+    );
     let e = err("[cors]\nallow_headers = [\"ok\", \"not a header\"]\n", &[]);
     assert!(e.contains("cors.allow_headers.1"), "{e}");
 }

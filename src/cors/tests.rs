@@ -443,7 +443,12 @@ async fn allowed_origins_get_the_headers_they_ask_for_reflected() {
     assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_HEADERS], "X-One, x-two");
     let (r, _) = run(
         p(),
-        req("OPTIONS", Some("https://app.example.com"), Some("GET"), None),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("GET"),
+            None,
+        ),
     )
     .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);

@@ -167,6 +167,8 @@ impl Gateway {
             sticky_enabled: c.sticky.enabled,
             ip_fallback: c.sticky.fallback == StickyFallback::ClientIp,
             generated_secret: generated,
+            sid_map_max_entries: c.sticky.sid_map_max_entries,
+            sid_map_idle: c.sticky.sid_map_idle_timeout,
         });
         let (audit_sink, audit_guard) = if c.audit.enabled {
             let (s, g) =
