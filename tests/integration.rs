@@ -14,3 +14,4 @@ mod deploy;
 mod gateway;
 mod operability;
 mod posture;
+mod sticky;
