@@ -396,3 +396,46 @@ async fn a_pinned_allow_headers_list_refuses_other_headers() {
     );
     gate.stop().await;
 }
+
+/// `cors.*` is live: pinning `allow_headers` by a reload refuses, from the next preflight on,
+/// a header that was reflected before; going back to `"reflect"` allows it again.
+#[tokio::test]
+async fn allow_headers_changes_on_reload() {
+    init();
+    let node = Node::start("n1", varying()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[cors]\norigins = [\"https://shop.example.com\"]\n[health]\nenabled = false")
+        .start()
+        .await;
+    let path = gate.dir.path().join("bpgate.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let preflight = || async {
+        let mut c = Client::h1(&gate).await;
+        c.call(
+            req("OPTIONS", "/api/v1/bots")
+                .header("origin", "https://shop.example.com")
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "x-bp-messaging-client-id")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(preflight().await, StatusCode::NO_CONTENT);
+    let pinned = original.replace(
+        "[cors]\n",
+        "[cors]\nallow_headers = [\"X-BP-ExternalAuth\"]\n",
+    );
+    assert_ne!(pinned, original);
+    std::fs::write(&path, pinned).unwrap();
+    let (s, body) = gate.admin_post("/reload").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("cors.allow_headers"), "{body}");
+    assert_eq!(preflight().await, StatusCode::FORBIDDEN);
+    std::fs::write(&path, original).unwrap();
+    assert_eq!(gate.admin_post("/reload").await.0, StatusCode::OK);
+    assert_eq!(preflight().await, StatusCode::NO_CONTENT);
+    gate.stop().await;
+}
