@@ -229,3 +229,29 @@ fn cors_allow_headers_reflect_by_default_or_a_pinned_list() {
     let e = err("[cors]\nallow_headers = [\"ok\", \"not a header\"]\n", &[]);
     assert!(e.contains("cors.allow_headers.1"), "{e}");
 }
+
+#[test]
+fn sticky_fallback_and_session_map_settings() {
+    let s = load_str("", &[]).unwrap().config.sticky;
+    assert_eq!(s.fallback, StickyFallback::Load);
+    assert_eq!(s.sid_map_max_entries, 100_000);
+    assert_eq!(s.sid_map_idle_timeout, Duration::from_secs(300));
+    for (v, want) in [
+        ("load", StickyFallback::Load),
+        ("none", StickyFallback::Load),
+        ("client-ip", StickyFallback::ClientIp),
+    ] {
+        let l = load_str(&format!("[sticky]\nfallback = \"{v}\"\n"), &[]).unwrap();
+        assert_eq!(l.config.sticky.fallback, want, "{v}");
+    }
+    let e = err("[sticky]\nfallback = \"random\"\n", &[]);
+    assert!(e.contains("sticky.fallback"), "{e}");
+    let e = err("[sticky]\nsid_map_idle_timeout = \"10s\"\n", &[]);
+    assert!(e.contains("sticky.sid_map_idle_timeout"), "{e}");
+    // Off: the timeout does not matter.
+    load_str(
+        "[sticky]\nsid_map_max_entries = 0\nsid_map_idle_timeout = \"10s\"\n",
+        &[],
+    )
+    .unwrap();
+}
