@@ -74,6 +74,7 @@ async fn handle(gw: &Arc<Generations>, req: Request<Incoming>) -> Response<Full<
                 "ready": ready,
                 "draining": shared.shutdown.is_cancelled(),
                 "healthy_nodes": current.nodes.nodes.iter().filter(|n| n.is_healthy()).count(),
+                "panic": current.nodes.panic(),
                 "audit_writable": shared.audit.as_ref().map(|a| a.healthy()),
                 "generation": current.number,
                 "generation_loaded_at": crate::tls::rfc3339_secs((current.loaded_at_ms / 1000) as i64),
@@ -88,14 +89,19 @@ async fn handle(gw: &Arc<Generations>, req: Request<Incoming>) -> Response<Full<
             )
         }
         (&Method::GET, ["upstreams"]) => {
-            let nodes: Vec<_> = gw.current().nodes.nodes.iter().map(|n| n.view()).collect();
-            json_response(StatusCode::OK, &json!({ "nodes": nodes }))
+            let current = gw.current();
+            let nodes: Vec<_> = current.nodes.nodes.iter().map(|n| n.view()).collect();
+            json_response(
+                StatusCode::OK,
+                &json!({ "panic": current.nodes.panic(), "nodes": nodes }),
+            )
         }
         (&Method::POST, ["upstreams", name, action @ ("drain" | "undrain")]) => {
-            let node = gw.current().nodes.node(name);
-            match node {
+            let current = gw.current();
+            match current.nodes.node(name) {
                 Some(n) => {
                     n.set_draining(*action == "drain");
+                    current.nodes.announce_panic();
                     tracing::info!(node = %name, action = *action, "node drain state changed");
                     json_response(StatusCode::OK, &n.view())
                 }

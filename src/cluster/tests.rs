@@ -35,7 +35,7 @@ fn cluster(names: &[&str], ip_fallback: bool) -> Fixture {
             weight: 1,
         })
         .collect();
-    let snap = c.snapshot(&specs);
+    let snap = c.snapshot(&specs, false);
     Fixture { c, snap }
 }
 
@@ -99,6 +99,7 @@ fn rendezvous_moves_only_the_removed_nodes_clients() {
             .filter(|n| &*n.name != "c")
             .map(|n| n.spec.clone())
             .collect::<Vec<_>>(),
+        false,
     );
     for (i, was) in before.iter().enumerate() {
         let now = c
