@@ -12,5 +12,8 @@ mod cluster;
 mod cors_base_path;
 mod deploy;
 mod gateway;
+mod health;
 mod operability;
 mod posture;
+mod retry;
+mod routes;

@@ -291,19 +291,22 @@ impl Snapshot {
     }
 
     /// Logs entering and leaving panic mode, once each; call it where node states change.
-    pub fn announce_panic(&self) {
+    /// Returns the change it announced, if any (`Some(true)`: entered).
+    pub fn announce_panic(&self) -> Option<bool> {
         let now = self.panic();
-        if self.announced_panic.swap(now, Ordering::Relaxed) != now {
-            if now {
-                let n = self.nodes.iter().filter(|n| !n.is_draining()).count();
-                tracing::error!(
-                    nodes = n,
-                    "PANIC MODE: every node fails its health checks; routing to all {n} nodes that are not drained anyway until one passes again"
-                );
-            } else {
-                tracing::warn!("panic mode over: a node is healthy again (or none is left to route to); normal selection resumes");
-            }
+        if self.announced_panic.swap(now, Ordering::Relaxed) == now {
+            return None;
         }
+        if now {
+            let n = self.nodes.iter().filter(|n| !n.is_draining()).count();
+            tracing::error!(
+                nodes = n,
+                "PANIC MODE: every node fails its health checks; routing to all {n} nodes that are not drained anyway until one passes again"
+            );
+        } else {
+            tracing::warn!("panic mode over: a node is healthy again (or none is left to route to); normal selection resumes");
+        }
+        Some(now)
     }
 
     /// Ready: at least one node is healthy and has passed an active check (or checks are off);

@@ -135,8 +135,9 @@ where
             }
             let mut resp = match result {
                 Ok(r) => r,
-                // In panic mode nothing could be reached: every node is down after all.
-                Err(ForwardError::Connect { .. }) if snap.panic() => {
+                // No node is known healthy (panic mode, or none checked yet) and the ones tried
+                // could not be reached: the cluster is down after all.
+                Err(ForwardError::Connect { .. }) if snap.tier() != super::Tier::Healthy => {
                     Refusal::NoHealthyNode.response(id.as_ref())
                 }
                 Err(e) => e.into_response(id.as_ref()),
