@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::cluster;
 use crate::config::{
     self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Forwarding, Headers, Health, JwtSource,
-    Limits, Listen, Loaded, Log, Mode, OnFailure, RouteConfig, Rotation, Secret, Shutdown, Sticky,
+    Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, RouteConfig, Secret, Shutdown, Sticky,
     Tls, Upstream,
 };
 use crate::generation::{Generation, Shared};

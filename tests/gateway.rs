@@ -267,11 +267,17 @@ async fn behind_a_trusted_proxy_the_node_gets_one_client_and_the_audit_keeps_the
         serde_json::json!(["for=198.51.100.9;host=\"bot.example.com\";proto=https"]),
         "Forwarded says the same as the X-Forwarded-* headers"
     );
-    assert_eq!(a.seen("x-forwarded-host").as_deref(), Some("bot.example.com"));
+    assert_eq!(
+        a.seen("x-forwarded-host").as_deref(),
+        Some("bot.example.com")
+    );
     assert_eq!(a.seen("x-request-id").as_deref(), Some("lb-id-42"));
     let lines = gate.audit_lines();
     let line = lines.last().unwrap();
-    assert_eq!(line["client_ip"], "198.51.100.9", "audit uses the same client IP");
+    assert_eq!(
+        line["client_ip"], "198.51.100.9",
+        "audit uses the same client IP"
+    );
     assert_eq!(line["peer_ip"], "127.0.0.1");
     assert_eq!(
         line["forwarded_for"], "6.6.6.6, 198.51.100.9, 10.0.0.9",

@@ -84,8 +84,7 @@ async fn spread(gate: &Gate, nodes: &[&Botpress], n: usize) -> Vec<u64> {
         .collect()
 }
 
-const FAST: &str =
-    "[health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1";
+const FAST: &str = "[health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1";
 
 #[tokio::test]
 async fn a_hung_status_on_every_node_leaves_the_cluster_up_with_the_default_probe() {
@@ -95,9 +94,9 @@ async fn a_hung_status_on_every_node_leaves_the_cluster_up_with_the_default_prob
     let b = Botpress::builder("b").status(Status::Hang).start().await;
     let gate = gate(&[&a, &b], FAST).await;
     let u = until(&gate, "both nodes checked healthy", |u| {
-        ["a", "b"].iter().all(|n| {
-            node(u, n)["state"] == "healthy" && node(u, n)["last_check"]["status"] == 200
-        })
+        ["a", "b"]
+            .iter()
+            .all(|n| node(u, n)["state"] == "healthy" && node(u, n)["last_check"]["status"] == 200)
     })
     .await;
     assert_eq!(u["panic"], false);
@@ -133,7 +132,10 @@ async fn panic_mode_routes_to_every_node_and_ends_as_soon_as_one_is_healthy() {
     assert!(ready.contains("\"panic\": true"), "{ready}");
     // Every node that is not drained still gets traffic.
     let per = spread(&gate, &[&a, &b], 20).await;
-    assert!(per.iter().all(|n| *n > 0), "panic mode uses all nodes: {per:?}");
+    assert!(
+        per.iter().all(|n| *n > 0),
+        "panic mode uses all nodes: {per:?}"
+    );
 
     // One node recovers: normal selection at once, and only it gets traffic.
     a.state.set_status(Status::Up);
@@ -157,7 +159,10 @@ async fn a_drained_node_stays_out_of_panic_mode() {
     )
     .await;
     until(&gate, "panic mode", |u| u["panic"] == true).await;
-    assert_eq!(gate.admin_post("/upstreams/b/drain").await.0, StatusCode::OK);
+    assert_eq!(
+        gate.admin_post("/upstreams/b/drain").await.0,
+        StatusCode::OK
+    );
     assert_eq!(spread(&gate, &[&a, &b], 10).await, vec![10, 0]);
     gate.stop().await;
 }
@@ -218,7 +223,10 @@ async fn only_2xx_and_3xx_count_503_while_loading_and_404_are_out() {
 
     // A 3xx counts: Botpress redirects `/` to `/admin`.
     let gate2 = gate_with_path(&up, "/").await;
-    let u = until(&gate2, "checked", |u| !node(u, "up")["last_check"].is_null()).await;
+    let u = until(&gate2, "checked", |u| {
+        !node(u, "up")["last_check"].is_null()
+    })
+    .await;
     assert_eq!(node(&u, "up")["last_check"]["status"], 302);
     assert_eq!(node(&u, "up")["state"], "healthy");
     gate2.stop().await;

@@ -47,12 +47,16 @@ async fn a_post_that_reached_a_node_that_then_died_is_502_and_never_sent_twice()
     let call = tokio::spawn({
         let marker = marker.clone();
         async move {
-            c.call(post("/api/v1/bots/b/converse/u").body(full(marker)).unwrap())
-                .await
+            c.call(
+                post("/api/v1/bots/b/converse/u")
+                    .body(full(marker))
+                    .unwrap(),
+            )
+            .await
         }
     });
     // Wait until one node has the whole body, then kill that node.
-    let has = |s: &Arc<Mutex<Vec<Bytes>>>| s.lock().unwrap().iter().any(|x| *x == marker);
+    let has = |s: &Arc<Mutex<Vec<Bytes>>>| s.lock().unwrap().contains(&marker);
     assert!(
         eventually(Duration::from_secs(10), || has(&seen_a) || has(&seen_b)).await,
         "the POST reached no node"
@@ -230,7 +234,10 @@ async fn connect_timeout_bounds_a_blackholed_node_and_the_request_fails_over() {
         }
     }
     assert!(failed_over, "no request was routed to the blackhole first");
-    assert_eq!(live.requests.load(Ordering::SeqCst), attempts.load(Ordering::Relaxed));
+    assert_eq!(
+        live.requests.load(Ordering::SeqCst),
+        attempts.load(Ordering::Relaxed)
+    );
     gate.stop().await;
 }
 

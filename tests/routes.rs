@@ -39,10 +39,7 @@ async fn gate(node: &Node, toml: &str) -> Gate {
 fn chunked(n: usize) -> BoxBody {
     let chunks = (0..n.div_ceil(65536)).map(move |i| {
         let len = 65536.min(n - i * 65536);
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(vec![
-            b'x';
-            len
-        ])))
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from(vec![b'x'; len])))
     });
     BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
         chunks,
@@ -69,9 +66,7 @@ async fn bp_push_on_the_v1_versioning_path_outlives_the_global_timeout() {
         .await;
     assert_eq!(push.status, StatusCode::OK, "{}", push.text());
     assert_eq!(push.json()["body_len"], 4096);
-    let pull = c
-        .get("/api/v2/admin/management/versioning/export")
-        .await;
+    let pull = c.get("/api/v2/admin/management/versioning/export").await;
     assert_eq!(pull.status, StatusCode::OK);
     let export = c.get("/api/v2/admin/workspace/bots/my-bot/export").await;
     assert_eq!(export.status, StatusCode::OK, "bot export waits too");
@@ -117,7 +112,11 @@ async fn a_bot_import_above_the_global_limit_passes_and_the_same_size_elsewhere_
     // Chunked, the same size: cut at the global limit while streaming.
     let mut c = Client::h1(&gate).await;
     let cut = c
-        .call(post("/api/v1/bots/my-bot/media").body(chunked(size)).unwrap())
+        .call(
+            post("/api/v1/bots/my-bot/media")
+                .body(chunked(size))
+                .unwrap(),
+        )
         .await;
     assert_eq!(cut.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
@@ -172,7 +171,12 @@ async fn a_full_size_media_upload_with_its_multipart_framing_passes_the_default_
                     .unwrap(),
             )
             .await;
-        assert_eq!(a.status, StatusCode::OK, "file of {file} bytes: {}", a.text());
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "file of {file} bytes: {}",
+            a.text()
+        );
         assert_eq!(a.json()["body_len"], body.len());
     }
     gate.stop().await;
@@ -213,7 +217,11 @@ max_body = "1k"
     assert_eq!(c.get("/api/v2/x").await.status, StatusCode::GATEWAY_TIMEOUT);
     // A route's own body limit, below the global one: declared and chunked.
     let declared = c
-        .call(post("/api/v1/bots/b/small").body(full(vec![1u8; 2000])).unwrap())
+        .call(
+            post("/api/v1/bots/b/small")
+                .body(full(vec![1u8; 2000]))
+                .unwrap(),
+        )
         .await;
     assert_eq!(declared.status, StatusCode::PAYLOAD_TOO_LARGE);
     let mut c = Client::h1(&gate).await;
@@ -288,11 +296,7 @@ fn the_deprecated_key_still_works_with_a_warning_and_shows_as_a_route() {
             cmd.env_remove(k);
         }
     }
-    let out = cmd
-        .args(["config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = cmd.args(["config", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -300,7 +304,10 @@ fn the_deprecated_key_still_works_with_a_warning_and_shows_as_a_route() {
         stderr.contains("upstream.timeouts.0") && stderr.contains("deprecated"),
         "{stderr}"
     );
-    assert!(stderr.contains("[[routes]]"), "the warning says what to write: {stderr}");
+    assert!(
+        stderr.contains("[[routes]]"),
+        "the warning says what to write: {stderr}"
+    );
     // The effective table: built-in routes and the mapped one.
     let v: toml::Table = toml::from_str(&stdout).unwrap();
     let routes = v["routes"].as_array().unwrap();
@@ -336,7 +343,10 @@ async fn the_deprecated_key_still_sets_the_timeout() {
     );
     let mut c = Client::h1(&gate).await;
     assert_eq!(c.get("/api/v1/slow/x").await.status, StatusCode::OK);
-    assert_eq!(c.get("/api/v1/other").await.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        c.get("/api/v1/other").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
     gate.stop().await;
 }
 

@@ -1065,7 +1065,10 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         if r.response_timeout.is_none() && r.max_body.is_none() {
             err(
                 &key,
-                format!("route `{}` sets neither response_timeout nor max_body", r.prefix),
+                format!(
+                    "route `{}` sets neither response_timeout nor max_body",
+                    r.prefix
+                ),
                 "set response_timeout, max_body or both, or remove the entry".into(),
             );
         }

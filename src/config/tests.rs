@@ -280,9 +280,15 @@ fn the_deprecated_timeouts_map_onto_routes_with_a_warning() {
     );
     // `bpgate config` shows the table in effect, without the old key.
     let out = l.redacted_toml();
-    assert!(out.contains("[[routes]]") && !out.contains("[[upstream.timeouts]]"), "{out}");
+    assert!(
+        out.contains("[[routes]]") && !out.contains("[[upstream.timeouts]]"),
+        "{out}"
+    );
     let again = load_str(&out, &[]).unwrap();
-    assert_eq!(again.derived.routes, l.derived.routes, "the printed table reads back the same");
+    assert_eq!(
+        again.derived.routes, l.derived.routes,
+        "the printed table reads back the same"
+    );
 }
 
 #[test]

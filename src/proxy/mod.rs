@@ -21,8 +21,8 @@ use tokio_util::task::TaskTracker;
 
 pub use forwarded::{
     acceptable_request_id, canonical, client_ip, ip_header, new_request_id, received_chain,
-    set_forwarding_headers, ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
-    X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+    set_forwarding_headers, ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
 };
 pub use hop::{strip as strip_hop_by_hop, wants_upgrade};
 pub use pool::{ConnectError, Pool, PoolSettings, SendError};
