@@ -371,8 +371,8 @@ async fn a_slow_upload_is_not_counted_as_the_nodes_silence() {
                 .unwrap(),
         )
         .await;
-    assert!(started.elapsed() >= Duration::from_millis(800));
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert!(started.elapsed() >= Duration::from_millis(800));
     assert_eq!(a.json()["body_len"], 80);
 
     // A client that stops sending for longer than the timeout is cut.
