@@ -176,8 +176,9 @@ pub fn render(st: &Status, refresh: u32) -> String {
     }
     let _ = write!(
         h,
-        "</tbody></table>\n<p class=\"meta\">Rates over the last 10 s. A drained node is idle (safe to stop) after {} s with nothing in flight, no open tunnel and no request (<code>admin.drain_idle_after</code>). Drain with <code>curl -X POST http://127.0.0.1:9901/upstreams/NAME/drain</code> (plus <code>-H 'Authorization: Bearer …'</code> when <code>admin.token</code> is set).</p>\n",
-        st.drain_idle_after_seconds
+        "</tbody></table>\n<p class=\"meta\">Rates over the last 10 s. A drained node is idle (safe to stop) after {} s with nothing in flight, no open tunnel and no request (<code>admin.drain_idle_after</code>). Drain with <code>curl -X POST http://{}/upstreams/NAME/drain</code> (and <code>-H 'Authorization: Bearer …'</code> when <code>admin.token</code> is set).</p>\n",
+        st.drain_idle_after_seconds,
+        esc(&st.admin_addr),
     );
 
     let c = &st.certificate;

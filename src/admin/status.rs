@@ -143,6 +143,9 @@ pub struct Status {
     /// Unix ms when this was read.
     #[serde(skip)]
     pub now_ms: u64,
+    /// Where to send admin commands from this host (`listen.admin`, loopback for a wildcard).
+    #[serde(skip)]
+    pub admin_addr: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,6 +226,13 @@ pub fn read(gw: &Arc<Generations>, sampler: &Sampler) -> Status {
             write_errors: a.stats.write_errors.load(Ordering::Relaxed),
         }),
         now_ms,
+        admin_addr: {
+            let mut a = current.config.config.listen.admin;
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            a.to_string()
+        },
     }
 }
 
