@@ -13,5 +13,6 @@ mod cluster;
 mod cors_base_path;
 mod deploy;
 mod gateway;
+mod metrics;
 mod operability;
 mod posture;

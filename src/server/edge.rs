@@ -73,6 +73,7 @@ fn handshake_failure(e: &std::io::Error) -> HandshakeFailure {
             | A::CertificateExpired
             | A::CertificateUnknown
             | A::UnknownCA
+            | A::AccessDenied
             | A::BadCertificateStatusResponse => HandshakeFailure::CertificateRejected,
             A::ProtocolVersion
             | A::HandshakeFailure
