@@ -314,7 +314,10 @@ pub fn render_from(m: &MetricsInput) -> String {
         "Responses by node and status class (bpgate's own errors included)",
         counter_family(m.node_classes.iter().map(|(node, class, v)| {
             (
-                vec![("node", escape_label_value(node)), ("class", class.to_string())],
+                vec![
+                    ("node", escape_label_value(node)),
+                    ("class", class.to_string()),
+                ],
                 *v,
             )
         })),

@@ -140,7 +140,14 @@ async fn state_changes_refuse_foreign_origin_and_rebinding_host() {
         assert_eq!(h["cache-control"], "no-store", "{p}");
     }
     // The command line (no Origin, the listener's address or localhost) may.
-    let (s, _, body) = admin(gate.admin, "POST", "/upstreams/a/drain", &[("host", &own)], "").await;
+    let (s, _, body) = admin(
+        gate.admin,
+        "POST",
+        "/upstreams/a/drain",
+        &[("host", &own)],
+        "",
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert!(draining(&gate, "a"));
     let lh = format!("localhost:{}", gate.admin.port());
@@ -152,7 +159,11 @@ async fn state_changes_refuse_foreign_origin_and_rebinding_host() {
         "",
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "same-origin Origin is the listener's own");
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "same-origin Origin is the listener's own"
+    );
     assert!(!draining(&gate, "a"));
     gate.stop().await;
 }
@@ -234,7 +245,10 @@ async fn token_required_for_state_changes_when_set() {
     // Reads need no token.
     for p in ["/healthz", "/readyz", "/metrics", "/upstreams", "/"] {
         let (s, _, _) = admin(gate.admin, "GET", p, &[("host", &own)], "").await;
-        assert!(s.is_success() || s == StatusCode::SERVICE_UNAVAILABLE, "{p}: {s}");
+        assert!(
+            s.is_success() || s == StatusCode::SERVICE_UNAVAILABLE,
+            "{p}: {s}"
+        );
     }
     gate.stop().await;
 }
@@ -250,8 +264,14 @@ async fn status_page_is_self_contained_and_locked_down() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-type"], "text/html; charset=utf-8");
     let csp = h["content-security-policy"].to_str().unwrap();
-    assert!(csp.starts_with("default-src 'none'; style-src 'sha256-"), "{csp}");
-    assert!(!csp.contains("unsafe-inline") && !csp.contains("script-src"), "{csp}");
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("script-src"),
+        "{csp}"
+    );
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     // No script, no external reference of any kind.
     let lower = page.to_ascii_lowercase();
@@ -334,7 +354,12 @@ async fn drained_node_says_when_it_is_idle() {
         .unwrap()
         .to_string();
     assert_eq!(v["drain_idle_after_seconds"], 1);
-    assert_eq!(gate.admin_post(&format!("/upstreams/{pinned}/drain")).await.0, StatusCode::OK);
+    assert_eq!(
+        gate.admin_post(&format!("/upstreams/{pinned}/drain"))
+            .await
+            .0,
+        StatusCode::OK
+    );
     let (_, v) = gate.admin_get("/upstreams").await;
     let n = node_of(&serde_json::from_str(&v).unwrap(), &pinned);
     assert_eq!(n["draining"], true);
@@ -344,9 +369,18 @@ async fn drained_node_says_when_it_is_idle() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, v) = gate.admin_get("/upstreams").await;
     let n = node_of(&serde_json::from_str(&v).unwrap(), &pinned);
-    assert_eq!((n["idle"].clone(), n["tunnels"].clone()), (false.into(), 1.into()), "{n}");
+    assert_eq!(
+        (n["idle"].clone(), n["tunnels"].clone()),
+        (false.into(), 1.into()),
+        "{n}"
+    );
     let (_, page) = gate.admin_get("/").await;
-    assert!(page.contains(&format!("data-node=\"{pinned}\" data-health=\"up\" data-drain=\"draining\"")), "{page}");
+    assert!(
+        page.contains(&format!(
+            "data-node=\"{pinned}\" data-health=\"up\" data-drain=\"draining\""
+        )),
+        "{page}"
+    );
     assert!(page.contains("1 tunnel(s) open"), "{page}");
     // The browser goes away: idle once the tunnel has closed and a quiet second has passed.
     ws.close(None).await.unwrap();
@@ -363,12 +397,20 @@ async fn drained_node_says_when_it_is_idle() {
     }
     assert!(idle, "the drained node never became idle");
     let (_, page) = gate.admin_get("/").await;
-    assert!(page.contains(&format!("data-node=\"{pinned}\" data-health=\"up\" data-drain=\"idle\"")), "{page}");
+    assert!(
+        page.contains(&format!(
+            "data-node=\"{pinned}\" data-health=\"up\" data-drain=\"idle\""
+        )),
+        "{page}"
+    );
     assert!(page.contains("idle: safe to stop"), "{page}");
     // The other node is not drained, so never idle.
     let other = if pinned == "a" { "b" } else { "a" };
     let (_, v) = gate.admin_get("/upstreams").await;
-    assert_eq!(node_of(&serde_json::from_str(&v).unwrap(), other)["idle"], false);
+    assert_eq!(
+        node_of(&serde_json::from_str(&v).unwrap(), other)["idle"],
+        false
+    );
     gate.stop().await;
 }
 
@@ -392,7 +434,10 @@ async fn status_page_in_chromium_shows_a_node_going_down() {
     for _ in 0..30 {
         assert_eq!(c.get("/api/ping").await.status, StatusCode::OK);
     }
-    assert_eq!(gate.admin_post("/upstreams/b/drain").await.0, StatusCode::OK);
+    assert_eq!(
+        gate.admin_post("/upstreams/b/drain").await.0,
+        StatusCode::OK
+    );
 
     let mut browser = cdp::Browser::launch(&bin).await;
     let tab = browser
@@ -436,7 +481,15 @@ async fn status_page_in_chromium_shows_a_node_going_down() {
         seen["up"], "rgb(215, 245, 221)",
         "the hashed stylesheet applies under the page's CSP"
     );
-    assert!(seen["days"].as_str().unwrap().trim().parse::<i64>().unwrap() > 300);
+    assert!(
+        seen["days"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+            > 300
+    );
     let first_load = seen["origin"].as_f64().unwrap();
 
     // Kill a: the page, reloading itself, shows it down.
@@ -482,7 +535,10 @@ fn missing_chromium_fails_under_ci_and_skips_visibly_otherwise() {
         c.output().unwrap()
     };
     let out = run(Some("true"));
-    assert!(!out.status.success(), "a missing browser must fail under CI=true");
+    assert!(
+        !out.status.success(),
+        "a missing browser must fail under CI=true"
+    );
     let all = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(all.contains("not installed under CI=true"), "{all}");
     let out = run(None);
@@ -501,4 +557,51 @@ fn chromium_probe_child() {
     if std::env::var("BPGATE_CHROMIUM_PROBE_CHILD").is_ok() {
         assert!(cdp::chromium_or_skip().is_none());
     }
+}
+
+/// Production mode refuses an admin listener off loopback without a token, like its other
+/// posture refusals; `--allow-insecure` starts anyway, and a token makes it acceptable.
+#[tokio::test]
+async fn production_refuses_a_network_admin_listener_without_token() {
+    init();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bpgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "mode = \"production\"\n[listen]\nadmin = \"0.0.0.0:9901\"\n[tls]\ncert = {:?}\nkey = {:?}\n[audit]\ndir = {:?}\n[upstream]\nurls = [\"http://127.0.0.1:9\"]\n",
+            pki.cert,
+            pki.key,
+            dir.path().join("audit")
+        ),
+    )
+    .unwrap();
+    let load = |token: Option<&str>| {
+        let token = token.map(str::to_string);
+        bpgate::config::load(
+            &path,
+            &move |k| (k == "BPGATE_ADMIN_TOKEN").then(|| token.clone()).flatten(),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let err = match bpgate::Gateway::start(load(None)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("production started with an open admin listener"),
+    };
+    assert!(
+        err.contains("Admin API")
+            && err.contains("BPGATE_ADMIN_TOKEN")
+            && err.contains("--allow-insecure"),
+        "{err}"
+    );
+    let mut insecure = load(None);
+    insecure.allow_insecure = true;
+    let gw = bpgate::Gateway::start(insecure).expect("--allow-insecure starts");
+    gw.flush_audit();
+    drop(gw);
+    let gw = bpgate::Gateway::start(load(Some("0123456789abcdef0123456789abcdef")))
+        .expect("a token makes a network admin listener acceptable");
+    gw.flush_audit();
 }

@@ -88,10 +88,7 @@ fn status_node() -> Handler {
                 .and_then(|q| q.strip_prefix("status="))
                 .and_then(|v| v.parse::<u16>().ok())
                 .unwrap_or(200);
-            Response::builder()
-                .status(code)
-                .body(full("ok"))
-                .unwrap()
+            Response::builder().status(code).body(full("ok")).unwrap()
         })
     })
 }
@@ -116,7 +113,11 @@ async fn a_real_gateway_under_traffic() {
         assert_eq!(value(&s0, "bpgate_upstream_healthy", &[("node", n)]), 1.0);
     }
     let cls = |s: &[Sample], class: &str| {
-        value(s, "bpgate_responses_total", &[("class", class), ("method", "GET")])
+        value(
+            s,
+            "bpgate_responses_total",
+            &[("class", class), ("method", "GET")],
+        )
     };
 
     let mut c = Client::h2(&gate).await;
@@ -138,11 +139,21 @@ async fn a_real_gateway_under_traffic() {
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).unwrap();
     let r = c
-        .call(get("/x").header("cookie", &forged).body(full(Bytes::new())).unwrap())
+        .call(
+            get("/x")
+                .header("cookie", &forged)
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let r = c
-        .call(get("/x").header("cookie", &cookie).body(full(Bytes::new())).unwrap())
+        .call(
+            get("/x")
+                .header("cookie", &cookie)
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
 
@@ -156,7 +167,13 @@ async fn a_real_gateway_under_traffic() {
     assert_eq!(cls(&s1, "5xx") - cls(&s0, "5xx"), 2.0);
     let up5xx: f64 = ["a", "b"]
         .iter()
-        .map(|n| value(&s1, "bpgate_upstream_responses_total", &[("node", n), ("class", "5xx")]))
+        .map(|n| {
+            value(
+                &s1,
+                "bpgate_upstream_responses_total",
+                &[("node", n), ("class", "5xx")],
+            )
+        })
         .sum();
     assert_eq!(up5xx, 2.0);
     let sticky = |s: &[Sample], o: &str| value(s, "bpgate_sticky_total", &[("outcome", o)]);
@@ -165,7 +182,10 @@ async fn a_real_gateway_under_traffic() {
     // No cookie kept by this client: every other request was a new pin (the forged one too).
     assert_eq!(sticky(&s1, "new"), 6.0);
     assert_eq!(value(&s1, "bpgate_connections", &[("protocol", "h2")]), 1.0);
-    assert_eq!(value(&s1, "bpgate_request_duration_seconds_count", &[]), 7.0);
+    assert_eq!(
+        value(&s1, "bpgate_request_duration_seconds_count", &[]),
+        7.0
+    );
     assert!(value(&s1, "bpgate_audit_lines_total", &[]) >= 1.0);
     assert!(value(&s1, "bpgate_tls_certificate_expiry_timestamp_seconds", &[]) > 1.7e9);
 
@@ -176,7 +196,10 @@ async fn a_real_gateway_under_traffic() {
     })
     .await;
     assert_eq!(value(&s2, "bpgate_upstream_healthy", &[("node", "a")]), 1.0);
-    assert_eq!(value(&s2, "bpgate_upstream_ejections_total", &[("node", "b")]), 1.0);
+    assert_eq!(
+        value(&s2, "bpgate_upstream_ejections_total", &[("node", "b")]),
+        1.0
+    );
 
     // The audit disk fills up: write errors are counted.
     let file = gate.audit_dir.join("audit.jsonl");
@@ -222,7 +245,9 @@ async fn connect_failure_repin_counts_as_failover() {
         .await;
     let mut c = Client::h1(&gate).await;
     let first = c.get("/x").await;
-    let pinned = first.seen("x-node").unwrap_or_else(|| first.json()["node"].as_str().unwrap().to_string());
+    let pinned = first
+        .seen("x-node")
+        .unwrap_or_else(|| first.json()["node"].as_str().unwrap().to_string());
     let cookie = first
         .header("set-cookie")
         .unwrap()
@@ -235,10 +260,19 @@ async fn connect_failure_repin_counts_as_failover() {
     victim.kill().await;
     let mut c = Client::h1(&gate).await;
     let r = c
-        .call(get("/y").header("cookie", &cookie).body(full(Bytes::new())).unwrap())
+        .call(
+            get("/y")
+                .header("cookie", &cookie)
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_ne!(r.json()["node"].as_str().unwrap(), pinned, "retried elsewhere");
+    assert_ne!(
+        r.json()["node"].as_str().unwrap(),
+        pinned,
+        "retried elsewhere"
+    );
     assert!(r.header("set-cookie").is_some(), "re-pinned");
     let lines = gate.audit_lines();
     let line = lines.iter().find(|l| l["path"] == "/y").unwrap();
@@ -255,7 +289,9 @@ async fn connect_failure_repin_counts_as_failover() {
 /// A ClientHello offering only TLS 1.0 and one RSA-kex suite, as an old client sends.
 const TLS10_HELLO: [u8; 50] = {
     let mut h = [0u8; 50];
-    let head = [0x16, 0x03, 0x01, 0x00, 0x2d, 0x01, 0x00, 0x00, 0x29, 0x03, 0x01];
+    let head = [
+        0x16, 0x03, 0x01, 0x00, 0x2d, 0x01, 0x00, 0x00, 0x29, 0x03, 0x01,
+    ];
     let mut i = 0;
     while i < head.len() {
         h[i] = head[i];
@@ -308,9 +344,12 @@ async fn each_handshake_failure_reason_moves_with_its_kind_of_failure() {
             // Plain HTTP to the HTTPS port.
             "protocol" => {
                 let mut t = tokio::net::TcpStream::connect(gate.https).await.unwrap();
-                t.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+                t.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    .await
+                    .unwrap();
                 let mut sink = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut sink)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut sink)).await;
                 None
             }
             // An old client: TLS 1.0 only.
@@ -318,7 +357,8 @@ async fn each_handshake_failure_reason_moves_with_its_kind_of_failure() {
                 let mut t = tokio::net::TcpStream::connect(gate.https).await.unwrap();
                 t.write_all(&TLS10_HELLO).await.unwrap();
                 let mut sink = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut sink)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut sink)).await;
                 // bpgate answered with a fatal protocol_version alert.
                 assert_eq!(&sink[..1], &[0x15], "{sink:?}");
                 None
@@ -331,22 +371,25 @@ async fn each_handshake_failure_reason_moves_with_its_kind_of_failure() {
                 ca.distinguished_name
                     .push(rcgen::DnType::CommonName, "some other CA");
                 let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.self_signed(&key).unwrap().der().clone()).unwrap();
+                roots
+                    .add(ca.self_signed(&key).unwrap().der().clone())
+                    .unwrap();
                 let cfg = rustls::ClientConfig::builder()
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 let tcp = tokio::net::TcpStream::connect(gate.https).await.unwrap();
                 let r = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                    .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+                    .connect(
+                        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                        tcp,
+                    )
                     .await;
                 assert!(r.is_err(), "the client must refuse the certificate");
                 None
             }
             _ => unreachable!(),
         };
-        let after = counts(
-            &scrape_until(&gate, reason, |s| counts(s)[i] > before[i]).await,
-        );
+        let after = counts(&scrape_until(&gate, reason, |s| counts(s)[i] > before[i]).await);
         let moved: Vec<&str> = reasons
             .iter()
             .zip(after.iter().zip(&before))
@@ -358,17 +401,26 @@ async fn each_handshake_failure_reason_moves_with_its_kind_of_failure() {
         before = after;
     }
     // A good client is not counted as a failure.
-    assert_eq!(Client::h1(&gate).await.get("/x").await.status, StatusCode::OK);
+    assert_eq!(
+        Client::h1(&gate).await.get("/x").await.status,
+        StatusCode::OK
+    );
     assert_eq!(counts(&scrape(&gate).await), before);
     gate.stop().await;
 }
 
 /// The README's metrics table: name → (label names from the labels column, the whole row).
 fn readme_metrics() -> BTreeMap<String, (BTreeSet<String>, String)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("\n## Metrics").expect("README has a Metrics section");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("\n## Metrics")
+        .expect("README has a Metrics section");
     let section = &readme[start + 1..];
-    let end = section[3..].find("\n## ").map(|i| i + 3).unwrap_or(section.len());
+    let end = section[3..]
+        .find("\n## ")
+        .map(|i| i + 3)
+        .unwrap_or(section.len());
     let mut out = BTreeMap::new();
     for line in section[..end].lines() {
         // `| name | type | labels | meaning |`; the cells before the meaning hold no `|`.
@@ -431,7 +483,11 @@ async fn readme_lists_every_exported_series_and_label_in_a_stable_order() {
     let keys = |t: &str| -> Vec<(String, Vec<(String, String)>)> {
         parse(t).into_iter().map(|(n, l, _)| (n, l)).collect()
     };
-    assert_eq!(keys(&first), keys(&second), "samples and labels in the same order every scrape");
+    assert_eq!(
+        keys(&first),
+        keys(&second),
+        "samples and labels in the same order every scrape"
+    );
     let got = exported(&first);
     let documented = readme_metrics();
     assert_eq!(
@@ -449,7 +505,10 @@ async fn readme_lists_every_exported_series_and_label_in_a_stable_order() {
         // Every fixed label value is named in the row (`node` takes the configured names).
         for (label, values) in labels.iter().filter(|(l, _)| *l != "node") {
             for v in values {
-                assert!(row.contains(&format!("`{v}`")), "{name}: {label}=\"{v}\" is not in the README row");
+                assert!(
+                    row.contains(&format!("`{v}`")),
+                    "{name}: {label}=\"{v}\" is not in the README row"
+                );
             }
         }
     }

@@ -207,24 +207,39 @@ mod tests {
 
     #[test]
     fn reads_are_open_writes_are_checked() {
-        assert!(check(&Method::GET, &h(&[("host", "evil.example")]), LOCAL.parse().unwrap(), "t").is_ok());
+        assert!(check(
+            &Method::GET,
+            &h(&[("host", "evil.example")]),
+            LOCAL.parse().unwrap(),
+            "t"
+        )
+        .is_ok());
         assert!(post(&[("host", "127.0.0.1:9901")], "").is_ok());
         assert!(post(&[("host", "evil.example:9901")], "").is_err());
         assert!(post(&[], "").is_err(), "no Host");
         let r = post(
-            &[("host", "127.0.0.1:9901"), ("origin", "https://evil.example")],
+            &[
+                ("host", "127.0.0.1:9901"),
+                ("origin", "https://evil.example"),
+            ],
             "",
         )
         .unwrap_err();
         assert_eq!(r.status, StatusCode::FORBIDDEN);
         assert!(post(&[("host", "127.0.0.1:9901"), ("origin", "null")], "").is_err());
         assert!(post(
-            &[("host", "127.0.0.1:9901"), ("origin", "http://localhost:8000")],
+            &[
+                ("host", "127.0.0.1:9901"),
+                ("origin", "http://localhost:8000")
+            ],
             ""
         )
         .is_err());
         assert!(post(
-            &[("host", "127.0.0.1:9901"), ("origin", "http://127.0.0.1:9901")],
+            &[
+                ("host", "127.0.0.1:9901"),
+                ("origin", "http://127.0.0.1:9901")
+            ],
             ""
         )
         .is_ok());
@@ -241,15 +256,31 @@ mod tests {
         let r = post(&[host], "s3cret-token").unwrap_err();
         assert_eq!((r.status, r.token), (StatusCode::UNAUTHORIZED, true));
         assert!(post(&[host, ("authorization", "Bearer wrong")], "s3cret-token").is_err());
-        assert!(post(&[host, ("authorization", "Bearer s3cret-token")], "s3cret-token").is_ok());
-        assert!(post(&[host, ("authorization", "bearer  s3cret-token")], "s3cret-token").is_ok());
+        assert!(post(
+            &[host, ("authorization", "Bearer s3cret-token")],
+            "s3cret-token"
+        )
+        .is_ok());
+        assert!(post(
+            &[host, ("authorization", "bearer  s3cret-token")],
+            "s3cret-token"
+        )
+        .is_ok());
         assert!(
-            post(&[host, ("authorization", "Basic s3cret-token")], "s3cret-token").is_err(),
+            post(
+                &[host, ("authorization", "Basic s3cret-token")],
+                "s3cret-token"
+            )
+            .is_err(),
             "only Bearer: browsers replay Basic credentials on their own"
         );
         // The token does not lift the Origin check.
         assert!(post(
-            &[host, ("authorization", "Bearer s3cret-token"), ("origin", "https://evil.example")],
+            &[
+                host,
+                ("authorization", "Bearer s3cret-token"),
+                ("origin", "https://evil.example")
+            ],
             "s3cret-token"
         )
         .is_err());

@@ -165,11 +165,8 @@ pub fn render(st: &Status, refresh: u32) -> String {
                 .map(|s| format!("{:.0} %", s * 100.0))
                 .unwrap_or_else(|| "–".into()),
             last = match (n.last_request_ms, &n.last_request_at) {
-                (Some(ms), Some(at)) => format!(
-                    "<span title=\"{}\">{}</span>",
-                    esc(at),
-                    ago(st.now_ms, ms)
-                ),
+                (Some(ms), Some(at)) =>
+                    format!("<span title=\"{}\">{}</span>", esc(at), ago(st.now_ms, ms)),
                 _ => "none yet".into(),
             },
         );
@@ -209,9 +206,13 @@ pub fn render(st: &Status, refresh: u32) -> String {
 <tr><th>writable</th><td class=\"{wcls}\">{writable}</td></tr>\
 <tr><th>queue</th><td id=\"audit-queue\">{q} lines waiting</td></tr>\
 <tr><th>write errors</th><td id=\"audit-errors\" class=\"{ecls}\">{e}</td></tr>\
-<tr><th>lines written</th><td>{lines}</td></tr></tbody></table>\n",
+<tr><th>lines written</th><td>{lines}</td></tr></tbody></table>",
                 wcls = if a.writable { "" } else { "warn" },
-                writable = if a.writable { "yes" } else { "NO: the trail cannot be written" },
+                writable = if a.writable {
+                    "yes"
+                } else {
+                    "NO: the trail cannot be written"
+                },
                 q = a.queue_depth,
                 ecls = if a.write_errors > 0 { "warn" } else { "" },
                 e = a.write_errors,
@@ -248,10 +249,19 @@ mod tests {
 
     #[test]
     fn escaping_and_csp() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         let c = csp();
-        assert!(c.starts_with("default-src 'none'; style-src 'sha256-"), "{c}");
+        assert!(
+            c.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{c}"
+        );
         assert!(!c.contains("unsafe"), "{c}");
-        assert!(!c.contains("script-src"), "scripts fall under default-src 'none'");
+        assert!(
+            !c.contains("script-src"),
+            "scripts fall under default-src 'none'"
+        );
     }
 }

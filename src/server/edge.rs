@@ -17,8 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
 use crate::audit::{AuditBody, Record};
-use crate::counters::HandshakeFailure;
 use crate::config::Loaded;
+use crate::counters::HandshakeFailure;
 use crate::exchange::{ConnInfo, Exchange, Refusal, ReqBody};
 use crate::proxy;
 use crate::reload::Generations;

@@ -9,9 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Chromium's binary: `BPGATE_TEST_CHROMIUM`, else Debian's `/usr/bin/chromium`. `None` after
 /// saying `SKIPPED` on the terminal (past the harness's capture); under `CI=true` a missing
@@ -19,7 +18,10 @@ type Ws = tokio_tungstenite::WebSocketStream<
 pub fn chromium_or_skip() -> Option<PathBuf> {
     let candidates: Vec<PathBuf> = match std::env::var_os("BPGATE_TEST_CHROMIUM") {
         Some(p) => vec![PathBuf::from(p)],
-        None => vec!["/usr/bin/chromium".into(), "/usr/bin/chromium-browser".into()],
+        None => vec![
+            "/usr/bin/chromium".into(),
+            "/usr/bin/chromium-browser".into(),
+        ],
     };
     if let Some(p) = candidates.into_iter().find(|p| p.is_file()) {
         return Some(p);
@@ -101,10 +103,7 @@ impl Browser {
         if let Some(s) = session {
             msg["sessionId"] = s.into();
         }
-        self.ws
-            .send(Message::text(msg.to_string()))
-            .await
-            .unwrap();
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(m) = self.ws.next().await {
                 let Ok(Message::Text(t)) = m else { continue };
