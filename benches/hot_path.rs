@@ -76,7 +76,7 @@ fn cluster_with(ip_fallback: bool) -> (Arc<Cluster>, Arc<Snapshot>) {
         sid_map_max_entries: 1000,
         sid_map_idle: std::time::Duration::from_secs(300),
     });
-    let snap = c.snapshot(&node_specs());
+    let snap = c.snapshot(&node_specs(), false);
     (c, snap)
 }
 
@@ -419,7 +419,6 @@ fn forwarding(c: &mut Criterion) {
     let prefix = HeaderValue::from_static("/botpress");
     let peer: IpAddr = "198.51.100.23".parse().expect("ip");
     let cx = ForwardingContext {
-        peer,
         peer_trusted: false,
         client: peer,
         port: &port,
@@ -440,7 +439,6 @@ fn forwarding(c: &mut Criterion) {
     ]);
     let lb: IpAddr = "10.0.0.5".parse().expect("ip");
     let trusted_cx = ForwardingContext {
-        peer: lb,
         peer_trusted: true,
         client: "203.0.113.7".parse().expect("ip"),
         port: &port,

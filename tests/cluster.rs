@@ -412,7 +412,7 @@ async fn dead_node_clients_are_repinned_and_a_restarted_node_gets_new_sessions()
 
 #[tokio::test]
 async fn drain_keeps_pinned_clients_and_stops_new_sessions() {
-    let (_nodes, gate) = cluster(2, "[sticky]\nfallback = \"none\"").await;
+    let (_nodes, gate) = cluster(2, "[sticky]\nfallback = \"load\"").await;
     let mut pinned = Browser::new(&gate, None, true).await;
     let node = pinned.poll().await.node;
     let (s, _) = gate.admin_post(&format!("/upstreams/{node}/drain")).await;
@@ -500,13 +500,13 @@ async fn two_replicas_with_one_secret_agree_and_websocket_follows_the_pin() {
     let n0 = Node::start("node-0", engine_io()).await;
     let n1 = Node::start("node-1", engine_io()).await;
     let conf = format!(
-        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"none\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"",
+        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"load\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"",
         n0.url(),
         n1.url()
     );
     // The replica lists the nodes in the other order: ids come from names, not positions.
     let conf_b = format!(
-        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"none\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"",
+        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"load\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"",
         n1.url(),
         n0.url()
     );
@@ -543,18 +543,21 @@ async fn two_replicas_with_one_secret_agree_and_websocket_follows_the_pin() {
 #[tokio::test]
 async fn all_nodes_down_is_503_with_retry_after() {
     let (nodes, gate) = cluster(2, "").await;
+    assert!(eventually(Duration::from_secs(5), || gate.gw.ready()).await);
     for n in nodes {
         n.kill().await;
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || gate.gw.current().nodes.panic()).await,
+        "every node failed its checks"
+    );
+    // Panic mode routes to every node anyway; none answers, so the cluster is down: 503.
     let mut c = Client::h1(&gate).await;
     let a = c.get("/x").await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(a.header("retry-after").is_some());
-    assert_eq!(
-        gate.admin_get("/readyz").await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let lines = gate.audit_lines();
+    assert_eq!(lines.last().unwrap()["outcome"], "no_upstream");
     gate.stop().await;
 }
 
@@ -565,7 +568,7 @@ async fn connect_failure_is_retried_on_another_node() {
     let dead = dead_addr().await;
     let gate = Gate::builder()
         .toml(&format!(
-            "[health]\nenabled = false\n[sticky]\nfallback = \"none\"\n[upstream]\nurls = [\"http://{dead}\", \"{}\"]",
+            "[health]\nenabled = false\n[sticky]\nfallback = \"load\"\n[upstream]\nurls = [\"http://{dead}\", \"{}\"]",
             live.url()
         ))
         .start()

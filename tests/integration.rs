@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod architecture;
 mod audit;
 mod audit_cli;
@@ -12,6 +13,10 @@ mod cluster;
 mod cors_base_path;
 mod deploy;
 mod gateway;
+mod health;
+mod metrics;
 mod operability;
 mod posture;
+mod retry;
+mod routes;
 mod sticky;
