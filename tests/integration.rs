@@ -13,3 +13,4 @@ mod deploy;
 mod gateway;
 mod operability;
 mod posture;
+mod reload;

@@ -127,3 +127,17 @@ fn draining_node_gets_no_new_sessions_but_keeps_pins() {
         "a"
     );
 }
+
+#[test]
+fn a_reweighted_node_is_replaced_and_the_others_keep_their_state() {
+    let f = cluster(&["a", "b"], false);
+    f.snap.nodes[1].set_draining(true);
+    let mut specs: Vec<NodeSpec> = f.snap.nodes.iter().map(|n| n.spec.clone()).collect();
+    specs[0].weight = 5;
+    // Same name, other spec: replaced (this once deadlocked on the registry's shard lock).
+    let next = f.c.snapshot(&specs);
+    assert_eq!(next.nodes[0].spec.weight, 5);
+    assert!(!Arc::ptr_eq(&next.nodes[0], &f.snap.nodes[0]));
+    assert!(Arc::ptr_eq(&next.nodes[1], &f.snap.nodes[1]));
+    assert!(next.nodes[1].is_draining());
+}
