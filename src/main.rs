@@ -44,10 +44,18 @@ enum Command {
     Check(bpgate::posture::CheckArgs),
     /// Write a diagnostic report (connectivity probes, certificates, obfuscated configuration).
     Diag(bpgate::posture::DiagArgs),
+    /// Read the audit trail (audit.dir, or the files given): tail [-f], summary.
+    Audit(bpgate::audit::query::AuditArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Audit(a)) = &cli.command {
+        // Named files need no configuration.
+        if !a.files().is_empty() {
+            return bpgate::audit::query::run(a, None);
+        }
+    }
     let mut overrides = Overrides::default();
     let s = |v: &str| toml::Value::String(v.to_string());
     if let Some(v) = &cli.listen {
@@ -95,6 +103,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(loaded, overrides),
+        Command::Audit(a) => {
+            let origin = loaded
+                .origins
+                .of("audit.dir")
+                .unwrap_or("the built-in default");
+            let trail = bpgate::audit::query::Trail {
+                dir: &loaded.config.audit.dir,
+                origin,
+            };
+            bpgate::audit::query::run(&a, Some(trail))
+        }
         Command::Check(args) => bpgate::posture::run_check(&loaded, &args, &env),
         Command::Diag(args) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -4,13 +4,16 @@
 
 mod support;
 
+mod admin;
 mod architecture;
 mod audit;
+mod audit_cli;
 mod cli;
 mod cluster;
 mod cors_base_path;
 mod deploy;
 mod gateway;
+mod metrics;
 mod operability;
 mod posture;
 mod reload;

@@ -6,6 +6,7 @@
 //! hands the finished [`Record`] to the [`AuditSink`] when the body ends, fails, or is dropped
 //! (the client went away: `client_abort`).
 
+pub mod query;
 mod record;
 mod user;
 mod writer;

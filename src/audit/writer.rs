@@ -409,10 +409,10 @@ impl Files {
                 )
             })
             .unwrap_or_else(|_| now.to_string());
-        let mut target = self.dir.join(format!("audit-{stamp}.jsonl"));
+        let mut target = self.dir.join(rotated_name(&stamp, 0));
         let mut n = 1;
         while target.exists() {
-            target = self.dir.join(format!("audit-{stamp}-{n}.jsonl"));
+            target = self.dir.join(rotated_name(&stamp, n));
             n += 1;
         }
         std::fs::rename(self.dir.join(CURRENT_FILE), &target)?;
@@ -438,7 +438,38 @@ fn period_start(r: Rotation, ms: i64) -> i64 {
     ms - ms.rem_euclid(len)
 }
 
-/// Keeps the newest `max` rotated files (names sort by time).
+/// The name rotation gives the file it closes: `audit-YYYYMMDDTHHMMSSZ.jsonl`, and
+/// `audit-YYYYMMDDTHHMMSSZ-N.jsonl` for the N-th further rotation within the same second.
+pub fn rotated_name(stamp: &str, n: u32) -> String {
+    if n == 0 {
+        format!("audit-{stamp}.jsonl")
+    } else {
+        format!("audit-{stamp}-{n}.jsonl")
+    }
+}
+
+/// A rotated file's place in time, from its name: the rotation's UTC stamp
+/// (`YYYYMMDDTHHMMSSZ`) and its sequence number within that second. `None` for any other name.
+/// Byte order is not time order (`…Z-1.jsonl` sorts before `…Z.jsonl`, `-10` before `-2`), so
+/// anything that orders rotated files compares these keys.
+pub fn rotated_key(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+    let (stamp, n) = match rest.split_once('-') {
+        Some((stamp, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (stamp, n.parse().ok()?)
+        }
+        Some(_) => return None,
+        None => (rest, 0),
+    };
+    let b = stamp.as_bytes();
+    let shape = b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit);
+    shape.then_some((stamp, n))
+}
+
+/// Keeps the newest `max` rotated files (ordered by [`rotated_key`]).
 fn prune(dir: &Path, max: usize) {
     if max == 0 {
         return;
@@ -446,21 +477,81 @@ fn prune(dir: &Path, max: usize) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut rotated: Vec<PathBuf> = rd
+    let mut rotated: Vec<(String, u32, PathBuf)> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        .filter_map(|p| {
+            let (stamp, n) = rotated_key(p.file_name()?.to_str()?)?;
+            Some((stamp.to_string(), n, p.clone()))
         })
         .collect();
     if rotated.len() <= max {
         return;
     }
     rotated.sort();
-    for p in &rotated[..rotated.len() - max] {
+    for (_, _, p) in &rotated[..rotated.len() - max] {
         if let Err(e) = std::fs::remove_file(p) {
             tracing::warn!(file = %p.display(), error = %e, "cannot remove an old audit file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_names_order_by_time_not_bytes() {
+        let names = [
+            "audit-20261124T100000Z-10.jsonl",
+            "audit-20261124T100000Z-2.jsonl",
+            "audit-20261124T100000Z.jsonl",
+            "audit-20261124T095959Z.jsonl",
+            "audit.jsonl",
+            "audit-2026.jsonl",
+            "audit-20261124T100000Z-x.jsonl",
+            "audit-20261124T100000Z.jsonl.gz",
+        ];
+        let mut keys: Vec<_> = names.iter().filter_map(|n| rotated_key(n)).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                ("20261124T095959Z", 0),
+                ("20261124T100000Z", 0),
+                ("20261124T100000Z", 2),
+                ("20261124T100000Z", 10)
+            ]
+        );
+        assert_eq!(
+            rotated_key(&rotated_name("20261124T100000Z", 3)),
+            Some(("20261124T100000Z", 3))
+        );
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [
+            "audit-20261124T100000Z.jsonl",
+            "audit-20261124T100000Z-1.jsonl",
+            "audit-20261124T100000Z-2.jsonl",
+            "audit.jsonl",
+        ] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        prune(dir.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "audit-20261124T100000Z-1.jsonl",
+                "audit-20261124T100000Z-2.jsonl",
+                "audit.jsonl"
+            ]
+        );
     }
 }

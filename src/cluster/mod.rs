@@ -48,6 +48,10 @@ pub struct Node {
     pub set_cookie: arc_swap::ArcSwapOption<(u64, http::HeaderValue)>,
     /// Responses for requests routed here, by status class (1xx..5xx).
     pub status_counts: [AtomicU64; 5],
+    /// Requests that came with a valid cookie pinned here (the node's share of live sessions).
+    pub sticky_hits: AtomicU64,
+    /// When the current drain began (Unix ms), 0 when not draining.
+    drained_at_ms: AtomicU64,
     /// Whether any active check has succeeded yet (readiness).
     seen_up: AtomicBool,
     last_check: arc_swap::ArcSwapOption<CheckResult>,
@@ -74,6 +78,8 @@ pub struct NodeView {
     pub healthy: bool,
     pub draining: bool,
     pub in_flight: usize,
+    /// WebSocket/Upgrade tunnels open to the node.
+    pub tunnels: usize,
     pub idle_connections: usize,
     pub connections_opened: u64,
     pub requests: u64,
@@ -94,6 +100,8 @@ impl Node {
             oks: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
             status_counts: Default::default(),
+            sticky_hits: AtomicU64::new(0),
+            drained_at_ms: AtomicU64::new(0),
             set_cookie: arc_swap::ArcSwapOption::empty(),
             seen_up: AtomicBool::new(false),
             last_check: arc_swap::ArcSwapOption::empty(),
@@ -114,7 +122,18 @@ impl Node {
     }
 
     pub fn set_draining(&self, on: bool) {
-        self.draining.store(on, Ordering::Relaxed);
+        if self.draining.swap(on, Ordering::Relaxed) != on {
+            self.drained_at_ms
+                .store(if on { unix_ms() } else { 0 }, Ordering::Relaxed);
+        }
+    }
+
+    /// When the current drain began (Unix ms); `None` when the node is not drained.
+    pub fn drained_at_ms(&self) -> Option<u64> {
+        match self.drained_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
     }
 
     /// A connection to the node failed (refused, reset, timed out while connecting).
@@ -168,6 +187,7 @@ impl Node {
             healthy: self.is_healthy(),
             draining: self.is_draining(),
             in_flight: self.pool.in_flight(),
+            tunnels: self.pool.tunnels.load(Ordering::Relaxed),
             idle_connections: self.pool.idle_count(),
             connections_opened: self.pool.connects.load(Ordering::Relaxed),
             requests: self.pool.requests.load(Ordering::Relaxed),
@@ -328,7 +348,6 @@ impl Cluster {
                     };
                     match idx.map(|i| &snap.nodes[*i]) {
                         Some(n) if n.is_healthy() => {
-                            self.stats.hit.fetch_add(1, Ordering::Relaxed);
                             // Refresh a cookie past half its life (or sealed with the old key) so an
                             // active session is never cut by expiry.
                             let refresh =
@@ -360,15 +379,29 @@ impl Cluster {
         } else {
             Sticky::New
         };
-        match sticky {
-            Sticky::Failover => self.stats.failover.fetch_add(1, Ordering::Relaxed),
-            _ => self.stats.new.fetch_add(1, Ordering::Relaxed),
-        };
         Some(Choice {
             node,
             sticky,
             set_cookie: true,
         })
+    }
+
+    /// Counts how the request's node was finally chosen (`bpgate_sticky_total`), once, after a
+    /// retry on another node has had its say: the metric then agrees with the audit line's
+    /// `sticky`. Cookie rejections (`forged`, `expired`) are counted by [`Cluster::choose`].
+    pub fn count(&self, node: &Node, sticky: Sticky) {
+        if !self.sticky_enabled {
+            return;
+        }
+        let c = match sticky {
+            Sticky::Hit => {
+                node.sticky_hits.fetch_add(1, Ordering::Relaxed);
+                &self.stats.hit
+            }
+            Sticky::New => &self.stats.new,
+            Sticky::Failover => &self.stats.failover,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Another node for a retry after `failed` could not be reached.

@@ -140,6 +140,7 @@ where
             if cluster.sticky_enabled && set_cookie {
                 pin(cluster, snap, &node, cookie, &mut resp);
             }
+            cluster.count(&node, sticky);
             let n = exchange::note_mut(&mut resp);
             n.node = Some(node.name.clone());
             n.sticky = cluster.sticky_enabled.then(|| sticky.as_str());

@@ -355,9 +355,28 @@ pub enum OnFailure {
     Continue,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+/// The admin listener's access control and the status page (`listen.admin` is the address).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
-pub struct Admin {}
+pub struct Admin {
+    /// Bearer token required by state-changing admin requests (drain, reload, audit rotate).
+    /// Empty: none (the listener's reachability and the Origin/Host checks are the fence).
+    /// Production mode refuses a non-loopback `listen.admin` without one.
+    pub token: Secret,
+    /// A drained node counts as idle (safe to stop) once it has had no request in flight, no
+    /// open tunnel and no new request for this long (socket.io polls at least every 25 s).
+    #[serde(with = "types::duration")]
+    pub drain_idle_after: Duration,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            token: Secret::default(),
+            drain_idle_after: Duration::from_secs(60),
+        }
+    }
+}
 
 // === defaults ===
 
@@ -941,6 +960,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         ("limits.keepalive_timeout", c.limits.keepalive_timeout),
         ("health.interval", c.health.interval),
         ("health.timeout", c.health.timeout),
+        ("admin.drain_idle_after", c.admin.drain_idle_after),
     ] {
         if d.is_zero() {
             err(
@@ -958,6 +978,14 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
                 "use a path prefix such as /api/v2/admin/management/versioning".into(),
             );
         }
+    }
+    let token = c.admin.token.expose();
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        err(
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)".into(),
+            "generate one with `openssl rand -hex 32`".into(),
+        );
     }
     if c.health.rise == 0 || c.health.fall == 0 {
         err(
@@ -1200,6 +1228,7 @@ impl Config {
         c.sticky.secret = c.sticky.secret.redacted();
         c.sticky.previous_secret = c.sticky.previous_secret.redacted();
         c.audit.jwt_secret = c.audit.jwt_secret.redacted();
+        c.admin.token = c.admin.token.redacted();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }

@@ -204,3 +204,30 @@ fn response_header_values_are_checked_at_load() {
     .unwrap();
     assert_eq!(l.config.headers.frame_ancestors.len(), 2);
 }
+
+#[test]
+fn admin_token_from_env_checked_and_redacted() {
+    let l = load_str("", &[]).unwrap();
+    assert!(l.config.admin.token.is_empty());
+    assert_eq!(l.config.admin.drain_idle_after.as_secs(), 60);
+    let l = load_str(
+        "[admin]\ntoken = \"from-the-file\"\ndrain_idle_after = \"5s\"\n",
+        &[("BPGATE_ADMIN_TOKEN", "admin-token-from-env-0123456789")],
+    )
+    .unwrap();
+    assert_eq!(
+        l.config.admin.token.expose(),
+        "admin-token-from-env-0123456789"
+    );
+    assert_eq!(l.config.admin.drain_idle_after.as_secs(), 5);
+    let out = l.config.redacted_toml();
+    assert!(!out.contains("admin-token-from-env"), "{out}");
+    assert!(out.contains("token = \"<redacted>\""), "{out}");
+    let e = err("", &[("BPGATE_ADMIN_TOKEN", "has a space")]);
+    assert!(
+        e.contains("admin.token") && e.contains("BPGATE_ADMIN_TOKEN"),
+        "{e}"
+    );
+    let e = err("[admin]\ndrain_idle_after = \"0s\"\n", &[]);
+    assert!(e.contains("admin.drain_idle_after"), "{e}");
+}

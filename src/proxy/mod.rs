@@ -188,11 +188,14 @@ async fn forward(
         match client_upgrade {
             Some(client) => {
                 let (idle, stop, h) = (s.tunnel_idle_timeout, bg.hard_stop.clone(), hook.clone());
-                let open = bg.tunnels.clone();
+                let (open, node) = (bg.tunnels.clone(), pool.clone());
                 bg.tasks.spawn(async move {
-                    open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    use std::sync::atomic::Ordering::Relaxed;
+                    open.fetch_add(1, Relaxed);
+                    node.tunnels.fetch_add(1, Relaxed);
                     tunnel::run(client, upstream_upgrade, idle, stop, h).await;
-                    open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    node.tunnels.fetch_sub(1, Relaxed);
+                    open.fetch_sub(1, Relaxed);
                 });
                 parts.extensions.insert(hook);
                 http::Response::from_parts(parts, RespBody::empty())

@@ -73,6 +73,8 @@ pub struct Pool {
     pub connects: AtomicU64,
     /// Requests sent.
     pub requests: AtomicU64,
+    /// WebSocket/Upgrade tunnels open to this node (a drained node is not idle while one is).
+    pub tunnels: AtomicUsize,
 }
 
 /// `upstream.connect_timeout`, `idle_timeout` and `pool_max_idle`, as one generation has them.
@@ -107,6 +109,7 @@ impl Pool {
             in_flight: AtomicUsize::new(0),
             connects: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            tunnels: AtomicUsize::new(0),
         }
     }
 

@@ -469,7 +469,8 @@ async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, 
     let req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "admin")
+        // The listener's own address: state changes refuse any other Host (DNS rebinding).
+        .header("host", addr.to_string())
         .body(full(Bytes::new()))
         .unwrap();
     let resp = tx.send_request(req).await.unwrap();
