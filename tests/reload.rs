@@ -690,6 +690,8 @@ fn restart_fragment(key: &str) -> &'static str {
         "audit.jwt_source" => "[audit]\njwt_source = \"cookie\"",
         "audit.queue" => "[audit]\nqueue = 2048",
         "audit.flush_interval" => "[audit]\nflush_interval = \"10ms\"",
+        "admin.token" => "[admin]\ntoken = \"a-new-admin-token-0123456789\"",
+        "admin.drain_idle_after" => "[admin]\ndrain_idle_after = \"30s\"",
         other => panic!(
             "no reload test for the restart-only key `{other}`: add a value to tests/reload.rs"
         ),
