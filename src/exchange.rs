@@ -198,15 +198,17 @@ pub struct ReqBody {
     exchange: Option<Arc<Exchange>>,
     limit: u64,
     seen: u64,
+    /// Fired (or dropped) once the last byte has been handed on: see [`ReqBody::on_end`].
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// The error a request body yields when it passes `limits.max_body`.
+/// The error a request body yields when it passes its route's `max_body`.
 #[derive(Debug)]
 pub struct BodyTooLarge;
 
 impl std::fmt::Display for BodyTooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body exceeds limits.max_body")
+        f.write_str("request body exceeds max_body")
     }
 }
 
@@ -228,6 +230,7 @@ impl ReqBody {
             exchange: Some(exchange),
             limit,
             seen: 0,
+            ended: None,
         }
     }
 
@@ -237,6 +240,27 @@ impl ReqBody {
             exchange: None,
             limit: u64::MAX,
             seen: 0,
+            ended: None,
+        }
+    }
+
+    /// A signal that resolves once the body has handed on its last byte (or stopped: cut,
+    /// broken, dropped); `None` when it has nothing left to send. The forwarding step starts
+    /// the response timeout there, so a long upload is not counted as the node's silence.
+    pub fn on_end(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ended = Some(tx);
+        Some(rx)
+    }
+
+    fn fire_if_ended(&mut self) {
+        if self.ended.is_some() && self.is_end_stream() {
+            if let Some(tx) = self.ended.take() {
+                let _ = tx.send(());
+            }
         }
     }
 
@@ -256,6 +280,7 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let Some(inner) = self.inner.as_mut() else {
+            self.ended = None;
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
@@ -269,16 +294,24 @@ impl Body for ReqBody {
                     if self.seen > self.limit {
                         self.mark(BodyEnd::TooLarge);
                         self.inner = None;
+                        self.ended = None;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
+                // The sender may stop polling once the body says it has ended.
+                self.fire_if_ended();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 self.mark(BodyEnd::ClientAbort);
+                self.ended = None;
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other.map_err(|e| Box::new(e) as Self::Error),
+            Poll::Ready(None) => {
+                self.ended = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -107,6 +107,8 @@ pub struct MetricsInput {
     /// Failed handshakes by reason, in the order of [`HANDSHAKE_FAILURES`].
     pub handshake_failures: [u64; HANDSHAKE_FAILURES.len()],
     pub nodes: Vec<NodeInput>,
+    /// Panic mode: every node fails its checks and all are routed to anyway.
+    pub upstream_panic: bool,
     pub sticky_hit: u64,
     pub sticky_new: u64,
     pub sticky_failover: u64,
@@ -184,6 +186,7 @@ impl MetricsInput {
             handshakes: load(&s.handshakes),
             handshake_failures: std::array::from_fn(|i| load(&s.handshake_failures[i])),
             nodes,
+            upstream_panic: current.nodes.panic(),
             sticky_hit: load(&sticky.hit),
             sticky_new: load(&sticky.new),
             sticky_failover: load(&sticky.failover),
@@ -401,6 +404,11 @@ pub fn render_from(m: &MetricsInput) -> String {
         "upstream_draining",
         "1 when the node is drained (no new sessions), else 0",
         node(|n| i64::from(n.draining)),
+    );
+    r.register(
+        "upstream_panic",
+        "1 in panic mode: every node fails its health checks and bpgate routes to all that are not drained anyway",
+        ConstGauge::new(i64::from(m.upstream_panic)),
     );
     r.register(
         "upstream_in_flight",

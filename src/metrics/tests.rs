@@ -124,6 +124,7 @@ fn sample_input() -> MetricsInput {
                 requests: 12,
             },
         ],
+        upstream_panic: true,
         sticky_hit: 10,
         sticky_new: 5,
         sticky_failover: 1,
@@ -170,6 +171,7 @@ fn render_is_parseable_and_complete() {
     assert_eq!(value(&s, "bpgate_upstream_healthy", &n0), 1.0);
     assert_eq!(value(&s, "bpgate_upstream_healthy", &n1), 0.0);
     assert_eq!(value(&s, "bpgate_upstream_draining", &n1), 1.0);
+    assert_eq!(value(&s, "bpgate_upstream_panic", &[]), 1.0);
     assert_eq!(value(&s, "bpgate_upstream_in_flight", &n0), 2.0);
     assert_eq!(value(&s, "bpgate_upstream_ejections_total", &n1), 5.0);
     assert_eq!(
@@ -205,9 +207,10 @@ fn audit_disabled_and_no_nodes_still_parse() {
     let text = render_from(&m);
     let s = parse(&text);
     assert!(!text.contains("bpgate_audit_"));
-    // Per-node families are empty; the node-independent timing histogram stays.
+    // Per-node families are empty; the node-independent timing histogram and panic gauge stay.
     assert!(s.iter().all(|(n, _, _)| !n.starts_with("bpgate_upstream_")
-        || n.starts_with("bpgate_upstream_response_time")));
+        || n.starts_with("bpgate_upstream_response_time")
+        || n == "bpgate_upstream_panic"));
     assert_eq!(value(&s, "bpgate_requests_total", &[]), 42.0);
 }
 

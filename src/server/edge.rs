@@ -241,14 +241,15 @@ impl Edge {
             bytes_in: AtomicU64::new(0),
             body_end: Default::default(),
         });
-        let max_body = generation.edge.max_body;
+        let limits = generation.edge.routes.resolve(req.uri().path());
         let mut stack = generation.stack.clone();
         // The stack holds what it needs of the generation; the guard is not held across the
         // await.
         drop(generation);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(x.clone());
-        let req = Request::from_parts(parts, ReqBody::new(body, x, max_body));
+        parts.extensions.insert(limits);
+        let req = Request::from_parts(parts, ReqBody::new(body, x, limits.max_body));
         stack.call(req).await
     }
 }
