@@ -17,6 +17,7 @@ mod health;
 mod metrics;
 mod operability;
 mod posture;
+mod reload;
 mod retry;
 mod routes;
 mod sticky;
