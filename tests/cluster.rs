@@ -616,6 +616,9 @@ async fn the_101_of_a_new_visitor_carries_the_sticky_cookie() {
     gate.stop().await;
 }
 
+/// Health checks off (every node taken as healthy), for tests about placement, not failover.
+const NO_CHECKS: &str = "[health]\nenabled = false";
+
 /// A metric's value in `/metrics` (the first series whose name and labels start as given).
 async fn metric(gate: &Gate, series: &str) -> f64 {
     let (_, m) = gate.admin_get("/metrics").await;
@@ -629,7 +632,9 @@ async fn metric(gate: &Gate, series: &str) -> f64 {
 /// node for its whole life, learned from the handshake answer.
 #[tokio::test]
 async fn one_ip_many_cookieless_clients_spread_and_each_session_stays_on_its_node() {
-    let (_nodes, gate) = cluster(3, "").await;
+    // Health checks off: a check timing out on a loaded machine would move sessions, which is
+    // failover, not what this test is about.
+    let (_nodes, gate) = cluster(3, NO_CHECKS).await;
     let office = ip(0);
     let mut tasks = Vec::new();
     for i in 0..24 {
@@ -701,7 +706,7 @@ async fn one_ip_many_cookieless_clients_spread_and_each_session_stays_on_its_nod
 /// holding the session, without a cookie.
 #[tokio::test]
 async fn a_cookieless_upgrade_to_websocket_follows_the_session() {
-    let (_nodes, gate) = cluster(3, "").await;
+    let (_nodes, gate) = cluster(3, NO_CHECKS).await;
     for _ in 0..6 {
         let mut b = Browser::new(&gate, ip(1), false).await;
         let node = b.poll().await.node;
@@ -723,7 +728,11 @@ async fn a_cookieless_upgrade_to_websocket_follows_the_session() {
 /// the node closed is forgotten when the node says so.
 #[tokio::test]
 async fn the_session_map_is_bounded_and_forgets_closed_sessions() {
-    let (_nodes, gate) = cluster(3, "[sticky]\nsid_map_max_entries = 8").await;
+    let (_nodes, gate) = cluster(
+        3,
+        &format!("{NO_CHECKS}\n[sticky]\nsid_map_max_entries = 8"),
+    )
+    .await;
     let mut clients = Vec::new();
     for _ in 0..20 {
         let mut b = Browser::new(&gate, ip(2), false).await;
