@@ -37,6 +37,8 @@ pub struct ConnCounters {
     pub handshake_eof: AtomicU64,
     pub handshake_protocol: AtomicU64,
     pub handshake_other: AtomicU64,
+    /// Closed in their handshake to make room under `limits.max_connections`.
+    pub handshake_evicted: AtomicU64,
     /// Requests received (all protocols), counted at the edge.
     pub requests: AtomicU64,
 }

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -39,6 +39,10 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// Forwarding header values memoised across the connection's requests.
     pub forwarding: ForwardedCache,
+    /// A request body on this connection was dropped before its end (an early answer: 413,
+    /// 403, 404, 503...), so the client may still be sending it: the connection edge lingers
+    /// before closing instead of resetting the client. Cleared when the next request starts.
+    pub unread_body: AtomicBool,
 }
 
 /// Per-connection memo of the forwarding header values that only depend on the peer and the
@@ -63,6 +67,7 @@ impl ConnInfo {
             local,
             tls_version,
             forwarding: Default::default(),
+            unread_body: AtomicBool::new(false),
         }
     }
 }
@@ -82,6 +87,10 @@ pub struct Exchange {
     pub bytes_in: AtomicU64,
     /// Set by the request body when it stopped early; see [`BodyEnd`].
     pub body_end: AtomicU8,
+    /// Set by the connection edge for a request it refuses before the pipeline sees it
+    /// (ambiguous framing, an HTTP/2 `Host` that contradicts `:authority`); the audit layer
+    /// answers it, so the refusal gets a whole audit line.
+    pub refusal: Option<Refusal>,
 }
 
 /// How a request body ended, when it did not simply finish.
@@ -245,6 +254,23 @@ impl ReqBody {
             x.body_end.store(end as u8, Ordering::Relaxed);
         }
     }
+
+    /// Stops reading before the end: the client may still be sending.
+    fn abandon(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            if !inner.is_end_stream() {
+                if let Some(x) = &self.exchange {
+                    x.conn.unread_body.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ReqBody {
+    fn drop(&mut self) {
+        self.abandon();
+    }
 }
 
 impl Body for ReqBody {
@@ -268,7 +294,7 @@ impl Body for ReqBody {
                     }
                     if self.seen > self.limit {
                         self.mark(BodyEnd::TooLarge);
-                        self.inner = None;
+                        self.abandon();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
@@ -276,9 +302,16 @@ impl Body for ReqBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.mark(BodyEnd::ClientAbort);
+                // Broken off: nothing more will come to linger for.
+                self.inner = None;
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other.map_err(|e| Box::new(e) as Self::Error),
+            Poll::Ready(None) => {
+                // Read to its end (a chunked `Incoming` never says so by `is_end_stream`).
+                self.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -473,6 +506,11 @@ pub enum Refusal {
     MalformedRequest,
     /// hyper refused the request head as larger than `limits.max_header_bytes`.
     HeadTooLarge,
+    /// HTTP/1.1: both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a smuggling
+    /// attempt until proven otherwise); the connection is closed after the answer.
+    AmbiguousFraming,
+    /// HTTP/2: a `Host` header naming another authority than `:authority` (RFC 9113 §8.3.1).
+    HostMismatch,
 }
 
 impl Refusal {
@@ -535,6 +573,16 @@ impl Refusal {
                 "request head too large",
                 Rejected,
             ),
+            Refusal::AmbiguousFraming => (
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding",
+                Rejected,
+            ),
+            Refusal::HostMismatch => (
+                StatusCode::BAD_REQUEST,
+                "Host differs from :authority",
+                Rejected,
+            ),
         }
     }
 
@@ -556,8 +604,15 @@ impl Refusal {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self == Refusal::NoHealthyNode {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        match self {
+            Refusal::NoHealthyNode => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            // RFC 9112 §6.3: the server MUST close the connection after responding.
+            Refusal::AmbiguousFraming => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         let n = note_mut(&mut r);
         n.outcome = Some(outcome);

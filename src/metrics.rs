@@ -104,6 +104,7 @@ pub struct MetricsInput {
     pub handshake_eof: u64,
     pub handshake_protocol: u64,
     pub handshake_other: u64,
+    pub handshake_evicted: u64,
     pub nodes: Vec<NodeInput>,
     pub sticky_hit: u64,
     pub sticky_new: u64,
@@ -187,6 +188,7 @@ impl MetricsInput {
             handshake_eof: load(&s.handshake_eof),
             handshake_protocol: load(&s.handshake_protocol),
             handshake_other: load(&s.handshake_other),
+            handshake_evicted: load(&s.handshake_evicted),
             nodes,
             sticky_hit: load(&sticky.hit),
             sticky_new: load(&sticky.new),
@@ -368,6 +370,7 @@ pub fn render_from(m: &MetricsInput) -> String {
             (label("reason", "eof"), m.handshake_eof),
             (label("reason", "protocol"), m.handshake_protocol),
             (label("reason", "other"), m.handshake_other),
+            (label("reason", "evicted"), m.handshake_evicted),
         ]),
     );
 

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod cors_base_path;
 mod deploy;
+mod edge;
 mod gateway;
 mod operability;
 mod posture;
