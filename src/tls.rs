@@ -471,7 +471,10 @@ impl rustls::server::ProducesTickets for AgedTickets {
         self.keys.encrypt(&stamp(plain))
     }
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        fresh(&self.keys.decrypt(cipher)?, self.lifetime.as_millis() as u64)
+        fresh(
+            &self.keys.decrypt(cipher)?,
+            self.lifetime.as_millis() as u64,
+        )
     }
 }
 

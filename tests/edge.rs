@@ -30,7 +30,9 @@ async fn write_all_then_read<S: AsyncRead + AsyncWrite + Unpin>(
     head: &[u8],
     body: impl Iterator<Item = Bytes>,
 ) -> Result<String, String> {
-    s.write_all(head).await.map_err(|e| format!("write head: {e}"))?;
+    s.write_all(head)
+        .await
+        .map_err(|e| format!("write head: {e}"))?;
     let mut sent = 0usize;
     for chunk in body {
         s.write_all(&chunk)
@@ -80,8 +82,8 @@ async fn oversized_upload_sees_the_413_declared_and_chunked() {
     let r = r.unwrap_or_else(|e| panic!("declared length: the client never saw an answer: {e}"));
     assert!(r.starts_with("HTTP/1.1 413"), "{r}");
 
-    let head =
-        "POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+    let head = "POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        .to_string();
     let tls = tls_connect(&gate, &[b"http/1.1"]).await;
     let r = write_all_then_read(tls, head.as_bytes(), chunked(total, 64 * 1024)).await;
     let r = r.unwrap_or_else(|e| panic!("chunked: the client never saw an answer: {e}"));
@@ -213,9 +215,7 @@ async fn every_early_answer_lingers() {
     init();
     let total = 16 * MIB;
     let upload = |path: &str, extra: &str| {
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {total}\r\n\r\n"
-        )
+        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Length: {total}\r\n\r\n")
     };
     let node = Node::start("n", echo()).await;
     let gate = Gate::builder()
@@ -316,7 +316,10 @@ async fn raw_h1(gate: &Gate, bytes: &[u8]) -> String {
     // The connection must close by itself (the client never closes its side).
     let r = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
-    assert!(r.is_ok(), "the connection is still open after 5 s; read: {text}");
+    assert!(
+        r.is_ok(),
+        "the connection is still open after 5 s; read: {text}"
+    );
     text
 }
 
@@ -412,7 +415,11 @@ async fn h2_host_that_differs_from_authority_is_400() {
         )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text());
-    assert!(a.text().contains("Host differs from :authority"), "{}", a.text());
+    assert!(
+        a.text().contains("Host differs from :authority"),
+        "{}",
+        a.text()
+    );
     assert_eq!(node.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
     // The same authority (case, default port) and no Host at all pass, on the same connection.
     for host in [Some("LOCALHOST"), Some("localhost:443"), None] {
@@ -441,7 +448,11 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> String {
             .await
             .expect("a response within 5 s")
             .expect("read");
-        assert!(n > 0, "closed before a whole response: {:?}", String::from_utf8_lossy(&out));
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&out)
+        );
         out.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&out);
         if let Some(end) = text.find("\r\n\r\n") {
@@ -544,9 +555,14 @@ async fn new_connection_gets_the_header_read_timeout_from_the_handshake() {
     for (what, s) in [("silent", &mut silent), ("slow head", &mut slow)] {
         closed_within(s, Duration::from_secs(10))
             .await
-            .unwrap_or_else(|| panic!("{what}: open 10 s after its handshake (keep-alive is 60 s)"));
+            .unwrap_or_else(|| {
+                panic!("{what}: open 10 s after its handshake (keep-alive is 60 s)")
+            });
         let took = start.elapsed();
-        assert!(took >= Duration::from_millis(800), "{what}: cut after {took:?}");
+        assert!(
+            took >= Duration::from_millis(800),
+            "{what}: cut after {took:?}"
+        );
     }
     // A head that completes in time is served.
     let mut ok = tls_connect(&gate, &[b"http/1.1"]).await;
@@ -590,7 +606,10 @@ async fn spoofable_client_ip_and_url_headers_never_reach_botpress() {
             assert_eq!(a.status, StatusCode::OK);
             let seen = a.json()["headers"].clone();
             for name in bpgate::proxy::SPOOFABLE {
-                assert!(seen.get(name).is_none(), "trusted={trusted} h2={h2}: {name} reached Botpress: {seen}");
+                assert!(
+                    seen.get(name).is_none(),
+                    "trusted={trusted} h2={h2}: {name} reached Botpress: {seen}"
+                );
             }
             if !trusted {
                 assert_eq!(a.seen("x-forwarded-host").as_deref(), Some("localhost"));
@@ -616,14 +635,28 @@ async fn redirect_without_external_url_only_goes_to_a_certificate_name() {
         ("evil.example", None),
         ("evil.example:80", None),
         ("localhost@evil.example", None),
-        ("localhost", Some(format!("https://localhost:{port}/admin/x?y=1"))),
-        ("LOCALHOST:80", Some(format!("https://LOCALHOST:{port}/admin/x?y=1"))),
-        ("127.0.0.1", Some(format!("https://127.0.0.1:{port}/admin/x?y=1"))),
+        (
+            "localhost",
+            Some(format!("https://localhost:{port}/admin/x?y=1")),
+        ),
+        (
+            "LOCALHOST:80",
+            Some(format!("https://LOCALHOST:{port}/admin/x?y=1")),
+        ),
+        (
+            "127.0.0.1",
+            Some(format!("https://127.0.0.1:{port}/admin/x?y=1")),
+        ),
     ] {
-        let mut s = tokio::net::TcpStream::connect(gate.http.unwrap()).await.unwrap();
-        s.write_all(format!("GET /admin/x?y=1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        let mut s = tokio::net::TcpStream::connect(gate.http.unwrap())
             .await
             .unwrap();
+        s.write_all(
+            format!("GET /admin/x?y=1 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
             .await
@@ -632,17 +665,26 @@ async fn redirect_without_external_url_only_goes_to_a_certificate_name() {
         match want {
             Some(loc) => {
                 assert!(out.starts_with("HTTP/1.1 308"), "{host}: {out}");
-                assert!(out.contains(&format!("location: {loc}\r\n")), "{host}: {out}");
+                assert!(
+                    out.contains(&format!("location: {loc}\r\n")),
+                    "{host}: {out}"
+                );
             }
             None => {
                 assert!(out.starts_with("HTTP/1.1 400"), "{host}: {out}");
-                assert!(!out.to_ascii_lowercase().contains("location:"), "{host}: {out}");
+                assert!(
+                    !out.to_ascii_lowercase().contains("location:"),
+                    "{host}: {out}"
+                );
             }
         }
     }
     let lines = gate.audit_lines();
     assert_eq!(
-        lines.iter().filter(|l| l["status"] == 400 && l["outcome"] == "rejected").count(),
+        lines
+            .iter()
+            .filter(|l| l["status"] == 400 && l["outcome"] == "rejected")
+            .count(),
         3,
         "{lines:?}"
     );
@@ -720,13 +762,12 @@ fn frozen_client(
     .with_root_certificates(roots)
     .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg.resumption = rustls::client::Resumption::in_memory_sessions(16).tls12_resumption(
-        if tickets {
+    cfg.resumption =
+        rustls::client::Resumption::in_memory_sessions(16).tls12_resumption(if tickets {
             rustls::client::Tls12Resumption::SessionIdOrTickets
         } else {
             rustls::client::Tls12Resumption::SessionIdOnly
-        },
-    );
+        });
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
 }
 
@@ -771,7 +812,10 @@ async fn tls12_ticket_lifetime_hint_is_nginx_scale_by_default() {
     let mut handshake = Vec::new();
     let mut i = 0;
     while i + 5 <= bytes.len() {
-        let (kind, len) = (bytes[i], u16::from_be_bytes([bytes[i + 3], bytes[i + 4]]) as usize);
+        let (kind, len) = (
+            bytes[i],
+            u16::from_be_bytes([bytes[i + 3], bytes[i + 4]]) as usize,
+        );
         if kind == 20 {
             break; // ChangeCipherSpec: the rest is encrypted
         }
@@ -783,7 +827,8 @@ async fn tls12_ticket_lifetime_hint_is_nginx_scale_by_default() {
     let mut j = 0;
     let mut hint = None;
     while j + 4 <= handshake.len() {
-        let len = u32::from_be_bytes([0, handshake[j + 1], handshake[j + 2], handshake[j + 3]]) as usize;
+        let len =
+            u32::from_be_bytes([0, handshake[j + 1], handshake[j + 2], handshake[j + 3]]) as usize;
         if handshake[j] == 4 {
             let b = &handshake[j + 4..j + 8];
             hint = Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
@@ -791,7 +836,10 @@ async fn tls12_ticket_lifetime_hint_is_nginx_scale_by_default() {
         j += 4 + len;
     }
     let hint = hint.expect("a TLS 1.2 NewSessionTicket");
-    assert!(hint > 0 && hint <= 300, "ticket lifetime hint {hint} s (NGINX: 300)");
+    assert!(
+        hint > 0 && hint <= 300,
+        "ticket lifetime hint {hint} s (NGINX: 300)"
+    );
     gate.stop().await;
 }
 
@@ -805,11 +853,20 @@ async fn tls_sessions_are_not_resumed_after_the_session_timeout() {
         ("TLS 1.3 ticket", &[&rustls::version::TLS13], true),
     ] {
         let connector = frozen_client(&gate, versions, tickets);
-        assert!(!resumed(&gate, &connector).await, "{what}: first connection");
-        assert!(resumed(&gate, &connector).await, "{what}: resumption within the timeout");
+        assert!(
+            !resumed(&gate, &connector).await,
+            "{what}: first connection"
+        );
+        assert!(
+            resumed(&gate, &connector).await,
+            "{what}: resumption within the timeout"
+        );
         // Wall time passes; the client's clock does not, so it offers its session anyway.
         tokio::time::sleep(Duration::from_millis(3000)).await;
-        assert!(!resumed(&gate, &connector).await, "{what}: resumed after the session timeout");
+        assert!(
+            !resumed(&gate, &connector).await,
+            "{what}: resumed after the session timeout"
+        );
     }
     gate.stop().await;
 }
@@ -895,7 +952,12 @@ async fn h2_without_host_same_origin_is_judged_by_authority() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(a.status, StatusCode::OK, "same origin refused: {}", a.text());
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "same origin refused: {}",
+        a.text()
+    );
     let a = c
         .call(
             post("/api/v1/x")

@@ -934,6 +934,17 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 8k (default 64k)".into(),
         );
     }
+    // RFC 8446 §4.6.1: a ticket lifetime over seven days is a protocol error.
+    if c.tls.session_timeout > Duration::from_secs(7 * 24 * 3600) {
+        err(
+            "tls.session_timeout",
+            format!(
+                "{} is longer than TLS allows (7 days)",
+                humantime::format_duration(c.tls.session_timeout)
+            ),
+            "use minutes, like NGINX's default ssl_session_timeout: 5m".into(),
+        );
+    }
     if c.limits.max_connections == 0 {
         err(
             "limits.max_connections",

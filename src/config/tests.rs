@@ -204,3 +204,26 @@ fn response_header_values_are_checked_at_load() {
     .unwrap();
     assert_eq!(l.config.headers.frame_ancestors.len(), 2);
 }
+
+#[test]
+fn edge_limits_parse_and_are_checked() {
+    let l = load_str(
+        "[tls]\nsession_timeout = \"0s\"\n[limits]\nlingering_time = \"0s\"\nlingering_timeout = \"2s\"\nlingering_size = \"1m\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(l.config.tls.session_timeout.is_zero());
+    assert!(l.config.limits.lingering_time.is_zero());
+    assert_eq!(l.config.limits.lingering_size.0, 1 << 20);
+    let d = load_str("", &[]).unwrap().config;
+    assert_eq!(d.tls.session_timeout, Duration::from_secs(300));
+    assert_eq!(d.limits.lingering_time, Duration::from_secs(30));
+    assert_eq!(d.limits.lingering_timeout, Duration::from_secs(5));
+    let e = err("[tls]\nsession_timeout = \"8d\"\n", &[]);
+    assert!(
+        e.contains("tls.session_timeout") && e.contains("7 days"),
+        "{e}"
+    );
+    let e = err("[limits]\nlingering_timeout = \"0s\"\n", &[]);
+    assert!(e.contains("limits.lingering_timeout"), "{e}");
+}

@@ -139,7 +139,10 @@ mod tests {
     fn requests_lose_spoofable_headers_responses_keep_them() {
         let mut h = HeaderMap::new();
         for n in SPOOFABLE {
-            h.insert(HeaderName::from_static(n), HeaderValue::from_static("6.6.6.6"));
+            h.insert(
+                HeaderName::from_static(n),
+                HeaderValue::from_static("6.6.6.6"),
+            );
             assert!(spoofable(n));
         }
         h.insert("x-keep", HeaderValue::from_static("1"));

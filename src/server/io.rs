@@ -73,7 +73,9 @@ impl ConnState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        let ambiguous = self.ambiguous.swap(false, Ordering::Relaxed);
+        // Nearly always false: a plain load first, no read-modify-write.
+        let ambiguous =
+            self.ambiguous.load(Ordering::Relaxed) && self.ambiguous.swap(false, Ordering::Relaxed);
         (InFlight(self.clone()), ambiguous)
     }
 
@@ -374,17 +376,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<S> {
 }
 
 /// Finds `Content-Length` and `Transfer-Encoding` field lines in an HTTP/1.1 request head fed
-/// to it in pieces as they are read, without allocating: it looks at the start of each line
-/// and jumps to the next line feed.
+/// to it in pieces as they are read, without allocating: one `memchr` per line, and a look at
+/// the line's start (copied only when a line is split across reads).
 #[derive(Debug, Default)]
 struct HeadScan {
     active: bool,
-    /// The start of the current line, lowercased (only as much as a decision needs).
-    line: [u8; LINE_PREFIX],
-    len: usize,
+    /// The start of a line split across reads.
+    carry: [u8; LINE_PREFIX],
+    carried: usize,
     /// The current line is decided: skip to its end.
     skipping: bool,
-    /// Non-empty lines seen (leading empty lines before the request line are allowed).
+    /// Non-empty lines seen (empty lines before the request line are allowed).
     lines: usize,
     content_length: bool,
     transfer_encoding: bool,
@@ -392,7 +394,12 @@ struct HeadScan {
 
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
 const CONTENT_LENGTH: &[u8] = b"content-length:";
-const LINE_PREFIX: usize = 18;
+/// Enough of a line's start to decide on it.
+const LINE_PREFIX: usize = TRANSFER_ENCODING.len();
+
+fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
 
 impl HeadScan {
     fn start(&mut self) {
@@ -402,64 +409,62 @@ impl HeadScan {
         };
     }
 
-    /// Feeds bytes read from the client; returns whether the head turned out to carry both
-    /// framing headers (once, when its end is seen or the second one is found).
+    /// Feeds bytes read from the client; returns true once, when the head turns out to carry
+    /// both framing headers.
     fn feed(&mut self, mut bytes: &[u8]) -> bool {
         while self.active && !bytes.is_empty() {
+            let nl = memchr::memchr(b'\n', bytes);
             if self.skipping {
-                match memchr::memchr(b'\n', bytes) {
-                    Some(i) => {
-                        bytes = &bytes[i + 1..];
-                        self.skipping = false;
-                        self.len = 0;
-                    }
-                    None => return false,
-                }
+                let Some(i) = nl else { return false };
+                bytes = &bytes[i + 1..];
+                self.skipping = false;
                 continue;
             }
-            // Collect the start of the line.
-            let mut ended = false;
-            let mut used = 0;
-            for &b in bytes {
-                used += 1;
-                if b == b'\n' {
-                    ended = true;
-                    break;
-                }
-                if self.len < LINE_PREFIX {
-                    self.line[self.len] = b.to_ascii_lowercase();
-                    self.len += 1;
-                }
-                if self.len == LINE_PREFIX {
-                    break;
-                }
-            }
-            bytes = &bytes[used..];
-            if !ended && self.len < LINE_PREFIX {
-                // The line goes on in the next read.
-                return false;
-            }
-            let line = &self.line[..self.len];
-            let empty = ended && (line.is_empty() || line == b"\r");
-            if empty {
-                if self.lines > 0 {
-                    // The end of the head.
-                    self.active = false;
+            let Some(i) = nl else {
+                // The line goes on in the next read: keep its start, or decide on it now.
+                let take = (LINE_PREFIX - self.carried).min(bytes.len());
+                self.carry[self.carried..self.carried + take].copy_from_slice(&bytes[..take]);
+                self.carried += take;
+                if self.carried < LINE_PREFIX {
                     return false;
                 }
+                let carry = self.carry;
+                self.carried = 0;
+                self.skipping = true;
+                return self.decide(&carry, false);
+            };
+            let found = if self.carried > 0 {
+                let take = (LINE_PREFIX - self.carried).min(i);
+                self.carry[self.carried..self.carried + take].copy_from_slice(&bytes[..take]);
+                let (carry, len) = (self.carry, self.carried + take);
+                self.carried = 0;
+                self.decide(&carry[..len], len < LINE_PREFIX)
             } else {
-                self.lines += 1;
-                if self.lines > 1 {
-                    self.content_length |= line.starts_with(CONTENT_LENGTH);
-                    self.transfer_encoding |= line.starts_with(TRANSFER_ENCODING);
-                    if self.content_length && self.transfer_encoding {
-                        self.active = false;
-                        return true;
-                    }
-                }
+                self.decide(&bytes[..i], true)
+            };
+            if found {
+                return true;
             }
-            self.len = 0;
-            self.skipping = !ended;
+            bytes = &bytes[i + 1..];
+        }
+        false
+    }
+
+    /// One line's start (`whole`: the line itself, without its `\n`).
+    fn decide(&mut self, line: &[u8], whole: bool) -> bool {
+        if whole && (line.is_empty() || line == b"\r") {
+            // The end of the head, unless the request line has not come yet.
+            self.active = self.lines == 0;
+            return false;
+        }
+        self.lines += 1;
+        if self.lines > 1 {
+            self.content_length |= starts_with_ignore_case(line, CONTENT_LENGTH);
+            self.transfer_encoding |= starts_with_ignore_case(line, TRANSFER_ENCODING);
+            if self.content_length && self.transfer_encoding {
+                self.active = false;
+                return true;
+            }
         }
         false
     }
@@ -485,7 +490,11 @@ mod tests {
         ];
         for h in heads {
             for piece in [1, 2, 3, 7, 17, 18, 19, 64, 4096] {
-                assert!(scan_in_pieces(h, piece), "{piece}: {:?}", String::from_utf8_lossy(h));
+                assert!(
+                    scan_in_pieces(h, piece),
+                    "{piece}: {:?}",
+                    String::from_utf8_lossy(h)
+                );
             }
         }
     }
@@ -503,7 +512,11 @@ mod tests {
         ];
         for h in heads {
             for piece in [1, 5, 18, 4096] {
-                assert!(!scan_in_pieces(h, piece), "{piece}: {:?}", String::from_utf8_lossy(h));
+                assert!(
+                    !scan_in_pieces(h, piece),
+                    "{piece}: {:?}",
+                    String::from_utf8_lossy(h)
+                );
             }
         }
     }

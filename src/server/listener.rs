@@ -140,14 +140,21 @@ impl Handshaking {
 
     /// Closes the oldest connection still in its handshake, if any.
     fn evict_oldest(&self) {
-        let oldest = self.inner.lock().ok().and_then(|mut g| g.waiting.pop_first());
+        let oldest = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|mut g| g.waiting.pop_first());
         if let Some((_, tx)) = oldest {
             let _ = tx.send(());
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.inner.lock().map(|g| g.waiting.is_empty()).unwrap_or(true)
+        self.inner
+            .lock()
+            .map(|g| g.waiting.is_empty())
+            .unwrap_or(true)
     }
 
     /// Returns once some connection is in its handshake.

@@ -164,10 +164,24 @@ mod tests {
 
     #[test]
     fn only_plain_hosts() {
-        for ok in ["localhost", "bot.example.com", "127.0.0.1", "[::1]", "a-b.example"] {
+        for ok in [
+            "localhost",
+            "bot.example.com",
+            "127.0.0.1",
+            "[::1]",
+            "a-b.example",
+        ] {
             assert!(plain_host(ok), "{ok}");
         }
-        for bad in ["", "a/b.example.com", "evil.com@bot.example.com", "a\\b", "x?y", "[zz]", "a b"] {
+        for bad in [
+            "",
+            "a/b.example.com",
+            "evil.com@bot.example.com",
+            "a\\b",
+            "x?y",
+            "[zz]",
+            "a b",
+        ] {
             assert!(!plain_host(bad), "{bad}");
         }
     }
