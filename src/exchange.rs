@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -43,6 +43,9 @@ pub struct ConnInfo {
     /// 403, 404, 503...), so the client may still be sending it: the connection edge lingers
     /// before closing instead of resetting the client. Cleared when the next request starts.
     pub unread_body: AtomicBool,
+    /// Request bodies on this connection still being read (the connection edge does not take
+    /// their bytes for the next request's head, even after their response ended).
+    pub bodies_reading: AtomicUsize,
 }
 
 /// Per-connection memo of the forwarding header values that only depend on the peer and the
@@ -68,6 +71,7 @@ impl ConnInfo {
             tls_version,
             forwarding: Default::default(),
             unread_body: AtomicBool::new(false),
+            bodies_reading: AtomicUsize::new(0),
         }
     }
 }
@@ -207,6 +211,8 @@ pub struct ReqBody {
     exchange: Option<Arc<Exchange>>,
     limit: u64,
     seen: u64,
+    /// Counted in the connection's `bodies_reading`.
+    reading: bool,
 }
 
 /// The error a request body yields when it passes `limits.max_body`.
@@ -232,11 +238,16 @@ impl std::fmt::Debug for ReqBody {
 
 impl ReqBody {
     pub fn new(inner: Incoming, exchange: Arc<Exchange>, limit: u64) -> Self {
+        let reading = !inner.is_end_stream();
+        if reading {
+            exchange.conn.bodies_reading.fetch_add(1, Ordering::Relaxed);
+        }
         ReqBody {
             inner: Some(inner),
             exchange: Some(exchange),
             limit,
             seen: 0,
+            reading,
         }
     }
 
@@ -246,6 +257,7 @@ impl ReqBody {
             exchange: None,
             limit: u64::MAX,
             seen: 0,
+            reading: false,
         }
     }
 
@@ -262,6 +274,17 @@ impl ReqBody {
                 if let Some(x) = &self.exchange {
                     x.conn.unread_body.store(true, Ordering::Relaxed);
                 }
+            }
+        }
+        self.done_reading();
+    }
+
+    /// The body is over (read to its end, broken off or dropped).
+    fn done_reading(&mut self) {
+        self.inner = None;
+        if std::mem::take(&mut self.reading) {
+            if let Some(x) = &self.exchange {
+                x.conn.bodies_reading.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -303,12 +326,12 @@ impl Body for ReqBody {
             Poll::Ready(Some(Err(e))) => {
                 self.mark(BodyEnd::ClientAbort);
                 // Broken off: nothing more will come to linger for.
-                self.inner = None;
+                self.done_reading();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
                 // Read to its end (a chunked `Incoming` never says so by `is_end_stream`).
-                self.inner = None;
+                self.done_reading();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,

@@ -1005,3 +1005,60 @@ async fn h2_without_host_audit_line_has_the_authority_as_host() {
     assert_eq!(l["http_version"], "HTTP/2", "{l}");
     gate.stop().await;
 }
+
+/// A node that answers before reading the body and then reads it to the end (Node.js dumps an
+/// unread request body to keep the connection): the upload goes on after the answer, longer than
+/// the header-read timeout, and is neither cut nor taken for the next request's head.
+#[tokio::test]
+async fn upload_that_outlasts_an_early_answer_is_not_a_slow_head() {
+    use http_body_util::BodyExt;
+    init();
+    let node = Node::start(
+        "n",
+        std::sync::Arc::new(|req: http::Request<hyper::body::Incoming>, _| {
+            Box::pin(async move {
+                if req.method() == http::Method::POST {
+                    let body = req.into_body();
+                    tokio::spawn(async move {
+                        let _ = body.collect().await;
+                    });
+                    return http::Response::new(full("early"));
+                }
+                http::Response::new(full("after"))
+            })
+        }),
+    )
+    .await;
+    let gate = gate_with(
+        &node,
+        "[limits]\nheader_read_timeout = \"1s\"\nkeepalive_timeout = \"60s\"",
+    )
+    .await;
+    let mut tls = tls_connect(&gate, &[b"http/1.1"]).await;
+    // Body lines that would read as both framing headers if taken for a head.
+    let piece = b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
+    let pieces = 8;
+    tls.write_all(
+        format!(
+            "POST /early HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            piece.len() * pieces
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tls.write_all(piece).await.unwrap();
+    let r = read_response(&mut tls).await;
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("early"), "{r}");
+    // The rest of the upload, over 1.75 s.
+    for _ in 1..pieces {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        tls.write_all(piece).await.unwrap();
+    }
+    tls.write_all(b"GET /after HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut tls).await;
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("after"), "{r}");
+    gate.stop().await;
+}

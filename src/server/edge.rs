@@ -193,7 +193,13 @@ impl Edge {
                     closing = true;
                 }
                 _ = idle.as_mut(), if !closing => {
-                    match state.idle_for(keepalive) {
+                    // A body still uploading after its response ended is not idleness.
+                    let left = if conn.bodies_reading.load(Ordering::Relaxed) > 0 {
+                        Some(keepalive)
+                    } else {
+                        state.idle_for(keepalive)
+                    };
+                    match left {
                         None => {
                             conn_fut.as_mut().graceful_shutdown();
                             closing = true;

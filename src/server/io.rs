@@ -205,8 +205,11 @@ impl<S> EdgeIo<S> {
             self.head = None;
         }
         if self.head.is_none() {
-            if self.state.in_flight.load(Ordering::Relaxed) > 0 {
-                // Body bytes, or a request pipelined behind one in flight.
+            if self.state.in_flight.load(Ordering::Relaxed) > 0
+                || self.conn.bodies_reading.load(Ordering::Relaxed) > 0
+            {
+                // Body bytes (even after their response ended: an early answer from the node
+                // while the upload goes on), or a request pipelined behind one in flight.
                 return;
             }
             // The first byte of a new request on an idle connection.
