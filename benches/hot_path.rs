@@ -69,7 +69,7 @@ fn cluster() -> (Arc<Cluster>, Arc<Snapshot>) {
         ip_fallback: true,
         generated_secret: false,
     });
-    let snap = c.snapshot(&node_specs());
+    let snap = c.snapshot(&node_specs(), false);
     (c, snap)
 }
 
@@ -395,7 +395,6 @@ fn forwarding(c: &mut Criterion) {
     let prefix = HeaderValue::from_static("/botpress");
     let peer: IpAddr = "198.51.100.23".parse().expect("ip");
     let cx = ForwardingContext {
-        peer,
         peer_trusted: false,
         client: peer,
         port: &port,
@@ -416,7 +415,6 @@ fn forwarding(c: &mut Criterion) {
     ]);
     let lb: IpAddr = "10.0.0.5".parse().expect("ip");
     let trusted_cx = ForwardingContext {
-        peer: lb,
         peer_trusted: true,
         client: "203.0.113.7".parse().expect("ip"),
         port: &port,

@@ -211,17 +211,19 @@ pub struct ReqBody {
     exchange: Option<Arc<Exchange>>,
     limit: u64,
     seen: u64,
+    /// Fired (or dropped) once the last byte has been handed on: see [`ReqBody::on_end`].
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
     /// Counted in the connection's `bodies_reading`.
     reading: bool,
 }
 
-/// The error a request body yields when it passes `limits.max_body`.
+/// The error a request body yields when it passes its route's `max_body`.
 #[derive(Debug)]
 pub struct BodyTooLarge;
 
 impl std::fmt::Display for BodyTooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body exceeds limits.max_body")
+        f.write_str("request body exceeds max_body")
     }
 }
 
@@ -247,6 +249,7 @@ impl ReqBody {
             exchange: Some(exchange),
             limit,
             seen: 0,
+            ended: None,
             reading,
         }
     }
@@ -257,7 +260,28 @@ impl ReqBody {
             exchange: None,
             limit: u64::MAX,
             seen: 0,
+            ended: None,
             reading: false,
+        }
+    }
+
+    /// A signal that resolves once the body has handed on its last byte (or stopped: cut,
+    /// broken, dropped); `None` when it has nothing left to send. The forwarding step starts
+    /// the response timeout there, so a long upload is not counted as the node's silence.
+    pub fn on_end(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ended = Some(tx);
+        Some(rx)
+    }
+
+    fn fire_if_ended(&mut self) {
+        if self.ended.is_some() && self.is_end_stream() {
+            if let Some(tx) = self.ended.take() {
+                let _ = tx.send(());
+            }
         }
     }
 
@@ -279,9 +303,10 @@ impl ReqBody {
         self.done_reading();
     }
 
-    /// The body is over (read to its end, broken off or dropped).
+    /// The body is over (read to its end, broken off, cut or dropped).
     fn done_reading(&mut self) {
         self.inner = None;
+        self.ended = None;
         if std::mem::take(&mut self.reading) {
             if let Some(x) = &self.exchange {
                 x.conn.bodies_reading.fetch_sub(1, Ordering::Relaxed);
@@ -305,6 +330,7 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let Some(inner) = self.inner.as_mut() else {
+            self.ended = None;
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
@@ -321,6 +347,8 @@ impl Body for ReqBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
+                // The sender may stop polling once the body says it has ended.
+                self.fire_if_ended();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

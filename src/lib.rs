@@ -32,7 +32,8 @@
 //!   ([`reload::RestartOnly`]), the one `ArcSwap` of the generation in service, typed reports.
 //! - [`server`]: roles wired by [`server::Gateway`]: accept loop, connection edge, redirect
 //!   listener, certificate watcher; graceful shutdown.
-//! - [`admin`], [`metrics`]: the admin listener and `GET /metrics`, reading shared state through
+//! - [`admin`], [`metrics`]: the admin listener (its access control and status page) and
+//!   `GET /metrics`, reading shared state through
 //!   [`reload::Generations`]. [`posture`]: `bpgate check` and `bpgate diag`.
 //!   [`audit::query`]: `bpgate audit tail|summary`, the reader of the trail.
 #![forbid(unsafe_code)]

@@ -12,18 +12,22 @@
 //! as OpenMetrics.
 //!
 //! Label cardinality is bounded by the configuration: the only open-ended label is `node`,
-//! whose values are the configured node names. No paths, client addresses or users.
+//! whose values are the configured node names. No paths, client addresses or users. Every
+//! family's samples come in a fixed order (nodes in configuration order, label values in the
+//! order the README lists them), with their labels in a fixed order, so two scrapes diff
+//! cleanly; every label combination is present from the first scrape, at 0.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::counters::{CLASSES, DURATION_BUCKETS, METHODS};
+use crate::counters::{CLASSES, DURATION_BUCKETS, HANDSHAKE_FAILURES, METHODS};
 use crate::reload::Generations;
 
 /// A histogram whose bucket counts were read from atomics at scrape time.
@@ -100,12 +104,11 @@ pub struct MetricsInput {
     pub connections_h1: u64,
     pub connections_h2: u64,
     pub handshakes: u64,
-    pub handshake_timeout: u64,
-    pub handshake_eof: u64,
-    pub handshake_protocol: u64,
-    pub handshake_other: u64,
-    pub handshake_evicted: u64,
+    /// Failed handshakes by reason, in the order of [`HANDSHAKE_FAILURES`].
+    pub handshake_failures: [u64; HANDSHAKE_FAILURES.len()],
     pub nodes: Vec<NodeInput>,
+    /// Panic mode: every node fails its checks and all are routed to anyway.
+    pub upstream_panic: bool,
     pub sticky_hit: u64,
     pub sticky_new: u64,
     pub sticky_failover: u64,
@@ -166,10 +169,7 @@ impl MetricsInput {
         let mut requests_by = Vec::new();
         for (c, row) in rm.by_class_method.iter().enumerate() {
             for (m, v) in row.iter().enumerate() {
-                let v = load(v);
-                if v > 0 {
-                    requests_by.push((CLASSES[c], METHODS[m], v));
-                }
+                requests_by.push((CLASSES[c], METHODS[m], load(v)));
             }
         }
         let mut node_classes = Vec::new();
@@ -184,12 +184,9 @@ impl MetricsInput {
             connections_h1: s.h1.load(Ordering::Relaxed) as u64,
             connections_h2: s.h2.load(Ordering::Relaxed) as u64,
             handshakes: load(&s.handshakes),
-            handshake_timeout: load(&s.handshake_timeout),
-            handshake_eof: load(&s.handshake_eof),
-            handshake_protocol: load(&s.handshake_protocol),
-            handshake_other: load(&s.handshake_other),
-            handshake_evicted: load(&s.handshake_evicted),
+            handshake_failures: std::array::from_fn(|i| load(&s.handshake_failures[i])),
             nodes,
+            upstream_panic: current.nodes.panic(),
             sticky_hit: load(&sticky.hit),
             sticky_new: load(&sticky.new),
             sticky_failover: load(&sticky.failover),
@@ -244,20 +241,43 @@ fn escape_label_value(v: &str) -> String {
     out
 }
 
-fn counter_family(pairs: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, Counter> {
-    let f = Family::<Labels, Counter>::default();
-    for (l, v) in pairs {
-        f.get_or_create(&l).inc_by(v);
-    }
-    f
+/// A family whose samples are encoded in the order given (`prometheus-client`'s `Family` keeps
+/// a hash map, so its order changes from scrape to scrape).
+#[derive(Debug)]
+struct Ordered<M>(Vec<(Labels, M)>);
+
+impl<M: TypedMetric> TypedMetric for Ordered<M> {
+    const TYPE: MetricType = M::TYPE;
 }
 
-fn gauge_family(pairs: impl IntoIterator<Item = (Labels, i64)>) -> Family<Labels, Gauge> {
-    let f = Family::<Labels, Gauge>::default();
-    for (l, v) in pairs {
-        f.get_or_create(&l).set(v);
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for Ordered<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, m) in &self.0 {
+            m.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
     }
-    f
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+fn counter_family(pairs: impl IntoIterator<Item = (Labels, u64)>) -> Ordered<ConstCounter<u64>> {
+    Ordered(
+        pairs
+            .into_iter()
+            .map(|(l, v)| (l, ConstCounter::new(v)))
+            .collect(),
+    )
+}
+
+fn gauge_family(pairs: impl IntoIterator<Item = (Labels, i64)>) -> Ordered<ConstGauge<i64>> {
+    Ordered(
+        pairs
+            .into_iter()
+            .map(|(l, v)| (l, ConstGauge::new(v)))
+            .collect(),
+    )
 }
 
 fn clamp_i64(v: u64) -> i64 {
@@ -282,32 +302,28 @@ pub fn render_from(m: &MetricsInput) -> String {
             (label("protocol", "tunnel"), clamp_i64(m.tunnels_open)),
         ]),
     );
-    let by = Family::<Vec<(&'static str, String)>, Counter>::default();
-    for (class, method, v) in &m.requests_by {
-        by.get_or_create(&vec![
-            ("class", class.to_string()),
-            ("method", method.to_string()),
-        ])
-        .inc_by(*v);
-    }
     r.register(
         "responses",
         "Finished exchanges by status class and method",
-        by,
+        counter_family(m.requests_by.iter().map(|(class, method, v)| {
+            (
+                vec![("class", class.to_string()), ("method", method.to_string())],
+                *v,
+            )
+        })),
     );
-    let by_node = Family::<Vec<(&'static str, String)>, Counter>::default();
-    for (node, class, v) in &m.node_classes {
-        by_node
-            .get_or_create(&vec![
-                ("node", escape_label_value(node)),
-                ("class", class.to_string()),
-            ])
-            .inc_by(*v);
-    }
     r.register(
         "upstream_responses",
         "Responses by node and status class (bpgate's own errors included)",
-        by_node,
+        counter_family(m.node_classes.iter().map(|(node, class, v)| {
+            (
+                vec![
+                    ("node", escape_label_value(node)),
+                    ("class", class.to_string()),
+                ],
+                *v,
+            )
+        })),
     );
     r.register_with_unit(
         "request_duration",
@@ -365,13 +381,12 @@ pub fn render_from(m: &MetricsInput) -> String {
     r.register(
         "tls_handshake_failures",
         "Failed TLS handshakes by reason",
-        counter_family([
-            (label("reason", "timeout"), m.handshake_timeout),
-            (label("reason", "eof"), m.handshake_eof),
-            (label("reason", "protocol"), m.handshake_protocol),
-            (label("reason", "other"), m.handshake_other),
-            (label("reason", "evicted"), m.handshake_evicted),
-        ]),
+        counter_family(
+            HANDSHAKE_FAILURES
+                .iter()
+                .zip(m.handshake_failures)
+                .map(|(reason, v)| (label("reason", reason), v)),
+        ),
     );
 
     let node = |f: fn(&NodeInput) -> i64| {
@@ -389,6 +404,11 @@ pub fn render_from(m: &MetricsInput) -> String {
         "upstream_draining",
         "1 when the node is drained (no new sessions), else 0",
         node(|n| i64::from(n.draining)),
+    );
+    r.register(
+        "upstream_panic",
+        "1 in panic mode: every node fails its health checks and bpgate routes to all that are not drained anyway",
+        ConstGauge::new(i64::from(m.upstream_panic)),
     );
     r.register(
         "upstream_in_flight",

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod architecture;
 mod audit;
 mod audit_cli;
@@ -13,5 +14,9 @@ mod cors_base_path;
 mod deploy;
 mod edge;
 mod gateway;
+mod health;
+mod metrics;
 mod operability;
 mod posture;
+mod retry;
+mod routes;

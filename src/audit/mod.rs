@@ -185,6 +185,7 @@ impl Pending {
             request_id: Some(x.id.clone()),
             client_ip: x.client_ip,
             peer_ip: crate::proxy::canonical(x.conn.peer.ip()),
+            forwarded_for: crate::proxy::received_chain(h),
             user: users.resolve(h),
             visitor_id: visitor_id(req.uri().path(), req.uri().query()),
             method: Some(req.method().clone()),

@@ -110,6 +110,7 @@ where
             let mut result = inner.call(req).await;
             if let Err(ForwardError::Connect { req, error }) = result {
                 node.passive_failure(r.ejection.fall, r.ejection.enabled);
+                snap.announce_panic();
                 tracing::debug!(node = %node.name, %error, "node unreachable, retrying on another");
                 match cluster.alternative(snap, &node) {
                     Some(alt) => {
@@ -123,6 +124,7 @@ where
                         result = inner.call(req).await;
                         if let Err(ForwardError::Connect { .. }) = &result {
                             node.passive_failure(r.ejection.fall, r.ejection.enabled);
+                            snap.announce_panic();
                         }
                     }
                     None => result = Err(ForwardError::Connect { req, error }),
@@ -133,6 +135,11 @@ where
             }
             let mut resp = match result {
                 Ok(r) => r,
+                // No node is known healthy (panic mode, or none checked yet) and the ones tried
+                // could not be reached: the cluster is down after all.
+                Err(ForwardError::Connect { .. }) if snap.tier() != super::Tier::Healthy => {
+                    Refusal::NoHealthyNode.response(id.as_ref())
+                }
                 Err(e) => e.into_response(id.as_ref()),
             };
             node.status_counts[status_class(resp.status().as_u16())]
@@ -140,6 +147,7 @@ where
             if cluster.sticky_enabled && set_cookie {
                 pin(cluster, snap, &node, cookie, &mut resp);
             }
+            cluster.count(&node, sticky);
             let n = exchange::note_mut(&mut resp);
             n.node = Some(node.name.clone());
             n.sticky = cluster.sticky_enabled.then(|| sticky.as_str());

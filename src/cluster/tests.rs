@@ -35,7 +35,7 @@ fn cluster(names: &[&str], ip_fallback: bool) -> Fixture {
             weight: 1,
         })
         .collect();
-    let snap = c.snapshot(&specs);
+    let snap = c.snapshot(&specs, false);
     Fixture { c, snap }
 }
 
@@ -99,6 +99,7 @@ fn rendezvous_moves_only_the_removed_nodes_clients() {
             .filter(|n| &*n.name != "c")
             .map(|n| n.spec.clone())
             .collect::<Vec<_>>(),
+        false,
     );
     for (i, was) in before.iter().enumerate() {
         let now = c
@@ -126,4 +127,129 @@ fn draining_node_gets_no_new_sessions_but_keeps_pins() {
             .name,
         "a"
     );
+}
+
+fn check(ok: bool) -> CheckResult {
+    CheckResult {
+        ok,
+        status: Some(if ok { 200 } else { 503 }),
+        latency_ms: 1.0,
+        at_ms: 0,
+        error: None,
+    }
+}
+
+/// A cluster with health checks on: its nodes start pending.
+fn checked(names: &[&str]) -> Fixture {
+    let f = cluster(&[], false);
+    let specs: Vec<NodeSpec> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeSpec {
+            name: n.to_string(),
+            authority: format!("127.0.0.1:{}", 41000 + i),
+            weight: 1,
+        })
+        .collect();
+    let snap = f.c.snapshot(&specs, true);
+    Fixture { c: f.c, snap }
+}
+
+#[test]
+fn nodes_are_pending_until_their_first_check_which_alone_decides() {
+    let c = checked(&["a", "b"]);
+    let snap = c.snapshot();
+    assert!(snap.nodes.iter().all(|n| n.is_pending()));
+    // Before any check every node takes requests, as before checks existed; no panic.
+    assert_eq!(snap.tier(), Tier::Pending);
+    assert!(!snap.panic());
+    assert!(!snap.ready(true));
+    // rise = 2, fall = 3, yet one check each decides.
+    snap.nodes[0].record_check(check(true), 2, 3);
+    snap.nodes[1].record_check(check(false), 2, 3);
+    assert!(snap.nodes[0].is_healthy());
+    assert!(!snap.nodes[1].is_healthy() && !snap.nodes[1].is_pending());
+    assert_eq!(snap.nodes[1].ejections.load(Ordering::Relaxed), 0);
+    assert!(snap.ready(true));
+    for _ in 0..20 {
+        assert_eq!(&*c.balance(&snap, None).unwrap().name, "a");
+    }
+    // After the first check, rise and fall apply.
+    snap.nodes[1].record_check(check(true), 2, 3);
+    assert!(!snap.nodes[1].is_healthy());
+    snap.nodes[1].record_check(check(true), 2, 3);
+    assert!(snap.nodes[1].is_healthy());
+}
+
+#[test]
+fn panic_mode_routes_to_every_undrained_node_and_is_announced_once_each_way() {
+    let c = checked(&["a", "b", "c"]);
+    let snap = c.snapshot();
+    for n in &snap.nodes {
+        n.record_check(check(true), 1, 1);
+    }
+    let v = c.cookie_value(&snap, &snap.nodes[1]).unwrap();
+    snap.nodes[2].set_draining(true);
+    assert_eq!(snap.announce_panic(), None);
+    for n in &snap.nodes {
+        n.record_check(check(false), 1, 1);
+    }
+    assert_eq!(snap.tier(), Tier::Panic);
+    assert_eq!(snap.announce_panic(), Some(true));
+    assert_eq!(snap.announce_panic(), None, "announced once");
+    assert!(snap.ready(true), "still routing: still ready");
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..200u32 {
+        let ip = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+        seen.insert(c.choose(&snap, None, ip).unwrap().node.name.to_string());
+    }
+    assert_eq!(
+        seen,
+        ["a", "b"].iter().map(|s| s.to_string()).collect(),
+        "every node but the drained one"
+    );
+    // A pinned client stays on its (unhealthy, undrained) node.
+    let ch = c
+        .choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
+        .unwrap();
+    assert_eq!((&*ch.node.name, ch.sticky), ("b", Sticky::Hit));
+    // One node passes again: normal selection at once.
+    snap.nodes[0].record_check(check(true), 1, 1);
+    assert_eq!(snap.tier(), Tier::Healthy);
+    assert_eq!(snap.announce_panic(), Some(false));
+    assert_eq!(snap.announce_panic(), None);
+    for _ in 0..20 {
+        assert_eq!(
+            &*c.choose(&snap, None, "10.9.9.9".parse().unwrap())
+                .unwrap()
+                .node
+                .name,
+            "a"
+        );
+    }
+    let ch = c
+        .choose(&snap, Some(&v), "127.0.0.1".parse().unwrap())
+        .unwrap();
+    assert_eq!((&*ch.node.name, ch.sticky), ("a", Sticky::Failover));
+}
+
+#[test]
+fn every_node_drained_and_unhealthy_is_no_node() {
+    let c = checked(&["a"]);
+    let snap = c.snapshot();
+    snap.nodes[0].record_check(check(false), 1, 1);
+    snap.nodes[0].set_draining(true);
+    assert_eq!(snap.tier(), Tier::None);
+    assert!(!snap.panic());
+    assert!(c.choose(&snap, None, "10.0.0.1".parse().unwrap()).is_none());
+}
+
+#[test]
+fn with_checks_off_every_node_is_healthy() {
+    let c = checked(&["a"]);
+    let snap = c.snapshot();
+    snap.nodes[0].record_check(check(false), 1, 1);
+    let off = c.c.snapshot(&[snap.nodes[0].spec.clone()], false);
+    assert!(off.nodes[0].is_healthy());
+    assert!(off.ready(false));
 }

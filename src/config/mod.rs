@@ -56,6 +56,8 @@ pub struct Config {
     pub health: Health,
     pub audit: Audit,
     pub admin: Admin,
+    /// Per-route limits (`[[routes]]`), laid over the built-in table ([`builtin_routes`]).
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -106,7 +108,9 @@ pub struct Upstream {
     /// Time to wait for the node's response headers.
     #[serde(with = "types::duration")]
     pub response_timeout: Duration,
-    /// Per-path-prefix response timeouts (Botpress's versioning push needs up to 20 minutes).
+    /// Deprecated: per-prefix response timeouts, now `[[routes]]` (mapped onto them, with a
+    /// warning).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeouts: Vec<PrefixTimeout>,
     /// Pooled connections idle longer than this are not reused. Keep it below Botpress's
     /// `httpServer.keepAliveTimeout` (5 s) so bpgate never reuses a connection the node closes.
@@ -141,6 +145,61 @@ pub struct PrefixTimeout {
     pub prefix: String,
     #[serde(with = "types::duration")]
     pub response_timeout: Duration,
+}
+
+/// One `[[routes]]` entry: limits for the requests whose path, below the base path, starts with
+/// `prefix` (whole segments; `*` stands for any one segment; ASCII case ignored, as Express
+/// does). The most specific matching route wins; a field it leaves out is the global value
+/// (`upstream.response_timeout`, `limits.max_body`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct RouteConfig {
+    pub prefix: String,
+    /// Time the node may stay silent once the request body is sent, until its response head.
+    #[serde(
+        default,
+        with = "types::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_timeout: Option<Duration>,
+    /// Largest request body on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<ByteSize>,
+}
+
+/// The largest body bpgate lets through on Botpress's archive routes. Botpress reads them
+/// whole into one `Buffer` with no limit of its own, and Node 12 cannot build a `Buffer` above
+/// 2^31 - 1 bytes: a larger body could only fail inside Botpress, after the upload.
+pub const ARCHIVE_MAX_BODY: ByteSize = ByteSize(2 << 30);
+/// The Botpress CLI's client timeout for `bp push` / `bp pull`, and the server timeout Botpress
+/// sets on `versioning/update`.
+pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// The built-in `[[routes]]`: Botpress's long archive routes (see the README's table of
+/// defaults). `/api/v1/admin/...` is rewritten to `/api/v2/admin/...` inside Botpress, and the
+/// CLI calls the v1 form, so both are listed.
+pub fn builtin_routes() -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    for v in ["v1", "v2"] {
+        // `bp push` / `bp pull`: archives of the whole data folder, no body limit in Botpress.
+        out.push(RouteConfig {
+            prefix: format!("/api/{v}/admin/management/versioning"),
+            response_timeout: Some(ARCHIVE_TIMEOUT),
+            max_body: Some(ARCHIVE_MAX_BODY),
+        });
+        // Bot import: a raw .tgz read with no size limit.
+        out.push(RouteConfig {
+            prefix: format!("/api/{v}/admin/workspace/bots/*/import"),
+            response_timeout: Some(ARCHIVE_TIMEOUT),
+            max_body: Some(ARCHIVE_MAX_BODY),
+        });
+        // Bot export: the response head comes only once the whole archive is built.
+        out.push(RouteConfig {
+            prefix: format!("/api/{v}/admin/workspace/bots/*/export"),
+            response_timeout: Some(ARCHIVE_TIMEOUT),
+            max_body: None,
+        });
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
@@ -371,9 +430,28 @@ pub enum OnFailure {
     Continue,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+/// The admin listener's access control and the status page (`listen.admin` is the address).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
-pub struct Admin {}
+pub struct Admin {
+    /// Bearer token required by state-changing admin requests (drain, reload, audit rotate).
+    /// Empty: none (the listener's reachability and the Origin/Host checks are the fence).
+    /// Production mode refuses a non-loopback `listen.admin` without one.
+    pub token: Secret,
+    /// A drained node counts as idle (safe to stop) once it has had no request in flight, no
+    /// open tunnel and no new request for this long (socket.io polls at least every 25 s).
+    #[serde(with = "types::duration")]
+    pub drain_idle_after: Duration,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            token: Secret::default(),
+            drain_idle_after: Duration::from_secs(60),
+        }
+    }
+}
 
 // === defaults ===
 
@@ -397,6 +475,7 @@ impl Default for Config {
             health: Health::default(),
             audit: Audit::default(),
             admin: Admin::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -429,11 +508,11 @@ impl Default for Upstream {
             urls: vec!["http://127.0.0.1:3000".into()],
             nodes: Vec::new(),
             connect_timeout: Duration::from_secs(3),
-            response_timeout: Duration::from_secs(60),
-            timeouts: vec![PrefixTimeout {
-                prefix: "/api/v2/admin/management/versioning".into(),
-                response_timeout: Duration::from_secs(20 * 60),
-            }],
+            // Node 12's `server.timeout` (120 s of socket inactivity) is what Botpress itself
+            // allows; bpgate's timer starts once the body is sent, so a little more never cuts
+            // an answer Botpress would still give.
+            response_timeout: Duration::from_secs(130),
+            timeouts: Vec::new(),
             idle_timeout: Duration::from_secs(4),
             pool_max_idle: 256,
             tunnel_idle_timeout: Duration::from_secs(3600),
@@ -444,7 +523,9 @@ impl Default for Upstream {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_body: ByteSize(25 * 1024 * 1024),
+            // Botpress's media limit, `fileUpload.maxFileSize = "25mb"`, is 25 MiB (its
+            // `asBytes` counts in 1024s), and the multipart framing and form fields come on top.
+            max_body: ByteSize(32 * 1024 * 1024),
             max_header_bytes: ByteSize(64 * 1024),
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
@@ -539,7 +620,9 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             enabled: true,
-            path: "/status".into(),
+            // `/status` waits on NLU and messaging with no timeout (one hung shared service
+            // would take every node out); `/version` is cheap and still 503 while loading.
+            path: "/version".into(),
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             rise: 2,
@@ -715,6 +798,12 @@ pub struct Derived {
     /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
     pub nodes: Vec<NodeSpec>,
     pub workers: usize,
+    /// The route table in effect: the built-in routes, the deprecated `upstream.timeouts` and
+    /// `[[routes]]` laid over them in that order (an entry with an existing prefix changes only
+    /// the fields it sets).
+    pub routes: Vec<RouteConfig>,
+    /// Deprecated keys in use: the configuration works, the operator should update it.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One upstream node, validated.
@@ -973,6 +1062,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         ("limits.lingering_timeout", c.limits.lingering_timeout),
         ("health.interval", c.health.interval),
         ("health.timeout", c.health.timeout),
+        ("admin.drain_idle_after", c.admin.drain_idle_after),
     ] {
         if d.is_zero() {
             err(
@@ -982,14 +1072,91 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             );
         }
     }
+    let mut warnings = Vec::new();
+    let mut routes = builtin_routes();
     for (i, t) in c.upstream.timeouts.iter().enumerate() {
-        if !t.prefix.starts_with('/') {
+        let key = format!("upstream.timeouts.{i}");
+        if let Err(p) = route_pattern(&t.prefix) {
             err(
-                &format!("upstream.timeouts.{i}.prefix"),
-                format!("`{}` must start with /", t.prefix),
-                "use a path prefix such as /api/v2/admin/management/versioning".into(),
+                &format!("{key}.prefix"),
+                p,
+                "use a path prefix such as /api/v1/admin/management/versioning".into(),
+            );
+            continue;
+        }
+        let mut w = ConfigError::new(
+            key,
+            format!(
+                "deprecated; read as [[routes]] prefix = \"{}\", response_timeout = \"{}\"",
+                t.prefix,
+                humantime::format_duration(t.response_timeout)
+            ),
+            "replace [[upstream.timeouts]] by [[routes]] (same prefix and response_timeout; max_body may be set there too)",
+        );
+        w.origin = origins.of("upstream.timeouts").map(str::to_string);
+        warnings.push(w);
+        overlay_route(
+            &mut routes,
+            RouteConfig {
+                prefix: t.prefix.clone(),
+                response_timeout: Some(t.response_timeout),
+                max_body: None,
+            },
+        );
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        let key = format!("routes.{i}");
+        if let Err(p) = route_pattern(&r.prefix) {
+            err(
+                &format!("{key}.prefix"),
+                p,
+                "use a path below the base path, e.g. /api/v2/admin/workspace/bots/*/import".into(),
+            );
+            continue;
+        }
+        if r.response_timeout.is_none() && r.max_body.is_none() {
+            err(
+                &key,
+                format!(
+                    "route `{}` sets neither response_timeout nor max_body",
+                    r.prefix
+                ),
+                "set response_timeout, max_body or both, or remove the entry".into(),
             );
         }
+        if r.response_timeout.is_some_and(|d| d.is_zero()) {
+            err(
+                &format!("{key}.response_timeout"),
+                "must be greater than zero".into(),
+                "use a duration such as 20m".into(),
+            );
+        }
+        if r.max_body.is_some_and(|b| b.0 == 0) {
+            err(
+                &format!("{key}.max_body"),
+                "must be at least one byte".into(),
+                "use a size such as 1g".into(),
+            );
+        }
+        if c.routes[..i]
+            .iter()
+            .any(|o| same_route(&o.prefix, &r.prefix))
+        {
+            err(
+                &format!("{key}.prefix"),
+                format!("route `{}` is listed twice", r.prefix),
+                "merge the two entries into one".into(),
+            );
+        }
+        overlay_route(&mut routes, r.clone());
+    }
+    let token = c.admin.token.expose();
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        err(
+            "admin.token",
+            "must be printable ASCII without spaces (it is sent as `Authorization: Bearer <token>`)".into(),
+            "generate one with `openssl rand -hex 32`".into(),
+        );
     }
     if c.health.rise == 0 || c.health.fall == 0 {
         err(
@@ -1127,9 +1294,61 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             base_path,
             nodes,
             workers,
+            routes,
+            warnings,
         })
     } else {
         Err(ConfigErrors(errs))
+    }
+}
+
+/// Checks a route prefix: `/` then segments, `*` only as a whole segment; no query, fragment,
+/// empty segment or space. Returns the segments (a trailing `/` is ignored).
+pub fn route_pattern(p: &str) -> Result<Vec<&str>, String> {
+    if !p.starts_with('/') {
+        return Err(format!("`{p}` must start with /"));
+    }
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        return Ok(Vec::new());
+    }
+    let segs: Vec<&str> = t[1..].split('/').collect();
+    for seg in &segs {
+        if seg.is_empty() {
+            return Err(format!("`{p}` has an empty segment (`//`)"));
+        }
+        if seg.contains('*') && *seg != "*" {
+            return Err(format!(
+                "`{p}`: `*` stands for one whole segment (`/bots/*/import`), not part of one"
+            ));
+        }
+        if !seg.bytes().all(|b| b.is_ascii_graphic()) || seg.contains(['?', '#']) {
+            return Err(format!(
+                "`{p}` must be a path only (no query, fragment or space)"
+            ));
+        }
+    }
+    Ok(segs)
+}
+
+/// Whether two route prefixes name the same route (trailing `/` and ASCII case ignored).
+pub fn same_route(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// Lays `r` over `routes`: a route with the same prefix takes the fields `r` sets.
+fn overlay_route(routes: &mut Vec<RouteConfig>, r: RouteConfig) {
+    match routes.iter_mut().find(|e| same_route(&e.prefix, &r.prefix)) {
+        Some(e) => {
+            if r.response_timeout.is_some() {
+                e.response_timeout = r.response_timeout;
+            }
+            if r.max_body.is_some() {
+                e.max_body = r.max_body;
+            }
+        }
+        None => routes.push(r),
     }
 }
 
@@ -1225,13 +1444,25 @@ fn parse_node_url(u: &str) -> Result<String, String> {
     Ok(format!("{}:{port}", auth.host()))
 }
 
+impl Loaded {
+    /// `bpgate config`: the effective settings with every secret replaced, the route table as
+    /// in effect (built-in routes and the deprecated `upstream.timeouts` folded in).
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.config.clone();
+        c.routes = self.derived.routes.clone();
+        c.upstream.timeouts.clear();
+        c.redacted_toml()
+    }
+}
+
 impl Config {
-    /// TOML of the effective settings with every secret replaced, for `bpgate config`.
+    /// TOML of the settings with every secret replaced.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.sticky.secret = c.sticky.secret.redacted();
         c.sticky.previous_secret = c.sticky.previous_secret.redacted();
         c.audit.jwt_secret = c.audit.jwt_secret.redacted();
+        c.admin.token = c.admin.token.redacted();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }

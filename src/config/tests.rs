@@ -227,3 +227,141 @@ fn edge_limits_parse_and_are_checked() {
     let e = err("[limits]\nlingering_timeout = \"0s\"\n", &[]);
     assert!(e.contains("limits.lingering_timeout"), "{e}");
 }
+
+#[test]
+fn defaults_fit_botpress_media_uploads_node_timeouts_and_the_cheap_probe() {
+    let c = Config::default();
+    // A 25 MiB file (Botpress's "25mb") plus its multipart framing.
+    assert!(c.limits.max_body.0 > 25 * 1024 * 1024 + 64 * 1024);
+    // Node 12's server.timeout is 120 s of inactivity.
+    assert!(c.upstream.response_timeout > Duration::from_secs(120));
+    assert_eq!(c.health.path, "/version");
+    assert!(c.upstream.timeouts.is_empty() && c.routes.is_empty());
+}
+
+#[test]
+fn routes_lay_over_the_builtin_table_field_by_field() {
+    let l = load_str(
+        r#"
+[[routes]]
+prefix = "/api/v2/admin/management/versioning/"
+max_body = "500m"
+[[routes]]
+prefix = "/api/v1/bots/*/mod/qna/import"
+response_timeout = "10m"
+"#,
+        &[],
+    )
+    .unwrap();
+    let find = |p: &str| {
+        l.derived
+            .routes
+            .iter()
+            .find(|r| same_route(&r.prefix, p))
+            .unwrap_or_else(|| panic!("no route {p}"))
+            .clone()
+    };
+    let v2 = find("/api/v2/admin/management/versioning");
+    assert_eq!(v2.max_body, Some(ByteSize(500 << 20)));
+    assert_eq!(
+        v2.response_timeout,
+        Some(ARCHIVE_TIMEOUT),
+        "a field left out keeps the built-in value"
+    );
+    assert_eq!(
+        find("/api/v1/admin/management/versioning").max_body,
+        Some(ARCHIVE_MAX_BODY)
+    );
+    assert_eq!(
+        find("/api/v1/bots/*/mod/qna/import").response_timeout,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(l.derived.routes.len(), builtin_routes().len() + 1);
+    assert!(l.derived.warnings.is_empty());
+}
+
+#[test]
+fn the_deprecated_timeouts_map_onto_routes_with_a_warning() {
+    let l = load_str(
+        "[[upstream.timeouts]]\nprefix = \"/long\"\nresponse_timeout = \"5s\"\n[[routes]]\nprefix = \"/long\"\nmax_body = \"1k\"\n",
+        &[],
+    )
+    .unwrap();
+    let r = l
+        .derived
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/long")
+        .unwrap();
+    assert_eq!(r.response_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(r.max_body, Some(ByteSize(1024)));
+    assert_eq!(l.derived.warnings.len(), 1);
+    let w = l.derived.warnings[0].to_string();
+    assert!(
+        w.contains("upstream.timeouts.0") && w.contains("deprecated") && w.contains("[[routes]]"),
+        "{w}"
+    );
+    // `bpgate config` shows the table in effect, without the old key.
+    let out = l.redacted_toml();
+    assert!(
+        out.contains("[[routes]]") && !out.contains("[[upstream.timeouts]]"),
+        "{out}"
+    );
+    let again = load_str(&out, &[]).unwrap();
+    assert_eq!(
+        again.derived.routes, l.derived.routes,
+        "the printed table reads back the same"
+    );
+}
+
+#[test]
+fn bad_routes_are_refused_with_their_key() {
+    for (toml, key) in [
+        ("[[routes]]\nprefix = \"api\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api/bots*/x\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api//x\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api?x=1\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api\"", "routes.0"),
+        ("[[routes]]\nprefix = \"/api\"\nresponse_timeout = \"0s\"", "routes.0.response_timeout"),
+        ("[[routes]]\nprefix = \"/api\"\nmax_body = 0", "routes.0.max_body"),
+        (
+            "[[routes]]\nprefix = \"/api\"\nmax_body = \"1m\"\n[[routes]]\nprefix = \"/API/\"\nmax_body = \"2m\"",
+            "routes.1.prefix",
+        ),
+        ("[[routes]]\nprefix = \"/api\"\nmax_bdy = \"1m\"", "routes.0.max_bdy"),
+        (
+            "[[upstream.timeouts]]\nprefix = \"long\"\nresponse_timeout = \"5s\"",
+            "upstream.timeouts.0.prefix",
+        ),
+    ] {
+        let e = err(toml, &[]);
+        assert!(e.contains(&format!("`{key}`")), "{toml}: {e}");
+    }
+}
+
+#[test]
+fn admin_token_from_env_checked_and_redacted() {
+    let l = load_str("", &[]).unwrap();
+    assert!(l.config.admin.token.is_empty());
+    assert_eq!(l.config.admin.drain_idle_after.as_secs(), 60);
+    let l = load_str(
+        "[admin]\ntoken = \"from-the-file\"\ndrain_idle_after = \"5s\"\n",
+        &[("BPGATE_ADMIN_TOKEN", "admin-token-from-env-0123456789")],
+    )
+    .unwrap();
+    assert_eq!(
+        l.config.admin.token.expose(),
+        "admin-token-from-env-0123456789"
+    );
+    assert_eq!(l.config.admin.drain_idle_after.as_secs(), 5);
+    let out = l.config.redacted_toml();
+    assert!(!out.contains("admin-token-from-env"), "{out}");
+    assert!(out.contains("token = \"<redacted>\""), "{out}");
+    let e = err("", &[("BPGATE_ADMIN_TOKEN", "has a space")]);
+    assert!(
+        e.contains("admin.token") && e.contains("BPGATE_ADMIN_TOKEN"),
+        "{e}"
+    );
+    let e = err("[admin]\ndrain_idle_after = \"0s\"\n", &[]);
+    assert!(e.contains("admin.drain_idle_after"), "{e}");
+}

@@ -34,6 +34,7 @@ pub mod item {
     pub const SERVER_DIAG: &str = "Server diag page disabled";
     pub const AUDIT_IDENTITY: &str = "Audit user identity";
     pub const CONFIG_SOURCE: &str = "Botpress config source";
+    pub const ADMIN_API: &str = "Admin API";
 
     /// Every item, in output order.
     pub const ALL: &[&str] = &[
@@ -61,6 +62,7 @@ pub mod item {
         SERVER_DIAG,
         AUDIT_IDENTITY,
         CONFIG_SOURCE,
+        ADMIN_API,
     ];
 }
 
@@ -164,7 +166,49 @@ pub fn check(i: &Inputs<'_>) -> Vec<Finding> {
         server_diag(i),
         audit_identity(i),
         config_source(i),
+        admin_api(i.loaded),
     ]
+}
+
+/// Below this many characters an admin token is guessable enough to warn about.
+pub const ADMIN_TOKEN_MIN: usize = 16;
+
+/// The admin listener: loopback, or a token for state changes (production refuses a
+/// non-loopback listener without one, see `production_failures`).
+pub fn admin_api(loaded: &crate::config::Loaded) -> Finding {
+    let c = &loaded.config;
+    let addr = c.listen.admin;
+    let token = c.admin.token.expose();
+    let mut a = Acc::new(item::ADMIN_API);
+    if addr.ip().is_loopback() {
+        a.note(format!(
+            "listen.admin = {addr} (loopback): reachable from this host only"
+        ));
+    } else if token.is_empty() {
+        a.bad(
+            Status::Fail,
+            format!("listen.admin = {addr} is not loopback and admin.token is unset: anyone who reaches the port can drain nodes and reload"),
+            "set BPGATE_ADMIN_TOKEN=$(openssl rand -hex 32) (admin.token), or BPGATE_ADMIN_LISTEN=127.0.0.1:9901",
+        );
+    } else {
+        a.note(format!(
+            "listen.admin = {addr} is not loopback; state changes need the admin token, reads (/metrics, /upstreams, the status page) are open to whoever reaches the port: fence it (firewall, NetworkPolicy)"
+        ));
+    }
+    if !token.is_empty() && token.len() < ADMIN_TOKEN_MIN {
+        a.bad(
+            Status::Warn,
+            format!(
+                "admin.token has {} characters (fewer than {ADMIN_TOKEN_MIN})",
+                token.len()
+            ),
+            "set BPGATE_ADMIN_TOKEN=$(openssl rand -hex 32)",
+        );
+    } else if !token.is_empty() {
+        a.note("a bearer token is required for state changes");
+    }
+    a.note("state changes refuse a foreign Origin or Host (browsers, DNS rebinding)");
+    a.done()
 }
 
 fn several_nodes(i: &Inputs<'_>) -> bool {

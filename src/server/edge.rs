@@ -22,6 +22,7 @@ use tower::Service;
 
 use crate::audit::{AuditBody, Record};
 use crate::config::Loaded;
+use crate::counters::HandshakeFailure;
 use crate::exchange::{ConnInfo, Exchange, Refusal, ReqBody};
 use crate::proxy;
 use crate::reload::Generations;
@@ -72,6 +73,35 @@ impl From<&Loaded> for EdgeConfig {
     }
 }
 
+/// Why a handshake failed, for `bpgate_tls_handshake_failures_total{reason}`. tokio-rustls hands
+/// rustls's own error over inside an `InvalidData` I/O error.
+fn handshake_failure(e: &std::io::Error) -> HandshakeFailure {
+    use rustls::AlertDescription as A;
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol) => {
+            HandshakeFailure::Incompatible
+        }
+        Some(rustls::Error::AlertReceived(a)) => match a {
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied
+            | A::BadCertificateStatusResponse => HandshakeFailure::CertificateRejected,
+            A::ProtocolVersion
+            | A::HandshakeFailure
+            | A::InsufficientSecurity
+            | A::NoApplicationProtocol => HandshakeFailure::Incompatible,
+            _ => HandshakeFailure::Protocol,
+        },
+        Some(_) => HandshakeFailure::Protocol,
+        None if e.kind() == std::io::ErrorKind::InvalidData => HandshakeFailure::Protocol,
+        None => HandshakeFailure::Eof,
+    }
+}
+
 pub(super) struct Edge {
     tls: TlsAcceptor,
     config: EdgeConfig,
@@ -110,19 +140,12 @@ impl Edge {
         match tokio::time::timeout(self.config.handshake_timeout, accept).await {
             Ok(Ok(t)) => Some(t),
             Ok(Err(e)) => {
-                let counter = match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                        &c.handshake_eof
-                    }
-                    std::io::ErrorKind::InvalidData => &c.handshake_protocol,
-                    _ => &c.handshake_other,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                c.handshake_failed(handshake_failure(&e));
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 None
             }
             Err(_) => {
-                c.handshake_timeout.fetch_add(1, Ordering::Relaxed);
+                c.handshake_failed(HandshakeFailure::Timeout);
                 tracing::debug!(%peer, "TLS handshake timed out");
                 None
             }
@@ -274,14 +297,15 @@ impl Edge {
                 None
             },
         });
-        let max_body = generation.edge.max_body;
+        let limits = generation.edge.routes.resolve(req.uri().path());
         let mut stack = generation.stack.clone();
         // The stack holds what it needs of the generation; the guard is not held across the
         // await.
         drop(generation);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(x.clone());
-        let req = Request::from_parts(parts, ReqBody::new(body, x, max_body));
+        parts.extensions.insert(limits);
+        let req = Request::from_parts(parts, ReqBody::new(body, x, limits.max_body));
         stack.call(req).await
     }
 }

@@ -8,7 +8,6 @@
 //! the kernel backlog until one closes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,7 +90,8 @@ async fn serve(
         // Draining waits for requests, not for handshakes.
         _ = shutdown.cancelled() => None,
         _ = slot.evicted() => {
-            edge.counters().handshake_evicted.fetch_add(1, Ordering::Relaxed);
+            edge.counters()
+                .handshake_failed(crate::counters::HandshakeFailure::Evicted);
             tracing::debug!(%peer, "TLS handshake unfinished at limits.max_connections: closed for a new client");
             None
         }

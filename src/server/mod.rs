@@ -113,6 +113,9 @@ impl Gateway {
     /// is bound.
     pub fn start(loaded: Loaded) -> Result<Arc<Gateway>, StartError> {
         let c = &loaded.config;
+        for w in &loaded.derived.warnings {
+            tracing::warn!("{w}");
+        }
         let production = c.mode == Mode::Production;
         // Production never gets a generated certificate: a missing one is an error.
         if !production
