@@ -131,8 +131,9 @@ pub(super) struct EdgeIo<S> {
     /// A request head is being read: the `started` count when it began, and its deadline.
     head: Option<(u64, Instant)>,
     /// The one timer: the head deadline, then the lingering deadlines. Boxed because hyper
-    /// wants an `Unpin` stream; reset, never reallocated.
-    timer: Pin<Box<Sleep>>,
+    /// wants an `Unpin` stream; made the first time a wait needs it (a client whose heads come
+    /// whole in one read never does), then reset, never reallocated.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Where `timer` is set to, so it is only reset when that changes.
     timer_at: Instant,
     scan: HeadScan,
@@ -175,7 +176,7 @@ impl<S> EdgeIo<S> {
             h1,
             first: true,
             head: h1.then_some((0, deadline)),
-            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+            timer: None,
             timer_at: deadline,
             scan,
             closing: Closing::Open,
@@ -183,10 +184,19 @@ impl<S> EdgeIo<S> {
     }
 
     fn set_timer(&mut self, at: Instant) {
-        if self.timer_at != at {
-            self.timer_at = at;
-            self.timer.as_mut().reset(at.into());
+        match &mut self.timer {
+            Some(t) if self.timer_at != at => t.as_mut().reset(at.into()),
+            Some(_) => {}
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at.into()))),
         }
+        self.timer_at = at;
+    }
+
+    /// Whether the timer (set by [`EdgeIo::set_timer`]) has fired; registers the wake-up if not.
+    fn timer_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 
     /// Bytes hyper just read.
@@ -276,7 +286,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for EdgeIo<S> {
                     return Poll::Pending;
                 }
                 this.set_timer(deadline);
-                if this.timer.as_mut().poll(cx).is_ready() {
+                if this.timer_fired(cx) {
                     this.head = None;
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -364,7 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<S> {
                         // The client closed (or broke) its side: done.
                         Poll::Ready(_) => this.closing = Closing::Done,
                         Poll::Pending => {
-                            if this.timer.as_mut().poll(cx).is_ready() {
+                            if this.timer_fired(cx) {
                                 this.closing = Closing::Done;
                                 continue;
                             }
