@@ -192,10 +192,7 @@ pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertPair, TlsError
         path: key_path.into(),
         error: e.to_string(),
     })?;
-    let info = cert_info(&certs).map_err(|error| TlsError::BadCertificate {
-        path: cert_path.into(),
-        error,
-    })?;
+    let info = cert_info(&certs, cert_path)?;
     let ck = CertifiedKey::new(certs, signing);
     if ck.keys_match().is_err() {
         return Err(TlsError::KeyMismatch {
@@ -223,11 +220,17 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Parses the leaf (and counts the chain) with x509-parser.
-pub fn cert_info(chain: &[CertificateDer<'_>]) -> Result<CertInfo, String> {
-    let leaf = chain.first().ok_or("empty chain")?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+/// Parses the leaf (and counts the chain) with x509-parser; `path` names the file in errors.
+pub fn cert_info(chain: &[CertificateDer<'_>], path: &Path) -> Result<CertInfo, TlsError> {
+    let leaf = chain
+        .first()
+        .ok_or_else(|| TlsError::NoCertificate { path: path.into() })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        TlsError::BadCertificate {
+            path: path.into(),
+            error: e.to_string(),
+        }
+    })?;
     let mut dns_names = Vec::new();
     let mut ip_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -18,5 +18,6 @@ mod health;
 mod metrics;
 mod operability;
 mod posture;
+mod reload;
 mod retry;
 mod routes;

@@ -416,8 +416,10 @@ impl Cluster {
     pub fn snapshot(&self, specs: &[NodeSpec], checks_enabled: bool) -> Arc<Snapshot> {
         let mut nodes = Vec::with_capacity(specs.len());
         for spec in specs {
-            let node = match self.registry.get(&spec.name) {
-                Some(n) if n.spec == *spec => n.clone(),
+            // The map guard must be gone before `insert` below, which locks the same shard.
+            let known = self.registry.get(&spec.name).map(|n| n.clone());
+            let node = match known {
+                Some(n) if n.spec == *spec => n,
                 _ => {
                     let n = Arc::new(Node::new(spec.clone()));
                     self.registry.insert(spec.name.clone(), n.clone());

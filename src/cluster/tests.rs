@@ -253,3 +253,17 @@ fn with_checks_off_every_node_is_healthy() {
     assert!(off.nodes[0].is_healthy());
     assert!(off.ready(false));
 }
+
+#[test]
+fn a_reweighted_node_is_replaced_and_the_others_keep_their_state() {
+    let f = cluster(&["a", "b"], false);
+    f.snap.nodes[1].set_draining(true);
+    let mut specs: Vec<NodeSpec> = f.snap.nodes.iter().map(|n| n.spec.clone()).collect();
+    specs[0].weight = 5;
+    // Same name, other spec: replaced (this once deadlocked on the registry's shard lock).
+    let next = f.c.snapshot(&specs, true);
+    assert_eq!(next.nodes[0].spec.weight, 5);
+    assert!(!Arc::ptr_eq(&next.nodes[0], &f.snap.nodes[0]));
+    assert!(Arc::ptr_eq(&next.nodes[1], &f.snap.nodes[1]));
+    assert!(next.nodes[1].is_draining());
+}

@@ -461,7 +461,7 @@ impl GateBuilder {
 }
 
 /// Later sections of `extra` replace the same keys of `base` (tables merged key by key).
-fn merge_toml(base: &str, extra: &str) -> String {
+pub fn merge_toml(base: &str, extra: &str) -> String {
     let mut b: toml::Table = toml::from_str(base).unwrap();
     let e: toml::Table = toml::from_str(extra).unwrap_or_else(|err| panic!("test TOML: {err}"));
     fn merge(b: &mut toml::Table, e: toml::Table) {
