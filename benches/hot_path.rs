@@ -113,6 +113,7 @@ fn exchange() -> Arc<Exchange> {
         peer_trusted: false,
         bytes_in: AtomicU64::new(0),
         body_end: AtomicU8::new(0),
+        refusal: None,
     })
 }
 

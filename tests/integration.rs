@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod cors_base_path;
 mod deploy;
+mod edge;
 mod gateway;
 mod health;
 mod metrics;

@@ -87,6 +87,10 @@ pub struct Tls {
     pub key: PathBuf,
     #[serde(with = "types::duration")]
     pub handshake_timeout: Duration,
+    /// How long a TLS session can be resumed (session cache and tickets, TLS 1.2 and 1.3): NGINX's
+    /// `ssl_session_timeout`. 0 turns resumption off.
+    #[serde(with = "types::duration")]
+    pub session_timeout: Duration,
     /// How often the certificate files are checked for a renewal; 0 turns polling off.
     #[serde(with = "types::duration")]
     pub reload_interval: Duration,
@@ -218,6 +222,18 @@ pub struct Limits {
     /// An idle client connection (no request in flight) is closed after this long.
     #[serde(with = "types::duration")]
     pub keepalive_timeout: Duration,
+    /// After answering a request whose body is still arriving (413 and other early answers),
+    /// bpgate reads and discards what the client still sends for at most this long before it
+    /// closes (NGINX's `lingering_time`), so the client reads the answer instead of a reset.
+    /// 0 turns lingering close off.
+    #[serde(with = "types::duration")]
+    pub lingering_time: Duration,
+    /// While lingering, the longest wait for more data from the client (NGINX's
+    /// `lingering_timeout`).
+    #[serde(with = "types::duration")]
+    pub lingering_timeout: Duration,
+    /// While lingering, the most bytes read and discarded.
+    pub lingering_size: ByteSize,
     /// Client connections open at once on the HTTPS listener; more wait in the backlog.
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per client connection.
@@ -550,6 +566,7 @@ impl Default for Tls {
             cert: PathBuf::from(DEV_CERT_PATH),
             key: PathBuf::from(DEV_KEY_PATH),
             handshake_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(5 * 60),
             reload_interval: Duration::from_secs(30),
         }
     }
@@ -582,6 +599,9 @@ impl Default for Limits {
             max_header_bytes: ByteSize(64 * 1024),
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
+            lingering_time: Duration::from_secs(30),
+            lingering_timeout: Duration::from_secs(5),
+            lingering_size: ByteSize(64 * 1024 * 1024),
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
         }
@@ -1068,6 +1088,17 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 8k (default 64k)".into(),
         );
     }
+    // RFC 8446 §4.6.1: a ticket lifetime over seven days is a protocol error.
+    if c.tls.session_timeout > Duration::from_secs(7 * 24 * 3600) {
+        err(
+            "tls.session_timeout",
+            format!(
+                "{} is longer than TLS allows (7 days)",
+                humantime::format_duration(c.tls.session_timeout)
+            ),
+            "use minutes, like NGINX's default ssl_session_timeout: 5m".into(),
+        );
+    }
     if c.limits.max_connections == 0 {
         err(
             "limits.max_connections",
@@ -1093,6 +1124,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         ),
         ("limits.header_read_timeout", c.limits.header_read_timeout),
         ("limits.keepalive_timeout", c.limits.keepalive_timeout),
+        ("limits.lingering_timeout", c.limits.lingering_timeout),
         ("health.interval", c.health.interval),
         ("health.timeout", c.health.timeout),
         ("admin.drain_idle_after", c.admin.drain_idle_after),

@@ -257,6 +257,29 @@ fn sticky_fallback_and_session_map_settings() {
 }
 
 #[test]
+fn edge_limits_parse_and_are_checked() {
+    let l = load_str(
+        "[tls]\nsession_timeout = \"0s\"\n[limits]\nlingering_time = \"0s\"\nlingering_timeout = \"2s\"\nlingering_size = \"1m\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(l.config.tls.session_timeout.is_zero());
+    assert!(l.config.limits.lingering_time.is_zero());
+    assert_eq!(l.config.limits.lingering_size.0, 1 << 20);
+    let d = load_str("", &[]).unwrap().config;
+    assert_eq!(d.tls.session_timeout, Duration::from_secs(300));
+    assert_eq!(d.limits.lingering_time, Duration::from_secs(30));
+    assert_eq!(d.limits.lingering_timeout, Duration::from_secs(5));
+    let e = err("[tls]\nsession_timeout = \"8d\"\n", &[]);
+    assert!(
+        e.contains("tls.session_timeout") && e.contains("7 days"),
+        "{e}"
+    );
+    let e = err("[limits]\nlingering_timeout = \"0s\"\n", &[]);
+    assert!(e.contains("limits.lingering_timeout"), "{e}");
+}
+
+#[test]
 fn defaults_fit_botpress_media_uploads_node_timeouts_and_the_cheap_probe() {
     let c = Config::default();
     // A 25 MiB file (Botpress's "25mb") plus its multipart framing.

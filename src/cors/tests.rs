@@ -24,6 +24,7 @@ fn xchg() -> Arc<Exchange> {
         peer_trusted: false,
         bytes_in: AtomicU64::new(0),
         body_end: AtomicU8::new(0),
+        refusal: None,
     })
 }
 

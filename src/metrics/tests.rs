@@ -103,7 +103,7 @@ fn sample_input() -> MetricsInput {
         connections_h1: 3,
         connections_h2: 1,
         handshakes: 40,
-        handshake_failures: [1, 2, 3, 4, 5],
+        handshake_failures: [1, 2, 3, 4, 5, 6],
         nodes: vec![
             NodeInput {
                 name: "botpress-0".into(),
@@ -167,6 +167,7 @@ fn render_is_parseable_and_complete() {
         ("protocol", 3.0),
         ("incompatible", 4.0),
         ("certificate_rejected", 5.0),
+        ("evicted", 6.0),
     ] {
         assert_eq!(
             value(

@@ -13,6 +13,7 @@
 
 mod certs;
 mod edge;
+mod io;
 mod listener;
 mod redirect;
 
@@ -147,7 +148,8 @@ impl Gateway {
             }
         }
         let cert = ReloadableCert::new(pair.key);
-        let server_config = tls::server_config(cert.clone()).map_err(StartError::Tls)?;
+        let server_config =
+            tls::server_config(cert.clone(), c.tls.session_timeout).map_err(StartError::Tls)?;
 
         let (secret, generated) = if c.sticky.secret.is_empty() {
             (cluster::generate_secret(), true)

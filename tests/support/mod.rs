@@ -616,6 +616,9 @@ pub async fn tls_connect_from(
 pub enum Client {
     H1(hyper::client::conn::http1::SendRequest<BoxBody>),
     H2(hyper::client::conn::http2::SendRequest<BoxBody>),
+    /// HTTP/2 as browsers speak it: `:authority` only, every `Host` header removed before
+    /// sending.
+    H2Browser(hyper::client::conn::http2::SendRequest<BoxBody>),
 }
 
 impl Client {
@@ -631,6 +634,14 @@ impl Client {
             "bpgate must negotiate h2"
         );
         Client::over(tls).await
+    }
+
+    /// HTTP/2 without `Host` (see [`Client::H2Browser`]).
+    pub async fn h2_browser(gate: &Gate) -> Client {
+        match Client::h2(gate).await {
+            Client::H2(tx) => Client::H2Browser(tx),
+            other => other,
+        }
     }
 
     pub async fn over(tls: TlsStream<TcpStream>) -> Client {
@@ -659,6 +670,16 @@ impl Client {
                 tx.send_request(req).await
             }
             Client::H2(tx) => {
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+            Client::H2Browser(tx) => {
+                let mut req = req;
+                req.headers_mut().remove(http::header::HOST);
+                assert!(
+                    req.uri().authority().is_some(),
+                    "a browser's request has :authority"
+                );
                 tx.ready().await?;
                 tx.send_request(req).await
             }
