@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 use crate::cluster;
 use crate::config::{
     self, Admin, BasePath, ByteSize, ConfigErrors, Cors, ExternalAuth, Forwarding, Headers, Health,
-    JwtSource, Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky,
-    Tls, Upstream,
+    JwtSource, Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, RouteConfig, Secret,
+    Shutdown, Sticky, Tls, Upstream,
 };
 use crate::generation::{Generation, Shared};
 use crate::tls::{self, TlsError};
@@ -27,6 +27,7 @@ use crate::tls::{self, TlsError};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Live {
     pub upstream: Upstream,
+    pub routes: Vec<RouteConfig>,
     pub forwarding: Forwarding,
     pub cors: Cors,
     pub headers: Headers,
@@ -107,6 +108,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         health,
         audit,
         admin,
+        routes,
     } = c;
     let config::Audit {
         enabled,
@@ -126,6 +128,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
     (
         Live {
             upstream,
+            routes,
             forwarding,
             cors,
             headers,
@@ -166,6 +169,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
 pub fn join(live: Live, restart: RestartOnly) -> config::Config {
     let Live {
         upstream,
+        routes,
         forwarding,
         cors,
         headers,
@@ -232,6 +236,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
             flush_interval,
         },
         admin,
+        routes,
     }
 }
 
@@ -431,6 +436,9 @@ impl Generations {
                 }
             }
             Ok((loaded, applied, restart_required)) => {
+                for w in &loaded.derived.warnings {
+                    tracing::warn!("{w}");
+                }
                 counters
                     .config_ok
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

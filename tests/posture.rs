@@ -727,6 +727,23 @@ fn each_broken_item_is_reported() {
             Status::Pass,
         ),
         (
+            "cookieless polling clients unrouted",
+            |fx| {
+                fx.gate("sticky.sid_map_max_entries", 0.into());
+            },
+            item::STICKY,
+            Status::Warn,
+        ),
+        (
+            "sid map off, client-ip fallback",
+            |fx| {
+                fx.gate("sticky.sid_map_max_entries", 0.into())
+                    .gate("sticky.fallback", "client-ip".into());
+            },
+            item::STICKY,
+            Status::Pass,
+        ),
+        (
             "sticky off, default transports",
             |fx| {
                 fx.gate("sticky.enabled", false.into())
@@ -1212,6 +1229,46 @@ fn production_failures_cover_what_bpgate_owns() {
         toml::Value::Array(vec!["http://127.0.0.1:3001".into()]),
     );
     assert!(items(&f, &good).is_empty());
+
+    // An admin listener off loopback needs a token.
+    let mut f = Fx::compliant();
+    f.gate("listen.admin", "0.0.0.0:9901".into());
+    assert_eq!(items(&f, &good), vec![item::ADMIN_API]);
+    f.gate("admin.token", "0123456789abcdef0123456789abcdef".into());
+    assert!(items(&f, &good).is_empty());
+    let mut f = Fx::compliant();
+    f.gate("listen.admin", "[::1]:9901".into());
+    assert!(items(&f, &good).is_empty(), "::1 is loopback");
+}
+
+#[test]
+fn admin_api_item_loopback_token_and_short_token() {
+    let find = |fx: &Fx| {
+        fx.check()
+            .into_iter()
+            .find(|f| f.item == item::ADMIN_API)
+            .unwrap()
+    };
+    let fx = Fx::compliant();
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Pass, "{f:?}");
+    assert!(f.evidence.contains("loopback"), "{f:?}");
+
+    let mut fx = Fx::compliant();
+    fx.gate("listen.admin", "0.0.0.0:9901".into());
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Fail, "{f:?}");
+    assert!(f.fix.contains("BPGATE_ADMIN_TOKEN"), "{f:?}");
+
+    fx.gate("admin.token", "short".into());
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Warn, "{f:?}");
+    assert!(f.evidence.contains("5 characters"), "{f:?}");
+
+    fx.gate("admin.token", "0123456789abcdef0123456789abcdef".into());
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Pass, "{f:?}");
+    assert!(f.evidence.contains("not loopback"), "{f:?}");
 }
 
 // === diag ===

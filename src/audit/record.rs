@@ -30,6 +30,8 @@ pub struct Record {
     pub request_id: Option<HeaderValue>,
     pub client_ip: IpAddr,
     pub peer_ip: IpAddr,
+    /// The `X-Forwarded-For` chain as received (the node only gets `client_ip`).
+    pub forwarded_for: Option<HeaderValue>,
     pub user: UserInfo,
     /// The webchat or API end user, where the request carries one.
     pub end_user: Option<EndUser>,
@@ -76,6 +78,7 @@ impl Record {
             request_id: None,
             client_ip: peer,
             peer_ip: peer,
+            forwarded_for: None,
             user: UserInfo::default(),
             end_user: None,
             visitor_id: None,
@@ -123,6 +126,7 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"peer_ip\":\"");
     push_ip(out, r.peer_ip);
     out.push(b'"');
+    field_hv(out, "forwarded_for", r.forwarded_for.as_ref());
     field_str(out, "user", r.user.user.as_deref());
     field_str(out, "user_source", r.user.source.map(|s| s.as_str()));
     if let Some(c) = &r.user.claimed {

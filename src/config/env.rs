@@ -36,6 +36,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("BPGATE_LISTEN", "listen.https", Kind::Str),
     var("BPGATE_HTTP_LISTEN", "listen.http", Kind::Str),
     var("BPGATE_ADMIN_LISTEN", "listen.admin", Kind::Str),
+    var("BPGATE_ADMIN_TOKEN", "admin.token", Kind::Str),
     var("BPGATE_TLS_CERT", "tls.cert", Kind::Str),
     var("BPGATE_TLS_KEY", "tls.key", Kind::Str),
     var("BPGATE_UPSTREAMS", "upstream.urls", Kind::List),

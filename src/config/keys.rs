@@ -4,7 +4,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::{
     Audit, Config, ConfigError, ConfigErrors, Cors, ExternalAuth, Forwarding, Headers, Health,
-    Limits, Listen, Log, NodeConfig, Origins, PrefixTimeout, Shutdown, Sticky, Tls, Upstream,
+    Limits, Listen, Log, NodeConfig, Origins, PrefixTimeout, RouteConfig, Shutdown, Sticky, Tls,
+    Upstream,
 };
 
 /// Deserialises the merged table into [`Config`], reporting unknown keys and type errors by path.
@@ -94,6 +95,7 @@ pub(super) fn known_keys(section: &str) -> &'static [&'static str] {
         "health" => fields::<Health>(),
         "audit" => fields::<Audit>(),
         "audit.external_auth" => fields::<ExternalAuth>(),
+        "routes" => fields::<RouteConfig>(),
         _ => &[],
     }
 }

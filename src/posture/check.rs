@@ -6,7 +6,9 @@ use serde_json::Value;
 use super::botpress::{js_truthy, yn_opt, yn_value, ConfigSource, EnvFrom};
 use super::obfuscate::url_secrets;
 use super::{Finding, Inputs, Status};
-use crate::config::{parse_external_url, BasePathMode, ExternalAuth, ExternalKey, JwtSource};
+use crate::config::{
+    parse_external_url, BasePathMode, ExternalAuth, ExternalKey, JwtSource, StickyFallback,
+};
 
 /// Item names, in output order. Tests and the README refer to them.
 pub mod item {
@@ -34,6 +36,7 @@ pub mod item {
     pub const SERVER_DIAG: &str = "Server diag page disabled";
     pub const AUDIT_IDENTITY: &str = "Audit user identity";
     pub const CONFIG_SOURCE: &str = "Botpress config source";
+    pub const ADMIN_API: &str = "Admin API";
 
     /// Every item, in output order.
     pub const ALL: &[&str] = &[
@@ -61,6 +64,7 @@ pub mod item {
         SERVER_DIAG,
         AUDIT_IDENTITY,
         CONFIG_SOURCE,
+        ADMIN_API,
     ];
 }
 
@@ -164,7 +168,49 @@ pub fn check(i: &Inputs<'_>) -> Vec<Finding> {
         server_diag(i),
         audit_identity(i),
         config_source(i),
+        admin_api(i.loaded),
     ]
+}
+
+/// Below this many characters an admin token is guessable enough to warn about.
+pub const ADMIN_TOKEN_MIN: usize = 16;
+
+/// The admin listener: loopback, or a token for state changes (production refuses a
+/// non-loopback listener without one, see `production_failures`).
+pub fn admin_api(loaded: &crate::config::Loaded) -> Finding {
+    let c = &loaded.config;
+    let addr = c.listen.admin;
+    let token = c.admin.token.expose();
+    let mut a = Acc::new(item::ADMIN_API);
+    if addr.ip().is_loopback() {
+        a.note(format!(
+            "listen.admin = {addr} (loopback): reachable from this host only"
+        ));
+    } else if token.is_empty() {
+        a.bad(
+            Status::Fail,
+            format!("listen.admin = {addr} is not loopback and admin.token is unset: anyone who reaches the port can drain nodes and reload"),
+            "set BPGATE_ADMIN_TOKEN=$(openssl rand -hex 32) (admin.token), or BPGATE_ADMIN_LISTEN=127.0.0.1:9901",
+        );
+    } else {
+        a.note(format!(
+            "listen.admin = {addr} is not loopback; state changes need the admin token, reads (/metrics, /upstreams, the status page) are open to whoever reaches the port: fence it (firewall, NetworkPolicy)"
+        ));
+    }
+    if !token.is_empty() && token.len() < ADMIN_TOKEN_MIN {
+        a.bad(
+            Status::Warn,
+            format!(
+                "admin.token has {} characters (fewer than {ADMIN_TOKEN_MIN})",
+                token.len()
+            ),
+            "set BPGATE_ADMIN_TOKEN=$(openssl rand -hex 32)",
+        );
+    } else if !token.is_empty() {
+        a.note("a bearer token is required for state changes");
+    }
+    a.note("state changes refuse a foreign Origin or Host (browsers, DNS rebinding)");
+    a.done()
 }
 
 fn several_nodes(i: &Inputs<'_>) -> bool {
@@ -782,11 +828,28 @@ fn sticky(i: &Inputs<'_>) -> Finding {
                 .into(),
         );
     }
+    if s.sid_map_max_entries == 0 && s.fallback == StickyFallback::Load {
+        return one(
+            item::STICKY,
+            Status::Warn,
+            format!(
+                "{n} nodes with polling ({t}), sticky.sid_map_max_entries = 0 and fallback = \"load\": clients that keep no cookie (a webchat iframe where third-party cookies are blocked, server-side socket.io clients) land on another node at every poll"
+            ),
+            "keep the engine.io session map on (sticky.sid_map_max_entries, default 100000) or set sticky.fallback = \"client-ip\"".into(),
+        );
+    }
+    let cookieless = match (s.sid_map_max_entries > 0, s.fallback) {
+        (true, StickyFallback::Load) => "by their engine.io session id, new visitors by load",
+        (true, StickyFallback::ClientIp) => {
+            "by their engine.io session id, new visitors by client IP"
+        }
+        (false, _) => "by client IP",
+    };
     one(
         item::STICKY,
         Status::Pass,
         format!(
-            "{n} nodes, polling allowed, bpgate sticky cookie `{}` signed",
+            "{n} nodes, polling allowed, bpgate sticky cookie `{}` signed; cookieless clients {cookieless}",
             s.cookie_name
         ),
         String::new(),
