@@ -64,6 +64,22 @@ impl ExternalAuth {
     }
 }
 
+/// The first setting that differs from its default while no key is given.
+pub(super) fn set_without_key(ea: &ExternalAuth) -> Option<&'static str> {
+    let d = ExternalAuth::default();
+    if ea.algorithms != d.algorithms {
+        Some(ALGS)
+    } else if ea.issuer.is_some() {
+        Some("audit.external_auth.issuer")
+    } else if ea.audience.is_some() {
+        Some("audit.external_auth.audience")
+    } else if ea.user_claims != d.user_claims {
+        Some("audit.external_auth.user_claims")
+    } else {
+        None
+    }
+}
+
 /// The verified-ready key: an HMAC secret or a public key as DER `SubjectPublicKeyInfo`.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ExternalKey {

@@ -1369,18 +1369,16 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
     let external_auth = if c.audit.external_auth.enabled() {
         external_auth::load(&c.audit.external_auth, &mut err)
     } else {
-        if let Some((k, o)) = origins
-            .0
-            .iter()
-            // An empty key (`BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY=`) just means off.
-            .find(|(k, _)| {
-                k.starts_with("audit.external_auth.")
-                    && !k.starts_with("audit.external_auth.public_key")
-            })
-        {
+        // Settings that differ from the defaults without a key would verify nothing. (The
+        // defaults themselves are fine: `bpgate config` prints them and must read back.)
+        if let Some(k) = external_auth::set_without_key(&c.audit.external_auth) {
+            let from = origins
+                .of(k)
+                .map(|o| format!(" (from {o})"))
+                .unwrap_or_default();
             err(
                 "audit.external_auth.public_key",
-                format!("{k} is set (from {o}) but no key is: external auth would verify nothing"),
+                format!("{k} is set{from} but no key is: external auth would verify nothing"),
                 "set public_key or public_key_file to Botpress's pro.externalAuth key, or remove the [audit.external_auth] settings".into(),
             );
         }
