@@ -6,7 +6,8 @@
 //! cargo bench --bench hot_path -- sticky            # one group
 //! ```
 //!
-//! Groups: `sticky` (cookie seal/open, node id), `route` (`Cluster::choose`, the route layer),
+//! Groups: `sticky` (cookie seal/open, node id), `route` (`Cluster::choose` by cookie, engine.io
+//! sid, client IP or load; reading a handshake's sid; the route layer),
 //! `cors`, `base_path`, `forwarding` (`set_forwarding_headers`, `client_ip`), `jwt`
 //! (`UserResolver::resolve`), `audit` (`encode`), `stack` (every layer in process, in front of
 //! an inner service that answers at once instead of forwarding to a node).
@@ -63,13 +64,19 @@ fn node_specs() -> Vec<NodeSpec> {
 
 /// The cluster and its node set.
 fn cluster() -> (Arc<Cluster>, Arc<Snapshot>) {
+    cluster_with(true)
+}
+
+fn cluster_with(ip_fallback: bool) -> (Arc<Cluster>, Arc<Snapshot>) {
     let c = Cluster::new(ClusterSettings {
         codec: codec(),
         sticky_enabled: true,
-        ip_fallback: true,
+        ip_fallback,
         generated_secret: false,
+        sid_map_max_entries: 1000,
+        sid_map_idle: std::time::Duration::from_secs(300),
     });
-    let snap = c.snapshot(&node_specs());
+    let snap = c.snapshot(&node_specs(), false);
     (c, snap)
 }
 
@@ -106,6 +113,7 @@ fn exchange() -> Arc<Exchange> {
         peer_trusted: false,
         bytes_in: AtomicU64::new(0),
         body_end: AtomicU8::new(0),
+        refusal: None,
         node: Default::default(),
     })
 }
@@ -176,6 +184,20 @@ where
         Some(Err(e)) => match e {},
         None => panic!("a layer did not answer at once"),
     }
+}
+
+/// A cookie-mode token: Botpress adds `csrfToken` when `jwtToken.useCookieStorage` is on.
+fn jwt_csrf(email: &str, csrf: &str) -> String {
+    let now = now_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({
+            "email": email, "strategy": "default", "tokenVersion": 1, "csrfToken": csrf,
+            "isSuperAdmin": true, "iat": now, "exp": now + 3600, "aud": "collaborators"
+        }),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("sign")
 }
 
 fn jwt(email: &str) -> String {
@@ -254,10 +276,28 @@ fn route(c: &mut Criterion) {
     let cookie = pinned_cookie(&cluster, &snap);
     let client: IpAddr = "198.51.100.23".parse().expect("ip");
     g.bench_function("choose_cookie_hit", |b| {
-        b.iter(|| cluster.choose(&snap, Some(black_box(&cookie)), client))
+        b.iter(|| cluster.choose(&snap, Some(black_box(&cookie)), None, client))
     });
     g.bench_function("choose_ip_fallback", |b| {
-        b.iter(|| cluster.choose(&snap, None, black_box(client)))
+        b.iter(|| cluster.choose(&snap, None, None, black_box(client)))
+    });
+    // A cookieless socket.io client whose session the gate learned: the sid lookup decides.
+    cluster.sids.learn(
+        "lv_VI97HAXpY6yYWAAAC",
+        Arc::from("127.0.0.1:4002"),
+        bpgate::cluster::unix_now(),
+    );
+    g.bench_function("choose_by_sid", |b| {
+        b.iter(|| cluster.choose(&snap, None, Some(black_box("lv_VI97HAXpY6yYWAAAC")), client))
+    });
+    g.bench_function("choose_load_fallback", |b| {
+        let (load, snap) = cluster_with(false);
+        b.iter(|| load.choose(&snap, None, None, black_box(client)))
+    });
+    // Reading the session id from an EIO 4 handshake answer (once per polling handshake).
+    let open = br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+    g.bench_function("parse_handshake_eio4", |b| {
+        b.iter(|| bpgate::cluster::sid::parse_handshake(black_box(open)))
     });
     g.bench_function("cookie_value_issue", |b| {
         b.iter(|| cluster.cookie_value(&snap, &snap.nodes[1]))
@@ -395,7 +435,6 @@ fn forwarding(c: &mut Criterion) {
     let prefix = HeaderValue::from_static("/botpress");
     let peer: IpAddr = "198.51.100.23".parse().expect("ip");
     let cx = ForwardingContext {
-        peer,
         peer_trusted: false,
         client: peer,
         port: &port,
@@ -416,7 +455,6 @@ fn forwarding(c: &mut Criterion) {
     ]);
     let lb: IpAddr = "10.0.0.5".parse().expect("ip");
     let trusted_cx = ForwardingContext {
-        peer: lb,
         peer_trusted: true,
         client: "203.0.113.7".parse().expect("ip"),
         port: &port,
@@ -450,25 +488,61 @@ fn forwarding(c: &mut Criterion) {
 fn jwt_resolve(c: &mut Criterion) {
     let mut g = c.benchmark_group("jwt");
     let users = UserResolver::new(Some(JWT_SECRET));
+    let cookie_users =
+        UserResolver::new(Some(JWT_SECRET)).with_jwt_source(config::JwtSource::Cookie);
     let token = jwt("admin@example.com");
+    let path = "/api/v1/bots/welcome-bot/mod/qna/questions";
     let bearer = browser_headers(&[("authorization", &format!("Bearer {token}"))]);
-    let cookie = browser_headers(&[(
-        "cookie",
-        &format!("_ga=GA1.1.1234567890.1700000000; jwtToken={token}; lang=en"),
-    )]);
+    // Cookie mode: Botpress's cookie token carries csrfToken; the UI sends it back in CSRF-Token.
+    let csrf_token = jwt_csrf("admin@example.com", "n1Qd0cRfTx");
+    let cookie = browser_headers(&[
+        (
+            "cookie",
+            &format!("_ga=GA1.1.1234567890.1700000000; jwtToken={csrf_token}; lang=en"),
+        ),
+        ("csrf-token", "n1Qd0cRfTx"),
+    ]);
     let none = browser_headers(&[("cookie", "_ga=GA1.1.1234567890.1700000000; lang=en")]);
-    assert_eq!(users.resolve(&bearer).source, Some("jwt"));
-    assert_eq!(users.resolve(&cookie).source, Some("jwt"));
+    assert_eq!(
+        users.resolve(path, &bearer).source,
+        Some(audit::UserSource::Jwt)
+    );
+    assert_eq!(
+        cookie_users.resolve(path, &cookie).source,
+        Some(audit::UserSource::Jwt)
+    );
     g.bench_function("bearer_valid", |b| {
-        b.iter(|| users.resolve(black_box(&bearer)))
+        b.iter(|| users.resolve(black_box(path), black_box(&bearer)))
     });
     g.bench_function("cookie_valid", |b| {
-        b.iter(|| users.resolve(black_box(&cookie)))
+        b.iter(|| cookie_users.resolve(black_box(path), black_box(&cookie)))
     });
-    g.bench_function("no_token", |b| b.iter(|| users.resolve(black_box(&none))));
+    g.bench_function("no_token", |b| {
+        b.iter(|| users.resolve(black_box(path), black_box(&none)))
+    });
+    g.bench_function("cookie_mode_no_token", |b| {
+        b.iter(|| cookie_users.resolve(black_box(path), black_box(&none)))
+    });
     let unverified = UserResolver::new(None);
     g.bench_function("bearer_no_secret", |b| {
-        b.iter(|| unverified.resolve(black_box(&bearer)))
+        b.iter(|| unverified.resolve(black_box(path), black_box(&bearer)))
+    });
+    // The end-user lookups every request pays: external auth configured, nothing to find.
+    let ext = config::ExternalAuth::default();
+    let with_ext = UserResolver::new(Some(JWT_SECRET))
+        .with_base_path("/botpress")
+        .with_external_auth(
+            &ext,
+            &config::ExternalKey::Hmac(b"end-user-secret".to_vec()),
+        );
+    let plain = "/botpress/api/v1/bots/welcome-bot/mod/channel-web/messages";
+    assert!(with_ext.end_user(plain, &none).is_none());
+    g.bench_function("end_user_none", |b| {
+        b.iter(|| with_ext.end_user(black_box(plain), black_box(&none)))
+    });
+    let converse = "/botpress/api/v1/bots/welcome-bot/converse/user-42";
+    g.bench_function("end_user_converse", |b| {
+        b.iter(|| with_ext.end_user(black_box(converse), black_box(&none)))
     });
     g.finish();
 }
@@ -481,10 +555,16 @@ fn audit_encode(c: &mut Criterion) {
     r.request_id = Some(HeaderValue::from_static(
         "0193a5c2-7f1e-7cc0-9a4e-5f3b2d1c0a99",
     ));
-    r.user = UserResolver::new(Some(JWT_SECRET)).resolve(&browser_headers(&[(
-        "authorization",
-        &format!("Bearer {}", jwt("admin@example.com")),
-    )]));
+    let users = UserResolver::new(Some(JWT_SECRET));
+    let path = "/api/v1/bots/welcome-bot/converse/user-42";
+    r.user = users.resolve(
+        path,
+        &browser_headers(&[(
+            "authorization",
+            &format!("Bearer {}", jwt("admin@example.com")),
+        )]),
+    );
+    r.end_user = users.end_user(path, &HeaderMap::new());
     r.method = Some(Method::POST);
     r.host = headers.get("host").cloned();
     r.uri = Some(
@@ -551,7 +631,7 @@ fn stack(c: &mut Criterion) {
     let svc = tower::ServiceBuilder::new()
         .layer(AuditLayer::new(AuditContext {
             sink: Some(sink),
-            users: UserResolver::new(Some(cfg.audit.jwt_secret.expose())),
+            users: Arc::new(UserResolver::from_config(&loaded)),
             counters: Default::default(),
         }))
         .layer(SecurityHeadersLayer::new(SecurityHeaders::new(

@@ -19,6 +19,39 @@ pub const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
 
+/// Why a TLS handshake failed (`bpgate_tls_handshake_failures_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not finished within `tls.handshake_timeout`.
+    Timeout = 0,
+    /// The connection closed or failed before the handshake finished.
+    Eof = 1,
+    /// Not TLS, or malformed TLS (plain HTTP to the HTTPS port, scanners).
+    Protocol = 2,
+    /// No protocol version, cipher suite or ALPN protocol in common (old clients).
+    Incompatible = 3,
+    /// The client refused bpgate's certificate (a certificate alert: unknown CA, expired, bad).
+    CertificateRejected = 4,
+    /// Closed unfinished to make room for a new client at `limits.max_connections`.
+    Evicted = 5,
+}
+
+/// The `reason` label values, indexed by [`HandshakeFailure`].
+pub const HANDSHAKE_FAILURES: [&str; 6] = [
+    "timeout",
+    "eof",
+    "protocol",
+    "incompatible",
+    "certificate_rejected",
+    "evicted",
+];
+
+impl ConnCounters {
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Everything counted, shared by `Arc`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -33,10 +66,8 @@ pub struct ConnCounters {
     pub h1: AtomicUsize,
     pub h2: AtomicUsize,
     pub handshakes: AtomicU64,
-    pub handshake_timeout: AtomicU64,
-    pub handshake_eof: AtomicU64,
-    pub handshake_protocol: AtomicU64,
-    pub handshake_other: AtomicU64,
+    /// Failed handshakes, indexed by [`HandshakeFailure`].
+    pub handshake_failures: [AtomicU64; HANDSHAKE_FAILURES.len()],
     /// Requests received (all protocols), counted at the edge.
     pub requests: AtomicU64,
 }

@@ -23,7 +23,8 @@
 //! - [`counters`]: the hot path's atomics; imports nothing of the crate.
 //! - [`tls`]: certificates, the development certificate, the rustls configuration.
 //! - [`proxy`]: forwarding headers, the connection pool, tunnels (the innermost layer).
-//! - [`cluster`]: nodes, health checks, sticky cookie, node selection (a layer).
+//! - [`cluster`]: nodes, health checks, sticky cookie, engine.io session map, node selection (a
+//!   layer).
 //! - [`audit`], [`headers`], [`cors`], [`base_path`]: the other layers, outermost first.
 //! - [`stack`]: stacks the layers into the pipeline.
 //! - [`generation`]: the assembly: configuration values become runtime values, one
@@ -32,7 +33,8 @@
 //!   ([`reload::RestartOnly`]), the one `ArcSwap` of the generation in service, typed reports.
 //! - [`server`]: roles wired by [`server::Gateway`]: accept loop, connection edge, redirect
 //!   listener, certificate watcher; graceful shutdown.
-//! - [`admin`], [`metrics`]: the admin listener and `GET /metrics`, reading shared state through
+//! - [`admin`], [`metrics`]: the admin listener (its access control and status page) and
+//!   `GET /metrics`, reading shared state through
 //!   [`reload::Generations`]. [`posture`]: `bpgate check` and `bpgate diag`.
 //!   [`audit::query`]: `bpgate audit tail|summary`, the reader of the trail.
 #![forbid(unsafe_code)]

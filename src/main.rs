@@ -99,7 +99,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Config => {
             println!("# effective configuration (file {}, environment and flags applied; secrets redacted)", cli.config.display());
-            print!("{}", loaded.config.redacted_toml());
+            for w in &loaded.derived.warnings {
+                eprintln!("bpgate: warning: {w}");
+            }
+            print!("{}", loaded.redacted_toml());
             ExitCode::SUCCESS
         }
         Command::Run => run(loaded, overrides),

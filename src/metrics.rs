@@ -12,18 +12,22 @@
 //! as OpenMetrics.
 //!
 //! Label cardinality is bounded by the configuration: the only open-ended label is `node`,
-//! whose values are the configured node names. No paths, client addresses or users.
+//! whose values are the configured node names. No paths, client addresses or users. Every
+//! family's samples come in a fixed order (nodes in configuration order, label values in the
+//! order the README lists them), with their labels in a fixed order, so two scrapes diff
+//! cleanly; every label combination is present from the first scrape, at 0.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::counters::{CLASSES, DURATION_BUCKETS, METHODS};
+use crate::counters::{CLASSES, DURATION_BUCKETS, HANDSHAKE_FAILURES, METHODS};
 use crate::reload::Generations;
 
 /// A histogram whose bucket counts were read from atomics at scrape time.
@@ -92,6 +96,19 @@ pub struct AuditInput {
     pub queue_depth: i64,
 }
 
+/// The engine.io session-id map's size and counters (`cluster::SidMap`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SidInput {
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub learned: u64,
+    pub unparsed: u64,
+    pub evicted_idle: u64,
+    pub evicted_capacity: u64,
+    pub evicted_unknown: u64,
+}
+
 /// Everything one scrape reports, read from the gateway's atomics (plain data, so the
 /// rendering is testable without a running gateway).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -100,16 +117,19 @@ pub struct MetricsInput {
     pub connections_h1: u64,
     pub connections_h2: u64,
     pub handshakes: u64,
-    pub handshake_timeout: u64,
-    pub handshake_eof: u64,
-    pub handshake_protocol: u64,
-    pub handshake_other: u64,
+    /// Failed handshakes by reason, in the order of [`HANDSHAKE_FAILURES`].
+    pub handshake_failures: [u64; HANDSHAKE_FAILURES.len()],
     pub nodes: Vec<NodeInput>,
+    /// Panic mode: every node fails its checks and all are routed to anyway.
+    pub upstream_panic: bool,
     pub sticky_hit: u64,
     pub sticky_new: u64,
     pub sticky_failover: u64,
     pub sticky_forged: u64,
     pub sticky_expired: u64,
+    pub sticky_sid: u64,
+    /// The engine.io session-id map.
+    pub sid: SidInput,
     /// `None` when the audit trail is disabled: the audit families are then left out.
     pub audit: Option<AuditInput>,
     /// The serving certificate's `notAfter`, unix seconds.
@@ -165,10 +185,7 @@ impl MetricsInput {
         let mut requests_by = Vec::new();
         for (c, row) in rm.by_class_method.iter().enumerate() {
             for (m, v) in row.iter().enumerate() {
-                let v = load(v);
-                if v > 0 {
-                    requests_by.push((CLASSES[c], METHODS[m], v));
-                }
+                requests_by.push((CLASSES[c], METHODS[m], load(v)));
             }
         }
         let mut node_classes = Vec::new();
@@ -183,16 +200,29 @@ impl MetricsInput {
             connections_h1: s.h1.load(Ordering::Relaxed) as u64,
             connections_h2: s.h2.load(Ordering::Relaxed) as u64,
             handshakes: load(&s.handshakes),
-            handshake_timeout: load(&s.handshake_timeout),
-            handshake_eof: load(&s.handshake_eof),
-            handshake_protocol: load(&s.handshake_protocol),
-            handshake_other: load(&s.handshake_other),
+            handshake_failures: std::array::from_fn(|i| load(&s.handshake_failures[i])),
             nodes,
+            upstream_panic: current.nodes.panic(),
             sticky_hit: load(&sticky.hit),
             sticky_new: load(&sticky.new),
             sticky_failover: load(&sticky.failover),
             sticky_forged: load(&sticky.forged),
             sticky_expired: load(&sticky.expired),
+            sticky_sid: load(&sticky.sid),
+            sid: {
+                let m = &shared.cluster.sids;
+                let st = &m.stats;
+                SidInput {
+                    entries: m.len() as u64,
+                    hits: load(&st.hits),
+                    misses: load(&st.misses),
+                    learned: load(&st.learned),
+                    unparsed: load(&st.unparsed),
+                    evicted_idle: load(&st.evicted_idle),
+                    evicted_capacity: load(&st.evicted_capacity),
+                    evicted_unknown: load(&st.evicted_unknown),
+                }
+            },
             requests_by,
             node_classes,
             duration: hist(ConstHistogram::from(&rm.duration, &rm.duration_sum_us)),
@@ -242,20 +272,43 @@ fn escape_label_value(v: &str) -> String {
     out
 }
 
-fn counter_family(pairs: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, Counter> {
-    let f = Family::<Labels, Counter>::default();
-    for (l, v) in pairs {
-        f.get_or_create(&l).inc_by(v);
-    }
-    f
+/// A family whose samples are encoded in the order given (`prometheus-client`'s `Family` keeps
+/// a hash map, so its order changes from scrape to scrape).
+#[derive(Debug)]
+struct Ordered<M>(Vec<(Labels, M)>);
+
+impl<M: TypedMetric> TypedMetric for Ordered<M> {
+    const TYPE: MetricType = M::TYPE;
 }
 
-fn gauge_family(pairs: impl IntoIterator<Item = (Labels, i64)>) -> Family<Labels, Gauge> {
-    let f = Family::<Labels, Gauge>::default();
-    for (l, v) in pairs {
-        f.get_or_create(&l).set(v);
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for Ordered<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, m) in &self.0 {
+            m.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
     }
-    f
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+fn counter_family(pairs: impl IntoIterator<Item = (Labels, u64)>) -> Ordered<ConstCounter<u64>> {
+    Ordered(
+        pairs
+            .into_iter()
+            .map(|(l, v)| (l, ConstCounter::new(v)))
+            .collect(),
+    )
+}
+
+fn gauge_family(pairs: impl IntoIterator<Item = (Labels, i64)>) -> Ordered<ConstGauge<i64>> {
+    Ordered(
+        pairs
+            .into_iter()
+            .map(|(l, v)| (l, ConstGauge::new(v)))
+            .collect(),
+    )
 }
 
 fn clamp_i64(v: u64) -> i64 {
@@ -280,32 +333,28 @@ pub fn render_from(m: &MetricsInput) -> String {
             (label("protocol", "tunnel"), clamp_i64(m.tunnels_open)),
         ]),
     );
-    let by = Family::<Vec<(&'static str, String)>, Counter>::default();
-    for (class, method, v) in &m.requests_by {
-        by.get_or_create(&vec![
-            ("class", class.to_string()),
-            ("method", method.to_string()),
-        ])
-        .inc_by(*v);
-    }
     r.register(
         "responses",
         "Finished exchanges by status class and method",
-        by,
+        counter_family(m.requests_by.iter().map(|(class, method, v)| {
+            (
+                vec![("class", class.to_string()), ("method", method.to_string())],
+                *v,
+            )
+        })),
     );
-    let by_node = Family::<Vec<(&'static str, String)>, Counter>::default();
-    for (node, class, v) in &m.node_classes {
-        by_node
-            .get_or_create(&vec![
-                ("node", escape_label_value(node)),
-                ("class", class.to_string()),
-            ])
-            .inc_by(*v);
-    }
     r.register(
         "upstream_responses",
         "Responses by node and status class (bpgate's own errors included)",
-        by_node,
+        counter_family(m.node_classes.iter().map(|(node, class, v)| {
+            (
+                vec![
+                    ("node", escape_label_value(node)),
+                    ("class", class.to_string()),
+                ],
+                *v,
+            )
+        })),
     );
     r.register_with_unit(
         "request_duration",
@@ -363,12 +412,12 @@ pub fn render_from(m: &MetricsInput) -> String {
     r.register(
         "tls_handshake_failures",
         "Failed TLS handshakes by reason",
-        counter_family([
-            (label("reason", "timeout"), m.handshake_timeout),
-            (label("reason", "eof"), m.handshake_eof),
-            (label("reason", "protocol"), m.handshake_protocol),
-            (label("reason", "other"), m.handshake_other),
-        ]),
+        counter_family(
+            HANDSHAKE_FAILURES
+                .iter()
+                .zip(m.handshake_failures)
+                .map(|(reason, v)| (label("reason", reason), v)),
+        ),
     );
 
     let node = |f: fn(&NodeInput) -> i64| {
@@ -386,6 +435,11 @@ pub fn render_from(m: &MetricsInput) -> String {
         "upstream_draining",
         "1 when the node is drained (no new sessions), else 0",
         node(|n| i64::from(n.draining)),
+    );
+    r.register(
+        "upstream_panic",
+        "1 in panic mode: every node fails its health checks and bpgate routes to all that are not drained anyway",
+        ConstGauge::new(i64::from(m.upstream_panic)),
     );
     r.register(
         "upstream_in_flight",
@@ -412,10 +466,41 @@ pub fn render_from(m: &MetricsInput) -> String {
         "Node selections by sticky-cookie outcome",
         counter_family([
             (label("outcome", "hit"), m.sticky_hit),
+            (label("outcome", "sid"), m.sticky_sid),
             (label("outcome", "new"), m.sticky_new),
             (label("outcome", "failover"), m.sticky_failover),
             (label("outcome", "forged"), m.sticky_forged),
             (label("outcome", "expired"), m.sticky_expired),
+        ]),
+    );
+    r.register(
+        "sticky_sid_entries",
+        "engine.io session ids known (learned from handshake answers)",
+        ConstGauge::new(clamp_i64(m.sid.entries)),
+    );
+    r.register(
+        "sticky_sid_lookups",
+        "Requests carrying an engine.io sid, by whether the map named a live node",
+        counter_family([
+            (label("result", "hit"), m.sid.hits),
+            (label("result", "miss"), m.sid.misses),
+        ]),
+    );
+    r.register(
+        "sticky_sid_handshakes",
+        "Polling handshake answers, by whether their session id was learned",
+        counter_family([
+            (label("result", "learned"), m.sid.learned),
+            (label("result", "unparsed"), m.sid.unparsed),
+        ]),
+    );
+    r.register(
+        "sticky_sid_evictions",
+        "Session ids dropped from the map, by reason",
+        counter_family([
+            (label("reason", "idle"), m.sid.evicted_idle),
+            (label("reason", "capacity"), m.sid.evicted_capacity),
+            (label("reason", "unknown"), m.sid.evicted_unknown),
         ]),
     );
     if let Some(a) = &m.audit {

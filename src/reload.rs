@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 
 use crate::cluster;
 use crate::config::{
-    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Durability, Forwarding, Headers, Health,
-    JwtSource, Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky,
-    Tls, Upstream,
+    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Durability, ExternalAuth, Forwarding,
+    Headers, Health, JwtSource, Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation,
+    RouteConfig, Secret, Shutdown, Sticky, Tls, Upstream,
 };
 use crate::generation::{Generation, Shared};
 use crate::tls::{self, TlsError};
@@ -27,6 +27,7 @@ use crate::tls::{self, TlsError};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Live {
     pub upstream: Upstream,
+    pub routes: Vec<RouteConfig>,
     pub forwarding: Forwarding,
     pub cors: Cors,
     pub headers: Headers,
@@ -59,7 +60,8 @@ pub struct RestartOnly {
     pub admin: Admin,
 }
 
-/// The part of `[audit]` that needs a restart (the writer and the user resolver).
+/// The part of `[audit]` that needs a restart (the writer and the user resolver, which Botpress
+/// also builds once: its external-auth settings are memoized until it restarts).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RestartAudit {
     pub enabled: bool,
@@ -71,6 +73,7 @@ pub struct RestartAudit {
     pub on_failure: OnFailure,
     pub jwt_secret: Secret,
     pub jwt_source: JwtSource,
+    pub external_auth: ExternalAuth,
     pub queue: usize,
     #[serde(with = "humantime_serde")]
     pub flush_interval: std::time::Duration,
@@ -106,6 +109,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         health,
         audit,
         admin,
+        routes,
     } = c;
     let config::Audit {
         enabled,
@@ -118,6 +122,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         redact_query,
         jwt_secret,
         jwt_source,
+        external_auth,
         queue,
         flush_interval,
         durability,
@@ -125,6 +130,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
     (
         Live {
             upstream,
+            routes,
             forwarding,
             cors,
             headers,
@@ -152,6 +158,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
                 on_failure,
                 jwt_secret,
                 jwt_source,
+                external_auth,
                 queue,
                 flush_interval,
                 durability,
@@ -165,6 +172,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
 pub fn join(live: Live, restart: RestartOnly) -> config::Config {
     let Live {
         upstream,
+        routes,
         forwarding,
         cors,
         headers,
@@ -193,6 +201,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
                 on_failure,
                 jwt_secret,
                 jwt_source,
+                external_auth,
                 queue,
                 flush_interval,
                 durability,
@@ -226,11 +235,13 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
             redact_query,
             jwt_secret,
             jwt_source,
+            external_auth,
             queue,
             flush_interval,
             durability,
         },
         admin,
+        routes,
     }
 }
 
@@ -430,6 +441,9 @@ impl Generations {
                 }
             }
             Ok((loaded, applied, restart_required)) => {
+                for w in &loaded.derived.warnings {
+                    tracing::warn!("{w}");
+                }
                 counters
                     .config_ok
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -692,6 +692,11 @@ fn embedded_config_validates_with_the_deployment_env() {
         .unwrap();
     assert!(loaded.config.shutdown.drain_timeout.as_secs() < grace);
     assert!(loaded.config.audit.enabled);
+    // The admin listener binds the pod's network: production mode needs the token the
+    // Deployment passes (BPGATE_ADMIN_TOKEN from bpgate-secrets), or it refuses to start.
+    let admin = bpgate::posture::check::admin_api(&loaded);
+    assert_eq!(admin.status, bpgate::posture::Status::Pass, "{admin:?}");
+    assert!(!loaded.config.admin.token.is_empty());
 }
 
 /// `Key=Value` lines of a unit file (all values of repeated keys).

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod architecture;
 mod audit;
 mod audit_cli;
@@ -12,6 +13,14 @@ mod cli;
 mod cluster;
 mod cors_base_path;
 mod deploy;
+mod edge;
 mod gateway;
+mod health;
+mod identity;
+mod metrics;
 mod operability;
 mod posture;
+mod reload;
+mod retry;
+mod routes;
+mod sticky;

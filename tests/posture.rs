@@ -727,6 +727,23 @@ fn each_broken_item_is_reported() {
             Status::Pass,
         ),
         (
+            "cookieless polling clients unrouted",
+            |fx| {
+                fx.gate("sticky.sid_map_max_entries", 0.into());
+            },
+            item::STICKY,
+            Status::Warn,
+        ),
+        (
+            "sid map off, client-ip fallback",
+            |fx| {
+                fx.gate("sticky.sid_map_max_entries", 0.into())
+                    .gate("sticky.fallback", "client-ip".into());
+            },
+            item::STICKY,
+            Status::Pass,
+        ),
+        (
             "sticky off, default transports",
             |fx| {
                 fx.gate("sticky.enabled", false.into())
@@ -1212,6 +1229,46 @@ fn production_failures_cover_what_bpgate_owns() {
         toml::Value::Array(vec!["http://127.0.0.1:3001".into()]),
     );
     assert!(items(&f, &good).is_empty());
+
+    // An admin listener off loopback needs a token.
+    let mut f = Fx::compliant();
+    f.gate("listen.admin", "0.0.0.0:9901".into());
+    assert_eq!(items(&f, &good), vec![item::ADMIN_API]);
+    f.gate("admin.token", "0123456789abcdef0123456789abcdef".into());
+    assert!(items(&f, &good).is_empty());
+    let mut f = Fx::compliant();
+    f.gate("listen.admin", "[::1]:9901".into());
+    assert!(items(&f, &good).is_empty(), "::1 is loopback");
+}
+
+#[test]
+fn admin_api_item_loopback_token_and_short_token() {
+    let find = |fx: &Fx| {
+        fx.check()
+            .into_iter()
+            .find(|f| f.item == item::ADMIN_API)
+            .unwrap()
+    };
+    let fx = Fx::compliant();
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Pass, "{f:?}");
+    assert!(f.evidence.contains("loopback"), "{f:?}");
+
+    let mut fx = Fx::compliant();
+    fx.gate("listen.admin", "0.0.0.0:9901".into());
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Fail, "{f:?}");
+    assert!(f.fix.contains("BPGATE_ADMIN_TOKEN"), "{f:?}");
+
+    fx.gate("admin.token", "short".into());
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Warn, "{f:?}");
+    assert!(f.evidence.contains("5 characters"), "{f:?}");
+
+    fx.gate("admin.token", "0123456789abcdef0123456789abcdef".into());
+    let f = find(&fx);
+    assert_eq!(f.status, Status::Pass, "{f:?}");
+    assert!(f.evidence.contains("not loopback"), "{f:?}");
 }
 
 // === diag ===
@@ -1607,6 +1664,64 @@ fn check_evidence_for_cors_audit_identity_and_strip() {
         "{b:?}"
     );
     assert!(b.fix.contains("preserve"), "{b:?}");
+}
+
+#[test]
+fn check_compares_external_auth_with_botpress() {
+    let secret = "e".repeat(40) + &"x".repeat(100);
+    let botpress = serde_json::json!({
+        "enabled": true, "algorithms": ["HS256"], "issuer": "shop", "audience": "webchat",
+        "publicKey": secret
+    });
+    let with = |gate: &[(&str, toml::Value)], bp: Option<Value>| {
+        let mut fx = Fx::compliant();
+        fx.cfg("pro.externalAuth", bp);
+        for (k, v) in gate {
+            fx.gate(k, v.clone());
+        }
+        let f = fx.check();
+        let a = finding(&f, item::AUDIT_IDENTITY).clone();
+        (a, posture::render_json(&f))
+    };
+    let same = [
+        (
+            "audit.external_auth.public_key",
+            toml::Value::from(secret.as_str()),
+        ),
+        ("audit.external_auth.issuer", "shop".into()),
+        ("audit.external_auth.audience", "webchat".into()),
+    ];
+    let (a, all) = with(&same, Some(botpress.clone()));
+    assert_eq!(a.status, Status::Pass, "{a:?}");
+    assert!(
+        a.evidence.contains("matches Botpress's pro.externalAuth"),
+        "{a:?}"
+    );
+    assert!(!all.contains(&secret), "the key was printed");
+
+    let mut other = same.clone();
+    other[2].1 = "everyone".into();
+    other[0].1 = ("o".repeat(140)).into();
+    let (a, all) = with(&other, Some(botpress.clone()));
+    assert_eq!(a.status, Status::Fail, "{a:?}");
+    assert!(
+        a.evidence.contains("audience") && a.evidence.contains("key differs"),
+        "{a:?}"
+    );
+    assert!(!all.contains(&secret) && !all.contains(&"o".repeat(140)));
+
+    // Botpress verifies end users, bpgate does not: a warning.
+    let (a, _) = with(&[], Some(botpress.clone()));
+    assert_eq!(a.status, Status::Warn, "{a:?}");
+    assert!(a.fix.contains("[audit.external_auth]"), "{a:?}");
+    // bpgate verifies, Botpress does not.
+    let (a, _) = with(&same, None);
+    assert_eq!(a.status, Status::Warn, "{a:?}");
+    // An inline publicKey under 128 characters turns Botpress's external auth off.
+    let mut short = botpress.clone();
+    short["publicKey"] = "short-secret".into();
+    let (a, _) = with(&same, Some(short));
+    assert!(a.evidence.contains("shorter than 128"), "{a:?}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
 pub use record::{encode, now_ms, redact_query, Event, Record};
-pub use user::{visitor_id, UserInfo, UserResolver};
+pub use user::{visitor_id, EndUser, EndUserSource, UserInfo, UserKind, UserResolver, UserSource};
 pub use writer::{
     system_clock, AuditError, AuditGuard, AuditSink, AuditStats, Clock, WriterSettings,
     CURRENT_FILE, STALL,
@@ -38,7 +38,8 @@ use crate::proxy::{TunnelHook, TunnelReport, X_REQUEST_ID};
 pub struct AuditContext {
     /// `None` when `audit.enabled = false`.
     pub sink: Option<AuditSink>,
-    pub users: UserResolver,
+    /// Built once at start (its settings are restart-only).
+    pub users: Arc<UserResolver>,
     /// Per-request counters, recorded at the same moment as the line.
     pub counters: Arc<Counters>,
 }
@@ -119,12 +120,15 @@ where
                 self.cx.counters.clone(),
             ))
         }));
+        let edge_refusal = guard.0.as_ref().and_then(|p| p.exchange.refusal);
         let refusal =
             |id: Option<&HeaderValue>| exchange::ready(Refusal::AuditUnavailable.response(id));
-        let start = match &sink {
+        let start = match (&sink, edge_refusal) {
+            // The connection edge refused it (ambiguous framing, Host against :authority).
+            (_, Some(r)) => Start::Now(exchange::ready(r.response(id.as_ref()))),
             // Fail closed: while the trail cannot be written, nothing goes unaudited.
-            Some(s) if s.has_room() && s.refusing() => Start::Now(refusal(id.as_ref())),
-            Some(s) if !s.has_room() => {
+            (Some(s), None) if s.has_room() && s.refusing() => Start::Now(refusal(id.as_ref())),
+            (Some(s), None) if !s.has_room() => {
                 let mut inner = self.inner.clone();
                 Start::AfterRoom(s.clone(), id.clone(), Box::new(move || inner.call(req)))
             }
@@ -252,7 +256,9 @@ impl Pending {
             request_id: Some(x.id.clone()),
             client_ip: x.client_ip,
             peer_ip: crate::proxy::canonical(x.conn.peer.ip()),
-            user: users.resolve(h),
+            forwarded_for: crate::proxy::received_chain(h),
+            user: users.resolve(req.uri().path(), h),
+            end_user: users.end_user(req.uri().path(), h),
             visitor_id: visitor_id(req.uri().path(), req.uri().query()),
             method: Some(req.method().clone()),
             host,

@@ -199,6 +199,23 @@ pub mod duration {
     }
 }
 
+/// Optional durations, in the same forms as [`duration`].
+pub mod opt_duration {
+    use super::*;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// Optional strings where an empty string (e.g. `EXTERNAL_URL=`) means unset.
 pub mod opt_string {
     use super::*;
@@ -233,5 +250,26 @@ pub mod opt_addr {
 
     pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&v.map(|a| a.to_string()).unwrap_or_default())
+    }
+}
+
+/// Optional paths where an empty string means unset.
+pub mod opt_path {
+    use super::*;
+    use std::path::PathBuf;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        Ok(s.map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(
+            &v.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )
     }
 }

@@ -103,10 +103,7 @@ fn sample_input() -> MetricsInput {
         connections_h1: 3,
         connections_h2: 1,
         handshakes: 40,
-        handshake_timeout: 1,
-        handshake_eof: 2,
-        handshake_protocol: 3,
-        handshake_other: 4,
+        handshake_failures: [1, 2, 3, 4, 5, 6],
         nodes: vec![
             NodeInput {
                 name: "botpress-0".into(),
@@ -127,11 +124,23 @@ fn sample_input() -> MetricsInput {
                 requests: 12,
             },
         ],
+        upstream_panic: true,
         sticky_hit: 10,
         sticky_new: 5,
         sticky_failover: 1,
         sticky_forged: 2,
         sticky_expired: 3,
+        sticky_sid: 4,
+        sid: SidInput {
+            entries: 9,
+            hits: 8,
+            misses: 7,
+            learned: 6,
+            unparsed: 5,
+            evicted_idle: 4,
+            evicted_capacity: 3,
+            evicted_unknown: 2,
+        },
         audit: Some(AuditInput {
             lines: 41,
             write_errors: 0,
@@ -156,7 +165,9 @@ fn render_is_parseable_and_complete() {
         ("timeout", 1.0),
         ("eof", 2.0),
         ("protocol", 3.0),
-        ("other", 4.0),
+        ("incompatible", 4.0),
+        ("certificate_rejected", 5.0),
+        ("evicted", 6.0),
     ] {
         assert_eq!(
             value(
@@ -172,6 +183,7 @@ fn render_is_parseable_and_complete() {
     assert_eq!(value(&s, "bpgate_upstream_healthy", &n0), 1.0);
     assert_eq!(value(&s, "bpgate_upstream_healthy", &n1), 0.0);
     assert_eq!(value(&s, "bpgate_upstream_draining", &n1), 1.0);
+    assert_eq!(value(&s, "bpgate_upstream_panic", &[]), 1.0);
     assert_eq!(value(&s, "bpgate_upstream_in_flight", &n0), 2.0);
     assert_eq!(value(&s, "bpgate_upstream_ejections_total", &n1), 5.0);
     assert_eq!(
@@ -185,8 +197,37 @@ fn render_is_parseable_and_complete() {
         ("failover", 1.0),
         ("forged", 2.0),
         ("expired", 3.0),
+        ("sid", 4.0),
     ] {
         assert_eq!(value(&s, "bpgate_sticky_total", &[("outcome", o)]), v);
+    }
+    assert_eq!(value(&s, "bpgate_sticky_sid_entries", &[]), 9.0);
+    for (name, l, v) in [
+        ("bpgate_sticky_sid_lookups_total", ("result", "hit"), 8.0),
+        ("bpgate_sticky_sid_lookups_total", ("result", "miss"), 7.0),
+        (
+            "bpgate_sticky_sid_handshakes_total",
+            ("result", "learned"),
+            6.0,
+        ),
+        (
+            "bpgate_sticky_sid_handshakes_total",
+            ("result", "unparsed"),
+            5.0,
+        ),
+        ("bpgate_sticky_sid_evictions_total", ("reason", "idle"), 4.0),
+        (
+            "bpgate_sticky_sid_evictions_total",
+            ("reason", "capacity"),
+            3.0,
+        ),
+        (
+            "bpgate_sticky_sid_evictions_total",
+            ("reason", "unknown"),
+            2.0,
+        ),
+    ] {
+        assert_eq!(value(&s, name, &[l]), v, "{name} {l:?}");
     }
     assert_eq!(value(&s, "bpgate_audit_lines_total", &[]), 41.0);
     assert_eq!(value(&s, "bpgate_audit_write_errors_total", &[]), 0.0);
@@ -207,9 +248,10 @@ fn audit_disabled_and_no_nodes_still_parse() {
     let text = render_from(&m);
     let s = parse(&text);
     assert!(!text.contains("bpgate_audit_"));
-    // Per-node families are empty; the node-independent timing histogram stays.
+    // Per-node families are empty; the node-independent timing histogram and panic gauge stay.
     assert!(s.iter().all(|(n, _, _)| !n.starts_with("bpgate_upstream_")
-        || n.starts_with("bpgate_upstream_response_time")));
+        || n.starts_with("bpgate_upstream_response_time")
+        || n == "bpgate_upstream_panic"));
     assert_eq!(value(&s, "bpgate_requests_total", &[]), 42.0);
 }
 
@@ -236,43 +278,48 @@ fn no_label_outside_the_bounded_set() {
     }
 }
 
-#[tokio::test]
-async fn renders_a_real_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = crate::tls::generate_self_signed(&["localhost"], "test").unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
-    let audit_dir = dir.path().join("audit");
-    let toml = format!(
-        "[tls]\ncert = {:?}\nkey = {:?}\n\n[upstream]\nurls = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]\n\n[audit]\ndir = {:?}\n",
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-        audit_dir.display().to_string(),
-    );
-    let cfg = dir.path().join("bpgate.toml");
-    std::fs::write(&cfg, toml).unwrap();
-    let loaded = crate::config::load(&cfg, &|_| None, &Default::default()).unwrap();
-    let gw = crate::server::Gateway::start(loaded).unwrap();
-    let shared = gw.shared();
-    shared
-        .counters
-        .connections
-        .requests
-        .fetch_add(3, Ordering::Relaxed);
-    shared.cluster.stats.new.fetch_add(2, Ordering::Relaxed);
-
-    let text = render(&gw.generations);
-    let s = parse(&text);
-    assert_eq!(value(&s, "bpgate_requests_total", &[]), 3.0);
-    assert_eq!(value(&s, "bpgate_sticky_total", &[("outcome", "new")]), 2.0);
-    let nodes: Vec<_> = s
+/// Two scrapes of the same values are byte for byte the same, samples come in configuration
+/// order, and every label combination is there at 0. (A real gateway under real traffic is
+/// rendered by the integration test `metrics::a_real_gateway_under_traffic`.)
+#[test]
+fn order_is_stable_and_complete() {
+    let mut m = sample_input();
+    m.requests_by = CLASSES
+        .iter()
+        .flat_map(|c| METHODS.iter().map(move |x| (*c, *x, 0)))
+        .collect();
+    m.node_classes = m
+        .nodes
+        .iter()
+        .flat_map(|n| CLASSES.iter().map(move |c| (n.name.clone(), *c, 1)))
+        .collect();
+    let a = render_from(&m);
+    for _ in 0..20 {
+        assert_eq!(render_from(&m), a);
+    }
+    let s = parse(&a);
+    let nodes: Vec<&str> = s
         .iter()
         .filter(|(n, _, _)| n == "bpgate_upstream_healthy")
+        .map(|(_, l, _)| l[0].1.as_str())
         .collect();
-    assert_eq!(nodes.len(), 2, "{text}");
-    assert!(value(&s, "bpgate_tls_certificate_expiry_timestamp_seconds", &[]) > 0.0);
-    assert!(text.contains("bpgate_audit_lines_total"));
-    gw.flush_audit();
+    assert_eq!(nodes, ["botpress-0", "we\"ird\\node"]);
+    let responses: Vec<(String, String)> = s
+        .iter()
+        .filter(|(n, _, _)| n == "bpgate_responses_total")
+        .map(|(_, l, _)| {
+            assert_eq!(l[0].0, "class");
+            assert_eq!(l[1].0, "method");
+            (l[0].1.clone(), l[1].1.clone())
+        })
+        .collect();
+    assert_eq!(responses.len(), 40);
+    assert_eq!(responses[0], ("1xx".to_string(), "GET".to_string()));
+    assert_eq!(responses[39], ("5xx".to_string(), "other".to_string()));
+    let reasons: Vec<&str> = s
+        .iter()
+        .filter(|(n, _, _)| n == "bpgate_tls_handshake_failures_total")
+        .map(|(_, l, _)| l[0].1.as_str())
+        .collect();
+    assert_eq!(reasons, HANDSHAKE_FAILURES);
 }

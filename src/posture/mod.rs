@@ -718,6 +718,10 @@ pub fn production_failures_at(loaded: &Loaded, cert: &CertInfo, now: i64) -> Vec
             fix: check::STRIP_FIX.into(),
         });
     }
+    let admin = check::admin_api(loaded);
+    if admin.status == Status::Fail {
+        out.push(admin);
+    }
     if loaded.derived.nodes.len() > 1 && c.sticky.enabled && c.sticky.secret.is_empty() {
         out.push(Finding {
             item: item::STICKY,
