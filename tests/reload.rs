@@ -737,6 +737,7 @@ fn restart_fragment(key: &str) -> &'static str {
         }
         "audit.queue" => "[audit]\nqueue = 2048",
         "audit.flush_interval" => "[audit]\nflush_interval = \"10ms\"",
+        "audit.durability" => "[audit]\ndurability = \"batched\"",
         "admin.token" => "[admin]\ntoken = \"a-new-admin-token-0123456789\"",
         "admin.drain_idle_after" => "[admin]\ndrain_idle_after = \"30s\"",
         other => panic!(
