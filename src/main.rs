@@ -98,8 +98,7 @@ fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Run) {
         Command::Config => {
-            println!("# effective configuration (file {}, environment and flags applied; secrets redacted)", cli.config.display());
-            print!("{}", loaded.config.redacted_toml());
+            print!("{}", describe(&loaded));
             ExitCode::SUCCESS
         }
         Command::Run => run(loaded, overrides),
@@ -128,8 +127,95 @@ fn main() -> ExitCode {
     }
 }
 
+/// `bpgate config`: where the settings come from, the effective settings (valid TOML, secrets
+/// redacted), and what bpgate derives from them, as comments.
+fn describe(loaded: &config::Loaded) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "# bpgate effective configuration (secrets redacted)");
+    for l in loaded.source_lines() {
+        let _ = writeln!(out, "# {l}");
+    }
+    for n in &loaded.notes {
+        let _ = writeln!(out, "# note: {}", n.text());
+    }
+    out.push('\n');
+    out.push_str(&loaded.config.redacted_toml());
+    let d = &loaded.derived;
+    let c = &loaded.config;
+    let _ = writeln!(out, "\n# derived values");
+    let _ = writeln!(
+        out,
+        "# public origin: {}",
+        d.public_origin
+            .as_deref()
+            .unwrap_or("none (external_url is unset)")
+    );
+    let _ = writeln!(
+        out,
+        "# base path: {} ({})",
+        if d.base_path.is_empty() { "/" } else { &d.base_path },
+        match c.base_path.mode {
+            config::BasePathMode::Preserve => "preserve",
+            config::BasePathMode::Strip => "strip",
+        }
+    );
+    let key = (!c.sticky.secret.is_empty())
+        .then(|| bpgate::cluster::sticky::StickyKey::new(c.sticky.secret.expose().as_bytes()));
+    let _ = writeln!(out, "# nodes: name = address, weight, sticky id");
+    for n in &d.nodes {
+        let id = match &key {
+            Some(k) => k.node_id(&n.name).iter().map(|b| format!("{b:02x}")).collect(),
+            None => "random at each start".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "#   {} = {}, weight {}, sticky id {id}",
+            n.name, n.authority, n.weight
+        );
+    }
+    if key.is_none() && c.sticky.enabled {
+        let _ = writeln!(
+            out,
+            "# sticky.secret is not set: a random one is generated at each start, so replicas and restarts do not agree on sticky cookies"
+        );
+    }
+    let _ = writeln!(out, "# workers: {}", d.workers);
+    out
+}
+
+/// Logs how the configuration was put together, once logging is set up.
+fn log_sources(loaded: &config::Loaded) {
+    // Without a file, where bpgate writes (certificate, audit trail) is a surprise worth a warning.
+    let missing = matches!(loaded.file, config::ConfigFile::Missing(_));
+    for l in loaded.source_lines() {
+        if missing {
+            tracing::warn!("{l}");
+        } else {
+            tracing::info!("{l}");
+        }
+    }
+    for n in &loaded.notes {
+        match n {
+            config::Note::Info(t) => tracing::info!("{t}"),
+            config::Note::Warn(t) => tracing::warn!("{t}"),
+        }
+    }
+}
+
+/// A fatal error, printed once: through the log (in its format) when it records errors,
+/// otherwise straight to stderr.
+fn fatal(message: &dyn std::fmt::Display) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("bpgate: {message}");
+    }
+}
+
 fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
     let _log_guard = init_logging(&loaded.config.log.filter, loaded.config.log.format);
+    log_sources(&loaded);
     let workers = loaded.derived.workers;
     let rt = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -144,7 +230,7 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("bpgate: cannot start the runtime: {e}");
+            fatal(&format_args!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -152,16 +238,14 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
         let gw = match bpgate::Gateway::start(loaded) {
             Ok(g) => g,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("bpgate: {e}");
+                fatal(&e);
                 return ExitCode::FAILURE;
             }
         };
         let listeners = match bpgate::Listeners::bind(&gw.current().config).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("bpgate: {e}");
+                fatal(&e);
                 gw.flush_audit();
                 return ExitCode::FAILURE;
             }

@@ -10,6 +10,7 @@ mod audit;
 mod audit_cli;
 mod cli;
 mod cluster;
+mod config_sources;
 mod cors_base_path;
 mod deploy;
 mod gateway;

@@ -118,7 +118,7 @@ impl Gateway {
             && tls::ensure_dev_cert(&c.tls.cert, &c.tls.key).map_err(StartError::DevCertificate)?
         {
             tracing::warn!(
-                cert = %c.tls.cert.display(),
+                cert = %crate::config::absolute(&c.tls.cert).display(),
                 "generated a self-signed DEVELOPMENT certificate for localhost; browsers will warn and production mode refuses it. Install a real certificate (certs/README.md)"
             );
         }

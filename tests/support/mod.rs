@@ -2,6 +2,8 @@
 //! bpgate itself started in-process on ephemeral ports, and TLS HTTP/1.1, HTTP/2 and WebSocket
 //! clients that trust the test CA.
 
+pub mod binary;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -487,7 +489,7 @@ impl Drop for Gate {
 
 // === clients ===
 
-fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+pub fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
