@@ -38,6 +38,9 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
+    /// The one-minute tour: the gateway in front of two stand-in Botpress nodes in this process,
+    /// with URLs to try and the audit trail followed in the terminal.
+    Demo,
     /// Validate the configuration and print the effective settings, secrets redacted.
     Config,
     /// Check a Botpress deployment against the production checklist (exit 1 when an item fails).
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(loaded, overrides),
+        Command::Demo => demo(loaded),
         Command::Audit(a) => {
             let origin = loaded
                 .origins
@@ -154,7 +158,11 @@ fn describe(loaded: &config::Loaded) -> String {
     let _ = writeln!(
         out,
         "# base path: {} ({})",
-        if d.base_path.is_empty() { "/" } else { &d.base_path },
+        if d.base_path.is_empty() {
+            "/"
+        } else {
+            &d.base_path
+        },
         match c.base_path.mode {
             config::BasePathMode::Preserve => "preserve",
             config::BasePathMode::Strip => "strip",
@@ -165,7 +173,11 @@ fn describe(loaded: &config::Loaded) -> String {
     let _ = writeln!(out, "# nodes: name = address, weight, sticky id");
     for n in &d.nodes {
         let id = match &key {
-            Some(k) => k.node_id(&n.name).iter().map(|b| format!("{b:02x}")).collect(),
+            Some(k) => k
+                .node_id(&n.name)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             None => "random at each start".to_string(),
         };
         let _ = writeln!(
@@ -213,11 +225,9 @@ fn fatal(message: &dyn std::fmt::Display) {
     }
 }
 
-fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
-    let _log_guard = init_logging(&loaded.config.log.filter, loaded.config.log.format);
-    log_sources(&loaded);
-    let workers = loaded.derived.workers;
-    let rt = if workers == 1 {
+/// The runtime `workers` asks for: one thread means the current-thread runtime.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -226,8 +236,39 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
             .worker_threads(workers)
             .enable_all()
             .build()
+    }
+}
+
+fn demo(loaded: config::Loaded) -> ExitCode {
+    let demo = match bpgate::demo::Demo::prepare(loaded) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bpgate demo: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let rt = match rt {
+    let c = &demo.loaded.config;
+    let _log_guard = init_logging(&c.log.filter, c.log.format);
+    let rt = match runtime(demo.loaded.derived.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            fatal(&format_args!("cannot start the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(demo.run(shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            fatal(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
+    let _log_guard = init_logging(&loaded.config.log.filter, loaded.config.log.format);
+    log_sources(&loaded);
+    let rt = match runtime(loaded.derived.workers) {
         Ok(rt) => rt,
         Err(e) => {
             fatal(&format_args!("cannot start the runtime: {e}"));

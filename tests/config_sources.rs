@@ -94,12 +94,7 @@ fn config_command_names_the_file_and_shows_the_derived_values() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let key = bpgate::cluster::sticky::StickyKey::new(b"0123456789abcdef0123456789");
-    let id = |n: &str| -> String {
-        key.node_id(n)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let id = |n: &str| -> String { key.node_id(n).iter().map(|b| format!("{b:02x}")).collect() };
     for want in [
         format!("# configuration file {}", cfg.display()),
         "# public origin: https://bot.example.com".to_string(),
@@ -190,7 +185,9 @@ fn bp_production_beats_the_files_mode_through_the_binary() {
     assert!(!out.status.success(), "production must refuse: {err}");
     assert!(
         err.lines().any(|l| l.contains(" WARN ")
-            && l.contains("mode: env BP_PRODUCTION=true (\"production\") overrides \"development\"")),
+            && l.contains(
+                "mode: env BP_PRODUCTION=true (\"production\") overrides \"development\""
+            )),
         "the conflict is logged: {err}"
     );
     assert!(err.contains("does not exist"), "{err}");
@@ -233,7 +230,7 @@ fn fatal_errors_are_printed_once() {
         assert_eq!(out.status.code(), Some(1));
         let err = &out.stderr;
         assert_eq!(
-            count(&err, "is not writable"),
+            count(err, "is not writable"),
             1,
             "log {log}, {format}: printed once:\n{err}"
         );
@@ -251,7 +248,7 @@ fn fatal_errors_are_printed_once() {
     assert_eq!(out.status.code(), Some(1));
     let err = &out.stderr;
     assert_eq!(
-        count(&err, &format!("cannot listen on {addr}")),
+        count(err, &format!("cannot listen on {addr}")),
         1,
         "printed once:\n{err}"
     );
@@ -264,7 +261,7 @@ fn fatal_errors_are_printed_once() {
     );
     let err = &out.stderr;
     assert_eq!(
-        count(&err, "production mode refuses to start"),
+        count(err, "production mode refuses to start"),
         1,
         "printed once:\n{err}"
     );
@@ -331,7 +328,11 @@ async fn audit_files_are_created_0640_rotated_ones_too() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .collect();
-    assert_eq!(files.len(), 2, "the current file and a rotated one: {files:?}");
+    assert_eq!(
+        files.len(),
+        2,
+        "the current file and a rotated one: {files:?}"
+    );
     for f in files {
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(
@@ -364,17 +365,16 @@ async fn bpgate_audit_stdout_copies_the_trail_to_stdout() {
     );
     let (https, _) = p.listening(START);
     let mut c = client(https, &Trust::Ca(pki.ca_pem.clone()), false).await;
-    let a = c.call(get("/stdout-check").body(support::full("")).unwrap()).await;
+    let a = c
+        .call(get("/stdout-check").body(support::full("")).unwrap())
+        .await;
     assert_eq!(a.status, 200);
     let (out, _) = tokio::task::block_in_place(|| {
         p.wait_for("the audit line on stdout", START, |o, _| {
             o.contains("\"path\":\"/stdout-check\"")
         })
     });
-    let line = out
-        .lines()
-        .find(|l| l.contains("/stdout-check"))
-        .unwrap();
+    let line = out.lines().find(|l| l.contains("/stdout-check")).unwrap();
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["status"], 200);
     p.signal("TERM");

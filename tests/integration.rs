@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod config_sources;
 mod cors_base_path;
+mod demo;
 mod deploy;
 mod gateway;
 mod metrics;

@@ -766,7 +766,10 @@ impl Loaded {
             format!("TLS certificate {} and key {}", cert.display(), key.display())
         });
         out.push(if c.audit.enabled {
-            format!("audit trail {}", absolute(&c.audit.dir).join("audit.jsonl").display())
+            format!(
+                "audit trail {}",
+                absolute(&c.audit.dir).join("audit.jsonl").display()
+            )
         } else {
             "audit trail off (audit.enabled = false)".to_string()
         });

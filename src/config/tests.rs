@@ -260,14 +260,15 @@ fn a_file_with_urls_and_nodes_is_refused_naming_both() {
     );
     // The shipped file with its node example uncommented is refused the same way, not run with
     // a phantom node.
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/bpgate.toml"
-    ))
-    .unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bpgate.toml"))
+            .unwrap();
     let uncommented = shipped
         .replace("# [[upstream.nodes]]", "[[upstream.nodes]]")
-        .replace("# url = \"http://10.0.0.5:3000\"", "url = \"http://10.0.0.5:3000\"");
+        .replace(
+            "# url = \"http://10.0.0.5:3000\"",
+            "url = \"http://10.0.0.5:3000\"",
+        );
     assert_ne!(uncommented, shipped, "the example is in the shipped file");
     let e = err(&uncommented, &[]);
     assert!(e.contains("upstream.urls") && e.contains("keep one"), "{e}");
@@ -278,7 +279,10 @@ fn env_and_flag_upstreams_replace_the_files_whole_node_list() {
     let file = "[[upstream.nodes]]\nurl = \"http://10.0.0.5:3000\"\nname = \"node-1\"\n";
     let l = load_str(
         file,
-        &[("BPGATE_UPSTREAMS", "http://10.0.0.7:3000,http://10.0.0.8:3000")],
+        &[(
+            "BPGATE_UPSTREAMS",
+            "http://10.0.0.7:3000,http://10.0.0.8:3000",
+        )],
     )
     .unwrap();
     let auth: Vec<&str> = l
@@ -289,8 +293,10 @@ fn env_and_flag_upstreams_replace_the_files_whole_node_list() {
         .collect();
     assert_eq!(auth, ["10.0.0.7:3000", "10.0.0.8:3000"]);
     assert!(
-        l.notes.iter().any(|n| n.text().contains("env BPGATE_UPSTREAMS")
-            && n.text().contains("[[upstream.nodes]]")),
+        l.notes
+            .iter()
+            .any(|n| n.text().contains("env BPGATE_UPSTREAMS")
+                && n.text().contains("[[upstream.nodes]]")),
         "{:?}",
         l.notes
     );
@@ -318,7 +324,11 @@ fn the_environment_beats_the_files_mode_and_the_conflict_is_noted() {
     };
     let file = "mode = \"development\"\n";
     let l = load_str(file, &[("BP_PRODUCTION", "true")]).unwrap();
-    assert_eq!(l.config.mode, Mode::Production, "BP_PRODUCTION beats the file");
+    assert_eq!(
+        l.config.mode,
+        Mode::Production,
+        "BP_PRODUCTION beats the file"
+    );
     assert!(warned(&l, "BP_PRODUCTION"), "{:?}", l.notes);
     assert_eq!(l.origins.of("mode"), Some("env BP_PRODUCTION=true"));
     let l = load_str(file, &[("BPGATE_MODE", "production")]).unwrap();
@@ -336,15 +346,16 @@ fn the_environment_beats_the_files_mode_and_the_conflict_is_noted() {
     let l = load_str("mode = \"production\"\n", &[("BP_PRODUCTION", "false")]);
     assert_eq!(l.unwrap().config.mode, Mode::Production);
     // The shipped file leaves the mode to the environment.
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/bpgate.toml"
-    ))
-    .unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bpgate.toml"))
+            .unwrap();
     let l = load_str(&shipped, &[("BP_PRODUCTION", "true")]).unwrap();
     assert_eq!(l.config.mode, Mode::Production);
     // No conflict, no note.
-    let l = load_str("[listen]\nhttps = \"127.0.0.1:8443\"\n", &[("BPGATE_LISTEN", "127.0.0.1:8443")]);
+    let l = load_str(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n",
+        &[("BPGATE_LISTEN", "127.0.0.1:8443")],
+    );
     assert!(l.unwrap().notes.is_empty());
 }
 

@@ -178,7 +178,10 @@ impl Proc {
 
     /// Reaps the child (it has exited or was killed) and collects the rest of its output.
     fn finish(&mut self) -> Ended {
-        let status = self.child.wait().expect("wait for an exited or killed child");
+        let status = self
+            .child
+            .wait()
+            .expect("wait for an exited or killed child");
         for r in self.readers.drain(..) {
             let _ = r.join();
         }

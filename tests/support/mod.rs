@@ -462,7 +462,7 @@ pub fn read_audit_dir(dir: &std::path::Path) -> Vec<serde_json::Value> {
     out
 }
 
-async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
+pub async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
