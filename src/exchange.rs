@@ -39,6 +39,8 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// Forwarding header values memoised across the connection's requests.
     pub forwarding: ForwardedCache,
+    /// Cut by bpgate at the shutdown drain deadline, with requests still running.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 /// Per-connection memo of the forwarding header values that only depend on the peer and the
@@ -63,7 +65,18 @@ impl ConnInfo {
             local,
             tls_version,
             forwarding: Default::default(),
+            cut: Default::default(),
         }
+    }
+
+    /// Marks the connection as cut at the drain deadline, before its requests are dropped.
+    pub fn mark_cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether bpgate cut the connection at the drain deadline (rather than the client leaving).
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

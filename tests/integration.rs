@@ -15,6 +15,7 @@ mod cors_base_path;
 mod demo;
 mod deploy;
 mod gateway;
+mod lifecycle;
 mod metrics;
 mod operability;
 mod posture;
