@@ -39,7 +39,11 @@ async fn sigterm_flushes_every_answered_requests_line() {
     // put the last ones in the file before the process exits.
     let cfg = dir.path().join("bpgate.toml");
     std::fs::write(&cfg, "[audit]\nflush_interval = \"2s\"\n").unwrap();
-    let mut p = Proc::spawn(gate_cmd(dir.path(), &pki, &node.url()).arg("--config").arg(&cfg));
+    let mut p = Proc::spawn(
+        gate_cmd(dir.path(), &pki, &node.url())
+            .arg("--config")
+            .arg(&cfg),
+    );
     let (https, _) = tokio::task::block_in_place(|| p.listening(START));
     let trust = Trust::Ca(pki.ca_pem.clone());
     let mut ids = HashSet::new();
@@ -64,8 +68,9 @@ async fn sigterm_flushes_every_answered_requests_line() {
     let missing: Vec<_> = ids.difference(&written).collect();
     assert!(
         missing.is_empty(),
-        "{} of 100 answered requests have no line after SIGTERM: {missing:?}",
-        missing.len()
+        "{} of 100 answered requests have no line after SIGTERM, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
     );
     assert_eq!(lines.len(), 100, "one line per request, no more");
 }
@@ -73,25 +78,27 @@ async fn sigterm_flushes_every_answered_requests_line() {
 /// A node that answers `/slow` with a first chunk and then holds the body open, and counts the
 /// `/slow` requests it has started.
 fn slow_node(started: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Handler {
-    std::sync::Arc::new(move |req: http::Request<hyper::body::Incoming>, cx: NodeCtx| {
-        let started = started.clone();
-        Box::pin(async move {
-            if req.uri().path() != "/slow" {
-                return echo()(req, cx).await;
-            }
-            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let frames = futures_util::stream::once(async {
-                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
-                    b"first chunk\n",
-                )))
+    std::sync::Arc::new(
+        move |req: http::Request<hyper::body::Incoming>, cx: NodeCtx| {
+            let started = started.clone();
+            Box::pin(async move {
+                if req.uri().path() != "/slow" {
+                    return echo()(req, cx).await;
+                }
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let frames = futures_util::stream::once(async {
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                        b"first chunk\n",
+                    )))
+                })
+                .chain(futures_util::stream::pending());
+                let body: BoxBody = http_body_util::StreamBody::new(frames)
+                    .map_err(|e| match e {})
+                    .boxed();
+                http::Response::new(body)
             })
-            .chain(futures_util::stream::pending());
-            let body: BoxBody = http_body_util::StreamBody::new(frames)
-                .map_err(|e| match e {})
-                .boxed();
-            http::Response::new(body)
-        })
-    })
+        },
+    )
 }
 
 use futures_util::StreamExt;
@@ -154,7 +161,11 @@ async fn the_drain_deadline_cuts_running_requests_and_writes_their_lines() {
         took >= Duration::from_secs(1),
         "bpgate waited for the drain deadline ({took:?})"
     );
-    assert!(end.stderr.contains("drain timeout reached"), "{}", end.stderr);
+    assert!(
+        end.stderr.contains("drain timeout reached"),
+        "{}",
+        end.stderr
+    );
     assert!(
         !end.stderr.contains("after the writer stopped"),
         "a line came too late for the trail: {}",
@@ -269,12 +280,18 @@ async fn production_mode_refuses_each_insecure_setup_and_allow_insecure_override
         let end = tokio::task::block_in_place(|| run_to_exit(&mut c, START));
         assert_eq!(end.status.code(), Some(1), "{what}: {}", end.stderr);
         assert_eq!(
-            end.stderr.matches("production mode refuses to start").count(),
+            end.stderr
+                .matches("production mode refuses to start")
+                .count(),
             1,
             "{what}: {}",
             end.stderr
         );
-        assert!(end.stderr.contains(want), "{what}: missing {want:?} in {}", end.stderr);
+        assert!(
+            end.stderr.contains(want),
+            "{what}: missing {want:?} in {}",
+            end.stderr
+        );
         assert!(end.stderr.contains("fix:"), "{what}: {}", end.stderr);
     }
 
@@ -291,7 +308,10 @@ async fn production_mode_refuses_each_insecure_setup_and_allow_insecure_override
         let end = tokio::task::block_in_place(|| run_to_exit(&mut c, START));
         assert_eq!(end.status.code(), Some(1), "{}", end.stderr);
         assert!(end.stderr.contains("does not exist"), "{}", end.stderr);
-        assert!(!dir.path().join("certs").exists(), "no certificate generated");
+        assert!(
+            !dir.path().join("certs").exists(),
+            "no certificate generated"
+        );
     }
 
     // A production setup without failures starts: the refusals above are each one's own.
@@ -319,15 +339,26 @@ async fn production_mode_refuses_each_insecure_setup_and_allow_insecure_override
     let err = p.stderr();
     let warning = err
         .lines()
-        .position(|l| l.contains(" WARN ") && l.contains("PRODUCTION MODE WITH POSTURE FAILURES (--allow-insecure)"))
+        .position(|l| {
+            l.contains(" WARN ")
+                && l.contains("PRODUCTION MODE WITH POSTURE FAILURES (--allow-insecure)")
+        })
         .unwrap_or_else(|| panic!("no loud warning: {err}"));
-    let listed = err.lines().skip(warning).take(12).collect::<Vec<_>>().join("\n");
+    let listed = err
+        .lines()
+        .skip(warning)
+        .take(12)
+        .collect::<Vec<_>>()
+        .join("\n");
     for want in [
         "the certificate expired on",
         "but no sticky.secret",
         "cors.enabled=false",
     ] {
-        assert!(listed.contains(want), "missing {want:?} in the warning:\n{listed}");
+        assert!(
+            listed.contains(want),
+            "missing {want:?} in the warning:\n{listed}"
+        );
     }
     // And it serves (the expired certificate is still the one served: the client accepts it).
     let tls = crate::support::binary::tls_to(https, &Trust::Insecure, &[b"http/1.1"], None).await;
