@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -40,7 +40,14 @@ pub struct ConnInfo {
     /// Forwarding header values memoised across the connection's requests.
     pub forwarding: ForwardedCache,
     /// Cut by bpgate at the shutdown drain deadline, with requests still running.
-    cut: std::sync::atomic::AtomicBool,
+    cut: AtomicBool,
+    /// A request body on this connection was dropped before its end (an early answer: 413,
+    /// 403, 404, 503...), so the client may still be sending it: the connection edge lingers
+    /// before closing instead of resetting the client. Cleared when the next request starts.
+    pub unread_body: AtomicBool,
+    /// Request bodies on this connection still being read (the connection edge does not take
+    /// their bytes for the next request's head, even after their response ended).
+    pub bodies_reading: AtomicUsize,
 }
 
 /// Per-connection memo of the forwarding header values that only depend on the peer and the
@@ -66,17 +73,19 @@ impl ConnInfo {
             tls_version,
             forwarding: Default::default(),
             cut: Default::default(),
+            unread_body: AtomicBool::new(false),
+            bodies_reading: AtomicUsize::new(0),
         }
     }
 
     /// Marks the connection as cut at the drain deadline, before its requests are dropped.
     pub fn mark_cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cut.store(true, Ordering::Relaxed);
     }
 
     /// Whether bpgate cut the connection at the drain deadline (rather than the client leaving).
     pub fn was_cut(&self) -> bool {
-        self.cut.load(std::sync::atomic::Ordering::Relaxed)
+        self.cut.load(Ordering::Relaxed)
     }
 }
 
@@ -95,6 +104,10 @@ pub struct Exchange {
     pub bytes_in: AtomicU64,
     /// Set by the request body when it stopped early; see [`BodyEnd`].
     pub body_end: AtomicU8,
+    /// Set by the connection edge for a request it refuses before the pipeline sees it
+    /// (ambiguous framing, an HTTP/2 `Host` that contradicts `:authority`); the audit layer
+    /// answers it, so the refusal gets a whole audit line.
+    pub refusal: Option<Refusal>,
 }
 
 /// How a request body ended, when it did not simply finish.
@@ -211,15 +224,19 @@ pub struct ReqBody {
     exchange: Option<Arc<Exchange>>,
     limit: u64,
     seen: u64,
+    /// Fired (or dropped) once the last byte has been handed on: see [`ReqBody::on_end`].
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Counted in the connection's `bodies_reading`.
+    reading: bool,
 }
 
-/// The error a request body yields when it passes `limits.max_body`.
+/// The error a request body yields when it passes its route's `max_body`.
 #[derive(Debug)]
 pub struct BodyTooLarge;
 
 impl std::fmt::Display for BodyTooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body exceeds limits.max_body")
+        f.write_str("request body exceeds max_body")
     }
 }
 
@@ -236,11 +253,17 @@ impl std::fmt::Debug for ReqBody {
 
 impl ReqBody {
     pub fn new(inner: Incoming, exchange: Arc<Exchange>, limit: u64) -> Self {
+        let reading = !inner.is_end_stream();
+        if reading {
+            exchange.conn.bodies_reading.fetch_add(1, Ordering::Relaxed);
+        }
         ReqBody {
             inner: Some(inner),
             exchange: Some(exchange),
             limit,
             seen: 0,
+            ended: None,
+            reading,
         }
     }
 
@@ -250,6 +273,28 @@ impl ReqBody {
             exchange: None,
             limit: u64::MAX,
             seen: 0,
+            ended: None,
+            reading: false,
+        }
+    }
+
+    /// A signal that resolves once the body has handed on its last byte (or stopped: cut,
+    /// broken, dropped); `None` when it has nothing left to send. The forwarding step starts
+    /// the response timeout there, so a long upload is not counted as the node's silence.
+    pub fn on_end(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ended = Some(tx);
+        Some(rx)
+    }
+
+    fn fire_if_ended(&mut self) {
+        if self.ended.is_some() && self.is_end_stream() {
+            if let Some(tx) = self.ended.take() {
+                let _ = tx.send(());
+            }
         }
     }
 
@@ -257,6 +302,35 @@ impl ReqBody {
         if let Some(x) = &self.exchange {
             x.body_end.store(end as u8, Ordering::Relaxed);
         }
+    }
+
+    /// Stops reading before the end: the client may still be sending.
+    fn abandon(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            if !inner.is_end_stream() {
+                if let Some(x) = &self.exchange {
+                    x.conn.unread_body.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        self.done_reading();
+    }
+
+    /// The body is over (read to its end, broken off, cut or dropped).
+    fn done_reading(&mut self) {
+        self.inner = None;
+        self.ended = None;
+        if std::mem::take(&mut self.reading) {
+            if let Some(x) = &self.exchange {
+                x.conn.bodies_reading.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for ReqBody {
+    fn drop(&mut self) {
+        self.abandon();
     }
 }
 
@@ -269,6 +343,7 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let Some(inner) = self.inner.as_mut() else {
+            self.ended = None;
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
@@ -281,17 +356,26 @@ impl Body for ReqBody {
                     }
                     if self.seen > self.limit {
                         self.mark(BodyEnd::TooLarge);
-                        self.inner = None;
+                        self.abandon();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
+                // The sender may stop polling once the body says it has ended.
+                self.fire_if_ended();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 self.mark(BodyEnd::ClientAbort);
+                // Broken off: nothing more will come to linger for.
+                self.done_reading();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other.map_err(|e| Box::new(e) as Self::Error),
+            Poll::Ready(None) => {
+                // Read to its end (a chunked `Incoming` never says so by `is_end_stream`).
+                self.done_reading();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -396,11 +480,19 @@ impl Drop for Lease {
     }
 }
 
+/// Sees the first bytes of a node's response body as they stream past (nothing is held back or
+/// changed), until it has seen enough. Node selection learns engine.io session ids this way.
+pub trait BodyObserver: Send + Sync {
+    /// One data frame passed. `true`: done, no more frames are shown.
+    fn data(&mut self, chunk: &[u8]) -> bool;
+}
+
 /// A node's response body: streamed to the client, its connection given back at the end (or
 /// closed when the body broke off or was dropped early).
 pub struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
+    observer: Option<Box<dyn BodyObserver>>,
 }
 
 impl UpstreamBody {
@@ -408,6 +500,7 @@ impl UpstreamBody {
         let mut b = UpstreamBody {
             inner,
             lease: Some(lease),
+            observer: None,
         };
         if b.inner.is_end_stream() {
             b.finish();
@@ -420,6 +513,11 @@ impl UpstreamBody {
             l.clean = true;
         }
     }
+
+    /// Shows the data frames to `o` as they pass, until it is done.
+    pub fn observe(&mut self, o: Box<dyn BodyObserver>) {
+        self.observer = Some(o);
+    }
 }
 
 impl Body for UpstreamBody {
@@ -431,6 +529,13 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(o)) = (&r, self.observer.as_mut()) {
+            if let Some(d) = f.data_ref() {
+                if o.data(d) {
+                    self.observer = None;
+                }
+            }
+        }
         match &r {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
@@ -486,6 +591,11 @@ pub enum Refusal {
     MalformedRequest,
     /// hyper refused the request head as larger than `limits.max_header_bytes`.
     HeadTooLarge,
+    /// HTTP/1.1: both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a smuggling
+    /// attempt until proven otherwise); the connection is closed after the answer.
+    AmbiguousFraming,
+    /// HTTP/2: a `Host` header naming another authority than `:authority` (RFC 9113 §8.3.1).
+    HostMismatch,
 }
 
 impl Refusal {
@@ -548,6 +658,16 @@ impl Refusal {
                 "request head too large",
                 Rejected,
             ),
+            Refusal::AmbiguousFraming => (
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding",
+                Rejected,
+            ),
+            Refusal::HostMismatch => (
+                StatusCode::BAD_REQUEST,
+                "Host differs from :authority",
+                Rejected,
+            ),
         }
     }
 
@@ -569,8 +689,15 @@ impl Refusal {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self == Refusal::NoHealthyNode {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        match self {
+            Refusal::NoHealthyNode => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            // RFC 9112 §6.3: the server MUST close the connection after responding.
+            Refusal::AmbiguousFraming => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         let n = note_mut(&mut r);
         n.outcome = Some(outcome);

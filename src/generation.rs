@@ -13,7 +13,7 @@
 //! value read here cannot be reported as applied without being applied.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::HeaderValue;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,9 @@ use crate::config::{BasePathMode, Loaded, SameSite};
 use crate::cors::CorsPolicy;
 use crate::counters::Counters;
 use crate::headers::SecurityHeaders;
-use crate::proxy::{Background, Forward, ForwardSettings, PoolSettings, Trusted};
+use crate::proxy::{
+    Background, Forward, ForwardSettings, PoolSettings, RouteLimits, Routes, Trusted,
+};
 use crate::stack::{self, Layers, Stack};
 use crate::tls::{CertInfo, ReloadableCert};
 
@@ -51,8 +53,9 @@ pub struct Shared {
 pub struct EdgeSettings {
     /// `forwarding.trusted_proxies`.
     pub trusted: Trusted,
-    /// `limits.max_body`.
-    pub max_body: u64,
+    /// `[[routes]]` over `limits.max_body` and `upstream.response_timeout`: each request's
+    /// limits.
+    pub routes: Arc<Routes>,
 }
 
 /// One configuration generation. See the module docs.
@@ -84,7 +87,7 @@ impl Generation {
             .audit
             .as_ref()
             .map(|s| s.with_redaction(&c.audit.redact_query));
-        let nodes = shared.cluster.snapshot(&d.nodes);
+        let nodes = shared.cluster.snapshot(&d.nodes, c.health.enabled);
         let health = health_settings(&loaded);
         let stack = stack::build(Layers {
             audit: AuditContext {
@@ -116,7 +119,7 @@ impl Generation {
             loaded_at_ms: cluster::unix_ms(),
             edge: EdgeSettings {
                 trusted: Trusted(c.forwarding.trusted_proxies.clone()),
-                max_body: c.limits.max_body.0,
+                routes: Arc::new(routes(&loaded)),
             },
             stack,
             nodes,
@@ -143,17 +146,27 @@ impl Generation {
     }
 }
 
+/// The global limits: `limits.max_body` and `upstream.response_timeout`.
+pub fn default_limits(loaded: &Loaded) -> RouteLimits {
+    RouteLimits {
+        max_body: loaded.config.limits.max_body.0,
+        response_timeout: loaded.config.upstream.response_timeout,
+    }
+}
+
+/// The route table in effect (built-in routes, `upstream.timeouts`, `[[routes]]`).
+pub fn routes(loaded: &Loaded) -> Routes {
+    Routes::new(
+        &loaded.derived.base_path,
+        default_limits(loaded),
+        &loaded.derived.routes,
+    )
+}
+
 /// The forwarding step's settings.
 pub fn forward_settings(loaded: &Loaded) -> ForwardSettings {
     let c = &loaded.config;
     let d = &loaded.derived;
-    let mut prefix_timeouts: Vec<(String, Duration)> = c
-        .upstream
-        .timeouts
-        .iter()
-        .map(|t| (t.prefix.clone(), t.response_timeout))
-        .collect();
-    prefix_timeouts.sort_by_key(|t| std::cmp::Reverse(t.0.len()));
     ForwardSettings {
         public_port: d
             .public_origin
@@ -162,11 +175,8 @@ pub fn forward_settings(loaded: &Loaded) -> ForwardSettings {
         prefix: (!d.base_path.is_empty())
             .then(|| HeaderValue::from_str(&d.base_path).ok())
             .flatten(),
-        base_path: d.base_path.clone(),
-        response_timeout: c.upstream.response_timeout,
-        prefix_timeouts,
+        default_limits: default_limits(loaded),
         tunnel_idle_timeout: c.upstream.tunnel_idle_timeout,
-        max_body: c.limits.max_body.0,
         pool: pool_settings(loaded),
     }
 }
@@ -242,12 +252,46 @@ pub fn cookie_spec(loaded: &Loaded) -> CookieSpec {
         a.push_str("; Secure");
     }
     a.push_str(match s.same_site {
-        SameSite::None => "; SameSite=None",
+        // Partitioned (CHIPS): browsers that block third-party cookies still keep this one
+        // for the webchat iframe, in a jar of its own per embedding site.
+        SameSite::None => "; SameSite=None; Partitioned",
         SameSite::Lax => "; SameSite=Lax",
         SameSite::Strict => "; SameSite=Strict",
     });
     CookieSpec {
         name: s.cookie_name.clone(),
         attributes: a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(toml: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        crate::config::load(&p, &|_| None, &Default::default()).unwrap()
+    }
+
+    /// The `Set-Cookie` attributes browsers get, exactly: a change here changes how every
+    /// browser stores the pin.
+    #[test]
+    fn cookie_attributes() {
+        let spec = cookie_spec(&loaded(""));
+        assert_eq!(spec.name, "bpgate_node");
+        assert_eq!(
+            spec.attributes,
+            "; Path=/; Max-Age=86400; HttpOnly; Secure; SameSite=None; Partitioned"
+        );
+        // Partitioned (CHIPS) only goes with SameSite=None; the path is the base path.
+        let spec = cookie_spec(&loaded(
+            "external_url = \"https://bot.example.com/botpress\"\n[sticky]\nsame_site = \"Lax\"\ndomain = \"example.com\"\nhttp_only = false\n",
+        ));
+        assert_eq!(
+            spec.attributes,
+            "; Path=/botpress; Max-Age=86400; Domain=example.com; Secure; SameSite=Lax"
+        );
     }
 }

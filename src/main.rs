@@ -101,6 +101,9 @@ fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Run) {
         Command::Config => {
+            for w in &loaded.derived.warnings {
+                eprintln!("bpgate: warning: {w}");
+            }
             print!("{}", describe(&loaded));
             ExitCode::SUCCESS
         }
@@ -144,7 +147,7 @@ fn describe(loaded: &config::Loaded) -> String {
         let _ = writeln!(out, "# note: {}", n.text());
     }
     out.push('\n');
-    out.push_str(&loaded.config.redacted_toml());
+    out.push_str(&loaded.redacted_toml());
     let d = &loaded.derived;
     let c = &loaded.config;
     let _ = writeln!(out, "\n# derived values");

@@ -96,6 +96,19 @@ pub struct AuditInput {
     pub queue_depth: i64,
 }
 
+/// The engine.io session-id map's size and counters (`cluster::SidMap`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SidInput {
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub learned: u64,
+    pub unparsed: u64,
+    pub evicted_idle: u64,
+    pub evicted_capacity: u64,
+    pub evicted_unknown: u64,
+}
+
 /// Everything one scrape reports, read from the gateway's atomics (plain data, so the
 /// rendering is testable without a running gateway).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -107,11 +120,16 @@ pub struct MetricsInput {
     /// Failed handshakes by reason, in the order of [`HANDSHAKE_FAILURES`].
     pub handshake_failures: [u64; HANDSHAKE_FAILURES.len()],
     pub nodes: Vec<NodeInput>,
+    /// Panic mode: every node fails its checks and all are routed to anyway.
+    pub upstream_panic: bool,
     pub sticky_hit: u64,
     pub sticky_new: u64,
     pub sticky_failover: u64,
     pub sticky_forged: u64,
     pub sticky_expired: u64,
+    pub sticky_sid: u64,
+    /// The engine.io session-id map.
+    pub sid: SidInput,
     /// `None` when the audit trail is disabled: the audit families are then left out.
     pub audit: Option<AuditInput>,
     /// The serving certificate's `notAfter`, unix seconds.
@@ -184,11 +202,27 @@ impl MetricsInput {
             handshakes: load(&s.handshakes),
             handshake_failures: std::array::from_fn(|i| load(&s.handshake_failures[i])),
             nodes,
+            upstream_panic: current.nodes.panic(),
             sticky_hit: load(&sticky.hit),
             sticky_new: load(&sticky.new),
             sticky_failover: load(&sticky.failover),
             sticky_forged: load(&sticky.forged),
             sticky_expired: load(&sticky.expired),
+            sticky_sid: load(&sticky.sid),
+            sid: {
+                let m = &shared.cluster.sids;
+                let st = &m.stats;
+                SidInput {
+                    entries: m.len() as u64,
+                    hits: load(&st.hits),
+                    misses: load(&st.misses),
+                    learned: load(&st.learned),
+                    unparsed: load(&st.unparsed),
+                    evicted_idle: load(&st.evicted_idle),
+                    evicted_capacity: load(&st.evicted_capacity),
+                    evicted_unknown: load(&st.evicted_unknown),
+                }
+            },
             requests_by,
             node_classes,
             duration: hist(ConstHistogram::from(&rm.duration, &rm.duration_sum_us)),
@@ -403,6 +437,11 @@ pub fn render_from(m: &MetricsInput) -> String {
         node(|n| i64::from(n.draining)),
     );
     r.register(
+        "upstream_panic",
+        "1 in panic mode: every node fails its health checks and bpgate routes to all that are not drained anyway",
+        ConstGauge::new(i64::from(m.upstream_panic)),
+    );
+    r.register(
         "upstream_in_flight",
         "Requests currently forwarded to the node",
         node(|n| clamp_i64(n.in_flight)),
@@ -427,10 +466,41 @@ pub fn render_from(m: &MetricsInput) -> String {
         "Node selections by sticky-cookie outcome",
         counter_family([
             (label("outcome", "hit"), m.sticky_hit),
+            (label("outcome", "sid"), m.sticky_sid),
             (label("outcome", "new"), m.sticky_new),
             (label("outcome", "failover"), m.sticky_failover),
             (label("outcome", "forged"), m.sticky_forged),
             (label("outcome", "expired"), m.sticky_expired),
+        ]),
+    );
+    r.register(
+        "sticky_sid_entries",
+        "engine.io session ids known (learned from handshake answers)",
+        ConstGauge::new(clamp_i64(m.sid.entries)),
+    );
+    r.register(
+        "sticky_sid_lookups",
+        "Requests carrying an engine.io sid, by whether the map named a live node",
+        counter_family([
+            (label("result", "hit"), m.sid.hits),
+            (label("result", "miss"), m.sid.misses),
+        ]),
+    );
+    r.register(
+        "sticky_sid_handshakes",
+        "Polling handshake answers, by whether their session id was learned",
+        counter_family([
+            (label("result", "learned"), m.sid.learned),
+            (label("result", "unparsed"), m.sid.unparsed),
+        ]),
+    );
+    r.register(
+        "sticky_sid_evictions",
+        "Session ids dropped from the map, by reason",
+        counter_family([
+            (label("reason", "idle"), m.sid.evicted_idle),
+            (label("reason", "capacity"), m.sid.evicted_capacity),
+            (label("reason", "unknown"), m.sid.evicted_unknown),
         ]),
     );
     if let Some(a) = &m.audit {

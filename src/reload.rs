@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 use crate::cluster;
 use crate::config::{
     self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Forwarding, Headers, Health, JwtSource,
-    Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, Secret, Shutdown, Sticky, Tls,
-    Upstream,
+    Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, RouteConfig, Secret, Shutdown, Sticky,
+    Tls, Upstream,
 };
 use crate::generation::{Generation, Shared};
 use crate::tls::{self, TlsError};
@@ -27,6 +27,7 @@ use crate::tls::{self, TlsError};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Live {
     pub upstream: Upstream,
+    pub routes: Vec<RouteConfig>,
     pub forwarding: Forwarding,
     pub cors: Cors,
     pub headers: Headers,
@@ -105,6 +106,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         health,
         audit,
         admin,
+        routes,
     } = c;
     let config::Audit {
         enabled,
@@ -123,6 +125,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
     (
         Live {
             upstream,
+            routes,
             forwarding,
             cors,
             headers,
@@ -162,6 +165,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
 pub fn join(live: Live, restart: RestartOnly) -> config::Config {
     let Live {
         upstream,
+        routes,
         forwarding,
         cors,
         headers,
@@ -226,6 +230,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
             flush_interval,
         },
         admin,
+        routes,
     }
 }
 
@@ -425,6 +430,9 @@ impl Generations {
                 }
             }
             Ok((loaded, applied, restart_required)) => {
+                for w in &loaded.derived.warnings {
+                    tracing::warn!("{w}");
+                }
                 counters
                     .config_ok
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -235,32 +235,78 @@ async fn forwarding_headers_untrusted_peer_is_replaced() {
 }
 
 #[tokio::test]
-async fn forwarding_headers_trusted_peer_chain_is_kept() {
+async fn behind_a_trusted_proxy_the_node_gets_one_client_and_the_audit_keeps_the_chain() {
+    // bpgate behind a load balancer (the test client plays it from 127.0.0.1, and 10.0.0.0/8
+    // is an inner proxy tier). The client forged the left part of the chain.
     let node = Node::start("n", echo()).await;
-    let gate = gate_with(&node, "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]").await;
+    let gate = gate_with(
+        &node,
+        "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]",
+    )
+    .await;
     let mut c = Client::h1(&gate).await;
     let req = get("/x")
-        .header("x-forwarded-for", "203.0.113.5, 198.51.100.9")
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.9")
+        .header("x-forwarded-for", "10.0.0.9")
+        .header("forwarded", "for=6.6.6.6;proto=http")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "bot.example.com")
         .header("x-request-id", "lb-id-42")
         .body(full(Bytes::new()))
         .unwrap();
     let a = c.call(req).await;
+    // One hop: what Express with REVERSE_PROXY=loopback (or =true) then takes as req.ip.
     assert_eq!(
-        a.seen("x-forwarded-for").as_deref(),
-        Some("203.0.113.5, 198.51.100.9, 127.0.0.1")
+        a.json()["headers"]["x-forwarded-for"],
+        serde_json::json!(["198.51.100.9"]),
+        "the rightmost untrusted hop, alone"
+    );
+    assert_eq!(a.seen("x-real-ip").as_deref(), Some("198.51.100.9"));
+    assert_eq!(
+        a.json()["headers"]["forwarded"],
+        serde_json::json!(["for=198.51.100.9;host=\"bot.example.com\";proto=https"]),
+        "Forwarded says the same as the X-Forwarded-* headers"
     );
     assert_eq!(
-        a.seen("x-real-ip").as_deref(),
-        Some("198.51.100.9"),
-        "rightmost untrusted hop"
+        a.seen("x-forwarded-host").as_deref(),
+        Some("bot.example.com")
     );
     assert_eq!(a.seen("x-request-id").as_deref(), Some("lb-id-42"));
     let lines = gate.audit_lines();
+    let line = lines.last().unwrap();
     assert_eq!(
-        lines.last().unwrap()["client_ip"],
-        "198.51.100.9",
+        line["client_ip"], "198.51.100.9",
         "audit uses the same client IP"
     );
+    assert_eq!(line["peer_ip"], "127.0.0.1");
+    assert_eq!(
+        line["forwarded_for"], "6.6.6.6, 198.51.100.9, 10.0.0.9",
+        "the chain as received"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_chain_is_recorded_but_never_forwarded() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "").await;
+    let mut c = Client::h1(&gate).await;
+    let a = c
+        .call(
+            get("/x")
+                .header("x-forwarded-for", "6.6.6.6")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(a.seen("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    let lines = gate.audit_lines();
+    let line = lines.last().unwrap();
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert_eq!(line["forwarded_for"], "6.6.6.6", "what the client claimed");
+    let mut c = Client::h1(&gate).await;
+    c.get("/y").await;
+    assert!(gate.audit_lines().last().unwrap()["forwarded_for"].is_null());
     gate.stop().await;
 }
 
@@ -319,8 +365,11 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 async fn upstream_down_is_502_and_slow_upstream_is_504() {
     init();
     let dead = dead_addr().await;
+    // Health checks off: the node is taken as up, so its refusal is a 502 (with checks on and
+    // no node healthy it would be the cluster's 503).
     let gate = Gate::builder()
         .upstream(format!("http://{dead}"))
+        .toml("[health]\nenabled = false")
         .start()
         .await;
     let mut c = Client::h1(&gate).await;
@@ -636,16 +685,40 @@ async fn admin_health_and_readiness() {
     let node = Node::start("n", echo()).await;
     let gate = gate_with(&node, "[health]\ninterval = \"100ms\"").await;
     assert_eq!(gate.admin_get("/healthz").await.0, StatusCode::OK);
-    let ready = eventually(Duration::from_secs(5), || {
-        futures_util::FutureExt::now_or_never(async { true }).unwrap_or(false) && gate.gw.ready()
-    })
-    .await;
-    assert!(ready);
+    assert!(eventually(Duration::from_secs(5), || gate.gw.ready()).await);
     assert_eq!(gate.admin_get("/readyz").await.0, StatusCode::OK);
     node.kill().await;
+    // Every node down after one was up: panic mode. bpgate still routes (and answers 503 when
+    // nothing can be reached), so it stays ready: a readiness probe failing on every replica at
+    // once would take the service out with the nodes.
     assert!(
-        eventually(Duration::from_secs(5), || !gate.gw.ready()).await,
-        "readyz must fail with every node down"
+        eventually(Duration::from_secs(5), || gate.gw.current().nodes.panic()).await,
+        "panic mode with every node down"
+    );
+    let (s, body) = gate.admin_get("/readyz").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["panic"], true);
+    assert_eq!(v["healthy_nodes"], 0);
+    let mut c = Client::h1(&gate).await;
+    let a = c.get("/x").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(a.header("retry-after").is_some());
+    gate.stop().await;
+
+    // A gate whose nodes never passed a check is not ready.
+    let dead = dead_addr().await;
+    let gate = Gate::builder()
+        .upstream(format!("http://{dead}"))
+        .toml("[health]\ninterval = \"100ms\"")
+        .start()
+        .await;
+    assert!(
+        eventually(Duration::from_secs(5), || gate.gw.current().nodes.nodes[0]
+            .view()
+            .last_check
+            .is_some())
+        .await
     );
     assert_eq!(
         gate.admin_get("/readyz").await.0,

@@ -4,9 +4,9 @@
 //! |---|---|
 //! | `GET /` | the status page (HTML, no script; see [`page`]) |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when serving and at least one node is up, else 503 |
+//! | `GET /readyz` | 200 when serving and a node is up (or in panic mode once one was), else 503 |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text |
-//! | `GET /upstreams` | every node's state, rates and drain idleness as JSON |
+//! | `GET /upstreams` | panic mode, every node's state, rates and drain idleness as JSON |
 //! | `POST /upstreams/{name}/drain`, `/undrain` | stop / resume new sessions to a node |
 //! | `POST /reload` | re-read the configuration and the certificate (as SIGHUP), outcome as JSON |
 //! | `POST /audit/rotate` | rotate the audit file now |
@@ -162,6 +162,7 @@ async fn handle(
                 "ready": ready,
                 "draining": shared.shutdown.is_cancelled(),
                 "healthy_nodes": current.nodes.nodes.iter().filter(|n| n.is_healthy()).count(),
+                "panic": current.nodes.panic(),
                 "audit_writable": shared.audit.as_ref().map(|a| a.healthy()),
                 "generation": current.number,
                 "generation_loaded_at": crate::tls::rfc3339_secs((current.loaded_at_ms / 1000) as i64),
@@ -180,16 +181,18 @@ async fn handle(
             json_response(
                 StatusCode::OK,
                 &json!({
+                    "panic": st.panic,
                     "nodes": st.nodes,
                     "drain_idle_after_seconds": st.drain_idle_after_seconds,
                 }),
             )
         }
         (&Method::POST, ["upstreams", name, action @ ("drain" | "undrain")]) => {
-            let node = gw.current().nodes.node(name);
-            match node {
+            let current = gw.current();
+            match current.nodes.node(name) {
                 Some(n) => {
                     n.set_draining(*action == "drain");
+                    current.nodes.announce_panic();
                     tracing::info!(node = %name, action = *action, "node drain state changed");
                     json_response(StatusCode::OK, &n.view())
                 }

@@ -118,12 +118,13 @@ pub fn render(st: &Status, refresh: u32) -> String {
 <h1>bpgate</h1>\
 <p class=\"meta\" id=\"summary\" data-ready=\"{ready}\">{readiness} · configuration generation <b id=\"generation\">{gen}</b> loaded {loaded} · up {up} · read {now}, reloads every {refresh} s</p>\n",
         ready = st.ready,
-        readiness = if st.shutting_down {
-            "<span class=\"badge down\">shutting down</span>"
-        } else if st.ready {
-            "<span class=\"badge up\">ready</span>"
-        } else {
-            "<span class=\"badge down\">not ready</span>"
+        readiness = match (st.shutting_down, st.ready, st.panic) {
+            (true, _, _) => "<span class=\"badge down\">shutting down</span>",
+            (false, _, true) => {
+                "<span class=\"badge down\" id=\"panic\">panic mode: every node fails its checks, all are routed to</span>"
+            }
+            (false, true, false) => "<span class=\"badge up\">ready</span>",
+            (false, false, false) => "<span class=\"badge down\">not ready</span>",
         },
         gen = st.generation,
         loaded = esc(&st.generation_loaded_at),

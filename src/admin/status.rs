@@ -133,6 +133,8 @@ pub struct Status {
     pub generation: u64,
     pub generation_loaded_at: String,
     pub ready: bool,
+    /// Panic mode: every node fails its health checks and all that are not drained get traffic.
+    pub panic: bool,
     pub shutting_down: bool,
     pub uptime_seconds: u64,
     pub drain_idle_after_seconds: u64,
@@ -209,6 +211,7 @@ pub fn read(gw: &Arc<Generations>, sampler: &Sampler) -> Status {
         generation: current.number,
         generation_loaded_at: rfc3339_ms(current.loaded_at_ms),
         ready: current.ready(shared),
+        panic: current.nodes.panic(),
         shutting_down: shared.shutdown.is_cancelled(),
         uptime_seconds: shared.started.elapsed().as_secs(),
         drain_idle_after_seconds: idle_after.as_secs(),

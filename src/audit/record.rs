@@ -30,6 +30,8 @@ pub struct Record {
     pub request_id: Option<HeaderValue>,
     pub client_ip: IpAddr,
     pub peer_ip: IpAddr,
+    /// The `X-Forwarded-For` chain as received (the node only gets `client_ip`).
+    pub forwarded_for: Option<HeaderValue>,
     pub user: UserInfo,
     pub visitor_id: Option<String>,
     pub method: Option<Method>,
@@ -74,6 +76,7 @@ impl Record {
             request_id: None,
             client_ip: peer,
             peer_ip: peer,
+            forwarded_for: None,
             user: UserInfo::default(),
             visitor_id: None,
             method: None,
@@ -120,6 +123,7 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"peer_ip\":\"");
     push_ip(out, r.peer_ip);
     out.push(b'"');
+    field_hv(out, "forwarded_for", r.forwarded_for.as_ref());
     field_str(out, "user", r.user.user.as_deref());
     field_str(out, "user_source", r.user.source);
     if let Some(c) = &r.user.claimed {

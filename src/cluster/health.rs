@@ -1,6 +1,11 @@
 //! Active health checks: `GET {base_path}{health.path}` on every node each interval, on a fresh
 //! connection (a pooled one would hide a node that stopped accepting). Botpress answers 503
-//! "Botpress is loading" until it is ready, so any 2xx/3xx is healthy and anything else is not.
+//! "Botpress is loading" until it is ready, so any 2xx/3xx is healthy and anything else (a 404
+//! from a wrong path included) is not.
+//!
+//! The default path is `/version`: Botpress's `/status` calls the NLU and messaging servers with
+//! no timeout (one hung shared service would fail every node's check at once) and answers 200
+//! with the database down; `/version` does no work and sits behind the same readiness gate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +51,7 @@ pub fn spawn_health_checks(
                     });
                 }
                 while set.join_next().await.is_some() {}
+                snap.announce_panic();
             }
             // Read after the round: a reload during it counts.
             let interval = current().1.interval;

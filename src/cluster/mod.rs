@@ -2,16 +2,27 @@
 //! cookie that keeps a browser's socket.io session on the node that holds it.
 //!
 //! Routing, in order:
-//! 1. A valid sticky cookie naming a live node → that node (`hit`), draining or not.
-//! 2. A valid cookie naming a dead or removed node → another node, cookie re-issued (`failover`).
-//! 3. No usable cookie → with `sticky.fallback = "client-ip"` the client IP's weighted rendezvous
-//!    hash over healthy, non-draining nodes (so cookie-refusing browsers stay put and replicas
-//!    agree); with `"none"` power-of-two-choices least-outstanding-requests (`new`).
+//! 1. A request of an engine.io session this process learned (`sid` in the query, see [`sid`])
+//!    whose node is up → that node (`sid`), whatever a cookie says: the session lives in that
+//!    node's memory, so a cookie naming another node could only earn a 400 "Session ID unknown"
+//!    and a reconnect. A valid cookie naming the same node counts as a `hit`.
+//! 2. A valid sticky cookie naming a live node → that node (`hit`), draining or not.
+//! 3. A valid cookie naming a dead or removed node → another node, cookie re-issued (`failover`).
+//! 4. Neither → with `sticky.fallback = "load"` (the default) power-of-two-choices
+//!    least-outstanding-requests, so new visitors behind one NAT spread; with `"client-ip"` the
+//!    client IP's weighted rendezvous hash over healthy, non-draining nodes (replicas agree
+//!    without a cookie, but one NAT lands on one node) (`new`). The cookie then pins it.
 //!
 //! A connection failure before any byte was sent is retried once on another node.
+//!
+//! Which nodes are "live" is a [`Tier`]: the healthy ones; when none is, the ones not checked
+//! yet (a node is `pending` until its first check, which alone decides it); when every node has
+//! failed, all that are not drained, as Envoy's panic threshold does: health checks that take
+//! the whole cluster out are more likely wrong than the whole cluster is down.
 
 mod health;
 mod route;
+pub mod sid;
 pub mod sticky;
 
 use std::collections::HashMap;
@@ -25,6 +36,7 @@ use serde::Serialize;
 
 pub use health::{spawn_health_checks, HealthSettings};
 pub use route::{take_cookie, CookieSpec, Ejection, Route, RouteLayer};
+pub use sid::{EngineIo, SidMap};
 pub use sticky::{NodeId, Opened, Rejected, StickyCodec};
 
 use crate::config::NodeSpec;
@@ -32,6 +44,8 @@ use crate::proxy::Pool;
 
 const HEALTHY: u8 = 0;
 const UNHEALTHY: u8 = 1;
+/// Not checked yet (health checks on): the first check decides, without `rise` or `fall`.
+const PENDING: u8 = 2;
 
 /// One Botpress node and everything bpgate knows about it.
 pub struct Node {
@@ -94,7 +108,7 @@ impl Node {
             pool: Arc::new(Pool::new(name.clone(), spec.authority.clone())),
             name,
             spec,
-            state: AtomicU8::new(HEALTHY),
+            state: AtomicU8::new(PENDING),
             draining: AtomicBool::new(false),
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
@@ -110,6 +124,11 @@ impl Node {
 
     pub fn is_healthy(&self) -> bool {
         self.state.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    /// Not health-checked yet.
+    pub fn is_pending(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == PENDING
     }
 
     pub fn is_draining(&self) -> bool {
@@ -140,10 +159,23 @@ impl Node {
     pub fn passive_failure(&self, fall: u32, eject: bool) {
         self.oks.store(0, Ordering::Relaxed);
         let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        if eject && n >= fall && self.state.swap(UNHEALTHY, Ordering::Relaxed) == HEALTHY {
-            self.ejections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node = %self.name, failures = n, "node ejected after consecutive connection failures");
+        if eject && n >= fall {
+            match self.state.swap(UNHEALTHY, Ordering::Relaxed) {
+                HEALTHY => {
+                    self.ejections.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %self.name, failures = n, "node ejected after consecutive connection failures");
+                }
+                PENDING => {
+                    tracing::warn!(node = %self.name, failures = n, "node unreachable before its first health check; it takes no traffic until a check passes");
+                }
+                _ => {}
+            }
         }
+    }
+
+    /// Health checks are off: every node is taken as healthy.
+    fn assume_healthy(&self) {
+        self.state.store(HEALTHY, Ordering::Relaxed);
     }
 
     /// A request reached the node.
@@ -153,18 +185,30 @@ impl Node {
         }
     }
 
+    /// An active check's result. The first one decides a pending node at once (one success
+    /// brings it in, one failure keeps it out: Envoy's rule for new hosts); after that `rise`
+    /// successes or `fall` failures in a row change its state.
     fn record_check(&self, r: CheckResult, rise: u32, fall: u32) {
+        let first = |to: u8| {
+            self.state
+                .compare_exchange(PENDING, to, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        };
         if r.ok {
             self.seen_up.store(true, Ordering::Relaxed);
             self.fails.store(0, Ordering::Relaxed);
             let n = self.oks.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= rise && self.state.swap(HEALTHY, Ordering::Relaxed) == UNHEALTHY {
+            if first(HEALTHY) {
+                tracing::info!(node = %self.name, "node passed its first health check");
+            } else if n >= rise && self.state.swap(HEALTHY, Ordering::Relaxed) == UNHEALTHY {
                 tracing::info!(node = %self.name, "node healthy again");
             }
         } else {
             self.oks.store(0, Ordering::Relaxed);
             let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= fall && self.state.swap(UNHEALTHY, Ordering::Relaxed) == HEALTHY {
+            if first(UNHEALTHY) {
+                tracing::warn!(node = %self.name, error = r.error.as_deref().unwrap_or(""), status = r.status, "node failed its first health check; it takes no traffic until a check passes");
+            } else if n >= fall && self.state.swap(UNHEALTHY, Ordering::Relaxed) == HEALTHY {
                 self.ejections.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = %self.name, error = r.error.as_deref().unwrap_or(""), status = r.status, "node unhealthy");
             }
@@ -177,7 +221,9 @@ impl Node {
             name: self.spec.name.clone(),
             url: format!("http://{}", self.spec.authority),
             weight: self.spec.weight,
-            state: if !self.is_healthy() {
+            state: if self.is_pending() {
+                "pending"
+            } else if !self.is_healthy() {
                 "unhealthy"
             } else if self.is_draining() {
                 "draining"
@@ -204,6 +250,38 @@ pub struct Snapshot {
     ids: Vec<NodeId>,
     by_id: HashMap<NodeId, usize>,
     by_previous_id: HashMap<NodeId, usize>,
+    /// Whether panic mode was last announced (shared by every snapshot of the cluster).
+    announced_panic: Arc<AtomicBool>,
+}
+
+/// Which nodes take requests, from the best set that has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The healthy nodes (new sessions: those not drained, else any healthy one).
+    Healthy,
+    /// No node is healthy, some are not checked yet: those, not drained.
+    Pending,
+    /// Every node failed its checks: all of them that are not drained (panic mode).
+    Panic,
+    /// Every node is drained and none is healthy: nothing to route to.
+    None,
+}
+
+impl Tier {
+    /// Whether `n` takes new sessions in this tier.
+    fn admits(self, n: &Node) -> bool {
+        match self {
+            Tier::Healthy => n.accepts_new(),
+            Tier::Pending => n.is_pending() && !n.is_draining(),
+            Tier::Panic => !n.is_draining(),
+            Tier::None => false,
+        }
+    }
+
+    /// Whether a client pinned to `n` stays there.
+    fn keeps(self, n: &Node) -> bool {
+        n.is_healthy() || (self != Tier::Healthy && self.admits(n))
+    }
 }
 
 impl Snapshot {
@@ -211,11 +289,60 @@ impl Snapshot {
         self.nodes.iter().find(|n| &*n.name == name).cloned()
     }
 
-    /// Ready: at least one node is healthy and has passed an active check (or checks are off).
+    /// The set requests are routed to now.
+    pub fn tier(&self) -> Tier {
+        let (mut pending, mut unhealthy) = (false, false);
+        for n in &self.nodes {
+            if n.is_healthy() {
+                return Tier::Healthy;
+            }
+            if !n.is_draining() {
+                if n.is_pending() {
+                    pending = true;
+                } else {
+                    unhealthy = true;
+                }
+            }
+        }
+        match (pending, unhealthy) {
+            (true, _) => Tier::Pending,
+            (false, true) => Tier::Panic,
+            (false, false) => Tier::None,
+        }
+    }
+
+    /// Panic mode: every node failed its health checks, and bpgate routes to all of those that
+    /// are not drained anyway.
+    pub fn panic(&self) -> bool {
+        self.tier() == Tier::Panic
+    }
+
+    /// Logs entering and leaving panic mode, once each; call it where node states change.
+    /// Returns the change it announced, if any (`Some(true)`: entered).
+    pub fn announce_panic(&self) -> Option<bool> {
+        let now = self.panic();
+        if self.announced_panic.swap(now, Ordering::Relaxed) == now {
+            return None;
+        }
+        if now {
+            let n = self.nodes.iter().filter(|n| !n.is_draining()).count();
+            tracing::error!(
+                nodes = n,
+                "PANIC MODE: every node fails its health checks; routing to all {n} nodes that are not drained anyway until one passes again"
+            );
+        } else {
+            tracing::warn!("panic mode over: a node is healthy again (or none is left to route to); normal selection resumes");
+        }
+        Some(now)
+    }
+
+    /// Ready: at least one node is healthy and has passed an active check (or checks are off);
+    /// or bpgate is in panic mode, still routing, and some node has passed a check before (a
+    /// readiness probe that took every replica out with the nodes would undo the guard).
     pub fn ready(&self, checks_enabled: bool) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| n.is_healthy() && (!checks_enabled || n.seen_up.load(Ordering::Relaxed)))
+        let seen = |n: &Arc<Node>| !checks_enabled || n.seen_up.load(Ordering::Relaxed);
+        self.nodes.iter().any(|n| n.is_healthy() && seen(n))
+            || (self.panic() && self.nodes.iter().any(seen))
     }
 }
 
@@ -223,6 +350,8 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct StickyStats {
     pub hit: AtomicU64,
+    /// Routed by a learned engine.io session id, not by a cookie.
+    pub sid: AtomicU64,
     pub new: AtomicU64,
     pub failover: AtomicU64,
     pub forged: AtomicU64,
@@ -234,18 +363,22 @@ pub struct StickyStats {
 pub struct Cluster {
     /// Nodes by name, so a reload keeps the state of nodes it keeps.
     registry: DashMap<String, Arc<Node>>,
+    announced_panic: Arc<AtomicBool>,
     pub codec: StickyCodec,
     pub sticky_enabled: bool,
     pub ip_fallback: bool,
     pub stats: StickyStats,
     /// True when the secret was generated at start (replicas will disagree).
     pub generated_secret: bool,
+    /// engine.io session ids learned from handshakes.
+    pub sids: Arc<SidMap>,
 }
 
 /// How a request's node was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sticky {
     Hit,
+    Sid,
     New,
     Failover,
 }
@@ -254,6 +387,7 @@ impl Sticky {
     pub fn as_str(self) -> &'static str {
         match self {
             Sticky::Hit => "hit",
+            Sticky::Sid => "sid",
             Sticky::New => "new",
             Sticky::Failover => "failover",
         }
@@ -273,33 +407,52 @@ pub struct ClusterSettings {
     pub sticky_enabled: bool,
     pub ip_fallback: bool,
     pub generated_secret: bool,
+    /// `sticky.sid_map_max_entries` (0: off) and `sticky.sid_map_idle_timeout`.
+    pub sid_map_max_entries: usize,
+    pub sid_map_idle: Duration,
 }
 
 impl Cluster {
     pub fn new(s: ClusterSettings) -> Arc<Self> {
         Arc::new(Cluster {
             registry: DashMap::new(),
+            announced_panic: Arc::new(AtomicBool::new(false)),
             codec: s.codec,
             sticky_enabled: s.sticky_enabled,
             ip_fallback: s.ip_fallback,
             stats: StickyStats::default(),
             generated_secret: s.generated_secret,
+            sids: Arc::new(SidMap::new(
+                if s.sticky_enabled {
+                    s.sid_map_max_entries
+                } else {
+                    0
+                },
+                s.sid_map_idle.as_secs(),
+            )),
         })
     }
 
     /// The node set for `specs`. Nodes that stay (same name and address) keep their state, pool
-    /// and draining flag; nodes left out are forgotten, and their pinned clients fail over.
-    pub fn snapshot(&self, specs: &[NodeSpec]) -> Arc<Snapshot> {
+    /// and draining flag; nodes left out are forgotten, and their pinned clients fail over. New
+    /// nodes are pending until their first health check; with `checks_enabled` false every node
+    /// is taken as healthy.
+    pub fn snapshot(&self, specs: &[NodeSpec], checks_enabled: bool) -> Arc<Snapshot> {
         let mut nodes = Vec::with_capacity(specs.len());
         for spec in specs {
-            let node = match self.registry.get(&spec.name) {
-                Some(n) if n.spec == *spec => n.clone(),
+            // The map guard must be gone before `insert` below, which locks the same shard.
+            let known = self.registry.get(&spec.name).map(|n| n.clone());
+            let node = match known {
+                Some(n) if n.spec == *spec => n,
                 _ => {
                     let n = Arc::new(Node::new(spec.clone()));
                     self.registry.insert(spec.name.clone(), n.clone());
                     n
                 }
             };
+            if !checks_enabled {
+                node.assume_healthy();
+            }
             nodes.push(node);
         }
         self.registry
@@ -322,11 +475,19 @@ impl Cluster {
             ids,
             by_id,
             by_previous_id,
+            announced_panic: self.announced_panic.clone(),
         })
     }
 
-    /// Chooses the node for a request. `None`: no node can take it.
-    pub fn choose(&self, snap: &Snapshot, cookie: Option<&str>, client: IpAddr) -> Option<Choice> {
+    /// Chooses the node for a request (see the module docs for the order). `sid`: the engine.io
+    /// session id the request carries. `None`: no node can take it.
+    pub fn choose(
+        &self,
+        snap: &Snapshot,
+        cookie: Option<&str>,
+        sid: Option<&str>,
+        client: IpAddr,
+    ) -> Option<Choice> {
         if !self.sticky_enabled {
             return self.balance(snap, None).map(|node| Choice {
                 node,
@@ -335,6 +496,10 @@ impl Cluster {
             });
         }
         let now = unix_now();
+        let tier = snap.tier();
+        let by_sid = sid
+            .filter(|_| self.sids.enabled())
+            .and_then(|s| self.session_node(snap, tier, s, now));
         let mut pinned_dead = false;
         if let Some(v) = cookie {
             match self.codec.open(v, now) {
@@ -345,7 +510,10 @@ impl Cluster {
                         snap.by_id.get(&o.node)
                     };
                     match idx.map(|i| &snap.nodes[*i]) {
-                        Some(n) if n.is_healthy() => {
+                        Some(n)
+                            if tier.keeps(n)
+                                && by_sid.as_ref().is_none_or(|s| Arc::ptr_eq(s, n)) =>
+                        {
                             // Refresh a cookie past half its life (or sealed with the old key) so an
                             // active session is never cut by expiry.
                             let refresh =
@@ -354,6 +522,15 @@ impl Cluster {
                                 node: n.clone(),
                                 sticky: Sticky::Hit,
                                 set_cookie: refresh,
+                            });
+                        }
+                        Some(n) if tier.keeps(n) => {
+                            // A live session elsewhere wins; the cookie is left as it is (it
+                            // still pins this browser's other sessions).
+                            return by_sid.map(|node| Choice {
+                                node,
+                                sticky: Sticky::Sid,
+                                set_cookie: false,
                             });
                         }
                         _ => pinned_dead = true,
@@ -366,6 +543,16 @@ impl Cluster {
                     self.stats.forged.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        if let Some(node) = by_sid {
+            // No usable cookie (refused, never kept, expired, or naming a dead node): the
+            // session id keeps the session where it is, and the cookie pins the browser there
+            // in case it keeps this one.
+            return Some(Choice {
+                node,
+                sticky: Sticky::Sid,
+                set_cookie: true,
+            });
         }
         let node = if self.ip_fallback {
             self.rendezvous(snap, client)
@@ -384,6 +571,22 @@ impl Cluster {
         })
     }
 
+    /// The node holding engine.io session `sid`, as learned from its handshake, if it still
+    /// takes its pinned clients.
+    fn session_node(&self, snap: &Snapshot, tier: Tier, sid: &str, now: u64) -> Option<Arc<Node>> {
+        let stats = &self.sids.stats;
+        let node = self
+            .sids
+            .lookup(sid, now)
+            .and_then(|name| snap.node(&name))
+            .filter(|n| tier.keeps(n));
+        match &node {
+            Some(_) => stats.hits.fetch_add(1, Ordering::Relaxed),
+            None => stats.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        node
+    }
+
     /// Counts how the request's node was finally chosen (`bpgate_sticky_total`), once, after a
     /// retry on another node has had its say: the metric then agrees with the audit line's
     /// `sticky`. Cookie rejections (`forged`, `expired`) are counted by [`Cluster::choose`].
@@ -396,6 +599,7 @@ impl Cluster {
                 node.sticky_hits.fetch_add(1, Ordering::Relaxed);
                 &self.stats.hit
             }
+            Sticky::Sid => &self.stats.sid,
             Sticky::New => &self.stats.new,
             Sticky::Failover => &self.stats.failover,
         };
@@ -409,8 +613,9 @@ impl Cluster {
 
     /// Power of two random choices, least outstanding requests per unit of weight.
     pub fn balance(&self, snap: &Snapshot, exclude: Option<&Node>) -> Option<Arc<Node>> {
+        let tier = snap.tier();
         let eligible =
-            |n: &Arc<Node>| n.accepts_new() && exclude.is_none_or(|x| !std::ptr::eq(x, n.as_ref()));
+            |n: &Arc<Node>| tier.admits(n) && exclude.is_none_or(|x| !std::ptr::eq(x, n.as_ref()));
         let total: u64 = snap
             .nodes
             .iter()
@@ -449,8 +654,9 @@ impl Cluster {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
         };
+        let tier = snap.tier();
         let mut best: Option<(&Arc<Node>, f64)> = None;
-        for n in snap.nodes.iter().filter(|n| n.accepts_new()) {
+        for n in snap.nodes.iter().filter(|n| tier.admits(n)) {
             let h = mix(fnv1a(
                 fnv1a(0xcbf2_9ce4_8422_2325, n.spec.name.as_bytes()),
                 &ip,

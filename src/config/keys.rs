@@ -4,7 +4,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::{
     Audit, Config, ConfigError, ConfigErrors, Cors, Forwarding, Headers, Health, Limits, Listen,
-    Log, NodeConfig, Origins, PrefixTimeout, Shutdown, Sticky, Tls, Upstream,
+    Log, NodeConfig, Origins, PrefixTimeout, RouteConfig, Shutdown, Sticky, Tls, Upstream,
 };
 
 /// Deserialises the merged table into [`Config`], reporting unknown keys and type errors by path.
@@ -93,6 +93,7 @@ pub(super) fn known_keys(section: &str) -> &'static [&'static str] {
         "sticky" => fields::<Sticky>(),
         "health" => fields::<Health>(),
         "audit" => fields::<Audit>(),
+        "routes" => fields::<RouteConfig>(),
         _ => &[],
     }
 }

@@ -56,6 +56,8 @@ pub struct Config {
     pub health: Health,
     pub audit: Audit,
     pub admin: Admin,
+    /// Per-route limits (`[[routes]]`), laid over the built-in table ([`builtin_routes`]).
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -85,6 +87,10 @@ pub struct Tls {
     pub key: PathBuf,
     #[serde(with = "types::duration")]
     pub handshake_timeout: Duration,
+    /// How long a TLS session can be resumed (session cache and tickets, TLS 1.2 and 1.3): NGINX's
+    /// `ssl_session_timeout`. 0 turns resumption off.
+    #[serde(with = "types::duration")]
+    pub session_timeout: Duration,
     /// How often the certificate files are checked for a renewal; 0 turns polling off.
     #[serde(with = "types::duration")]
     pub reload_interval: Duration,
@@ -102,7 +108,9 @@ pub struct Upstream {
     /// Time to wait for the node's response headers.
     #[serde(with = "types::duration")]
     pub response_timeout: Duration,
-    /// Per-path-prefix response timeouts (Botpress's versioning push needs up to 20 minutes).
+    /// Deprecated: per-prefix response timeouts, now `[[routes]]` (mapped onto them, with a
+    /// warning).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timeouts: Vec<PrefixTimeout>,
     /// Pooled connections idle longer than this are not reused. Keep it below Botpress's
     /// `httpServer.keepAliveTimeout` (5 s) so bpgate never reuses a connection the node closes.
@@ -139,6 +147,61 @@ pub struct PrefixTimeout {
     pub response_timeout: Duration,
 }
 
+/// One `[[routes]]` entry: limits for the requests whose path, below the base path, starts with
+/// `prefix` (whole segments; `*` stands for any one segment; ASCII case ignored, as Express
+/// does). The most specific matching route wins; a field it leaves out is the global value
+/// (`upstream.response_timeout`, `limits.max_body`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct RouteConfig {
+    pub prefix: String,
+    /// Time the node may stay silent once the request body is sent, until its response head.
+    #[serde(
+        default,
+        with = "types::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_timeout: Option<Duration>,
+    /// Largest request body on this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<ByteSize>,
+}
+
+/// The largest body bpgate lets through on Botpress's archive routes. Botpress reads them
+/// whole into one `Buffer` with no limit of its own, and Node 12 cannot build a `Buffer` above
+/// 2^31 - 1 bytes: a larger body could only fail inside Botpress, after the upload.
+pub const ARCHIVE_MAX_BODY: ByteSize = ByteSize(2 << 30);
+/// The Botpress CLI's client timeout for `bp push` / `bp pull`, and the server timeout Botpress
+/// sets on `versioning/update`.
+pub const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// The built-in `[[routes]]`: Botpress's long archive routes (see the README's table of
+/// defaults). `/api/v1/admin/...` is rewritten to `/api/v2/admin/...` inside Botpress, and the
+/// CLI calls the v1 form, so both are listed.
+pub fn builtin_routes() -> Vec<RouteConfig> {
+    let mut out = Vec::new();
+    for v in ["v1", "v2"] {
+        // `bp push` / `bp pull`: archives of the whole data folder, no body limit in Botpress.
+        out.push(RouteConfig {
+            prefix: format!("/api/{v}/admin/management/versioning"),
+            response_timeout: Some(ARCHIVE_TIMEOUT),
+            max_body: Some(ARCHIVE_MAX_BODY),
+        });
+        // Bot import: a raw .tgz read with no size limit.
+        out.push(RouteConfig {
+            prefix: format!("/api/{v}/admin/workspace/bots/*/import"),
+            response_timeout: Some(ARCHIVE_TIMEOUT),
+            max_body: Some(ARCHIVE_MAX_BODY),
+        });
+        // Bot export: the response head comes only once the whole archive is built.
+        out.push(RouteConfig {
+            prefix: format!("/api/{v}/admin/workspace/bots/*/export"),
+            response_timeout: Some(ARCHIVE_TIMEOUT),
+            max_body: None,
+        });
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
 #[serde(default)]
 pub struct Forwarding {
@@ -159,6 +222,18 @@ pub struct Limits {
     /// An idle client connection (no request in flight) is closed after this long.
     #[serde(with = "types::duration")]
     pub keepalive_timeout: Duration,
+    /// After answering a request whose body is still arriving (413 and other early answers),
+    /// bpgate reads and discards what the client still sends for at most this long before it
+    /// closes (NGINX's `lingering_time`), so the client reads the answer instead of a reset.
+    /// 0 turns lingering close off.
+    #[serde(with = "types::duration")]
+    pub lingering_time: Duration,
+    /// While lingering, the longest wait for more data from the client (NGINX's
+    /// `lingering_timeout`).
+    #[serde(with = "types::duration")]
+    pub lingering_timeout: Duration,
+    /// While lingering, the most bytes read and discarded.
+    pub lingering_size: ByteSize,
     /// Client connections open at once on the HTTPS listener; more wait in the backlog.
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per client connection.
@@ -230,12 +305,69 @@ pub struct Cors {
     pub origins: Vec<String>,
     pub credentials: bool,
     pub methods: Vec<String>,
-    pub allow_headers: Vec<String>,
+    /// Request headers a preflight may ask for: `"reflect"` (the default) allows whatever an
+    /// allowed origin asks for, as Botpress's own CORS middleware does; a list pins them.
+    pub allow_headers: AllowHeaders,
     pub expose_headers: Vec<String>,
     #[serde(with = "types::duration")]
     pub max_age: Duration,
     /// Refuse with 403 any request whose `Origin` is not allowed.
     pub reject_disallowed: bool,
+}
+
+/// `cors.allow_headers`: reflect what an allowed origin's preflight asks for, or a fixed list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AllowHeaders {
+    /// Allow every header an allowed origin's preflight names. The origin is the security
+    /// boundary; which headers a page may send is the application's business (Botpress's
+    /// channel-web and messaging clients send `ExternalAuth`, `X-BP-ExternalAuth`,
+    /// `x-bp-messaging-*`).
+    #[default]
+    Reflect,
+    /// Only these (compared case-insensitively), plus the ones the Botpress UIs cannot work
+    /// without.
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for AllowHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AllowHeaders;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"reflect\" or a list of header names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AllowHeaders, E> {
+                if v.trim().eq_ignore_ascii_case("reflect") {
+                    Ok(AllowHeaders::Reflect)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}` is neither \"reflect\" nor a list of header names"
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AllowHeaders, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = seq.next_element::<String>()? {
+                    v.push(x);
+                }
+                Ok(AllowHeaders::List(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for AllowHeaders {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AllowHeaders::Reflect => s.serialize_str("reflect"),
+            AllowHeaders::List(v) => v.serialize(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -254,7 +386,14 @@ pub struct Sticky {
     pub same_site: SameSite,
     #[serde(with = "types::opt_string", skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// How a visitor without a valid cookie (and without a known engine.io session) is placed.
     pub fallback: StickyFallback,
+    /// engine.io session ids learned from handshake answers (`sid` → node), at most this many;
+    /// 0 turns the map off.
+    pub sid_map_max_entries: usize,
+    /// A learned session id not seen for this long is forgotten.
+    #[serde(with = "types::duration")]
+    pub sid_map_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -268,9 +407,15 @@ pub enum SameSite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StickyFallback {
+    /// By load (power of two choices, least outstanding requests per unit of weight), then
+    /// pinned by the cookie: new visitors behind one NAT spread over the nodes. `"none"` is the
+    /// older spelling.
     #[default]
+    #[serde(alias = "none")]
+    Load,
+    /// By a rendezvous hash of the client IP: replicas agree without a cookie, but one NAT's
+    /// visitors all land on one node.
     ClientIp,
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -400,6 +545,7 @@ impl Default for Config {
             health: Health::default(),
             audit: Audit::default(),
             admin: Admin::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -420,6 +566,7 @@ impl Default for Tls {
             cert: PathBuf::from(DEV_CERT_PATH),
             key: PathBuf::from(DEV_KEY_PATH),
             handshake_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(5 * 60),
             reload_interval: Duration::from_secs(30),
         }
     }
@@ -431,11 +578,11 @@ impl Default for Upstream {
             urls: vec!["http://127.0.0.1:3000".into()],
             nodes: Vec::new(),
             connect_timeout: Duration::from_secs(3),
-            response_timeout: Duration::from_secs(60),
-            timeouts: vec![PrefixTimeout {
-                prefix: "/api/v2/admin/management/versioning".into(),
-                response_timeout: Duration::from_secs(20 * 60),
-            }],
+            // Node 12's `server.timeout` (120 s of socket inactivity) is what Botpress itself
+            // allows; bpgate's timer starts once the body is sent, so a little more never cuts
+            // an answer Botpress would still give.
+            response_timeout: Duration::from_secs(130),
+            timeouts: Vec::new(),
             idle_timeout: Duration::from_secs(4),
             pool_max_idle: 256,
             tunnel_idle_timeout: Duration::from_secs(3600),
@@ -446,10 +593,15 @@ impl Default for Upstream {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_body: ByteSize(25 * 1024 * 1024),
+            // Botpress's media limit, `fileUpload.maxFileSize = "25mb"`, is 25 MiB (its
+            // `asBytes` counts in 1024s), and the multipart framing and form fields come on top.
+            max_body: ByteSize(32 * 1024 * 1024),
             max_header_bytes: ByteSize(64 * 1024),
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
+            lingering_time: Duration::from_secs(30),
+            lingering_timeout: Duration::from_secs(5),
+            lingering_size: ByteSize(64 * 1024 * 1024),
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
         }
@@ -502,14 +654,7 @@ impl Default for Cors {
             origins: Vec::new(),
             credentials: true,
             methods: s(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
-            allow_headers: s(&[
-                "Authorization",
-                "Content-Type",
-                "CSRF-Token",
-                "X-BP-Workspace",
-                "X-Requested-With",
-                "X-BP-ExternalAuth",
-            ]),
+            allow_headers: AllowHeaders::Reflect,
             expose_headers: Vec::new(),
             max_age: Duration::from_secs(600),
             reject_disallowed: true,
@@ -529,7 +674,9 @@ impl Default for Sticky {
             secure: true,
             same_site: SameSite::None,
             domain: None,
-            fallback: StickyFallback::ClientIp,
+            fallback: StickyFallback::Load,
+            sid_map_max_entries: 100_000,
+            sid_map_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -538,7 +685,9 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             enabled: true,
-            path: "/status".into(),
+            // `/status` waits on NLU and messaging with no timeout (one hung shared service
+            // would take every node out); `/version` is cheap and still 503 while loading.
+            path: "/version".into(),
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             rise: 2,
@@ -789,6 +938,12 @@ pub struct Derived {
     /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
     pub nodes: Vec<NodeSpec>,
     pub workers: usize,
+    /// The route table in effect: the built-in routes, the deprecated `upstream.timeouts` and
+    /// `[[routes]]` laid over them in that order (an entry with an existing prefix changes only
+    /// the fields it sets).
+    pub routes: Vec<RouteConfig>,
+    /// Deprecated keys in use: the configuration works, the operator should update it.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One upstream node, validated.
@@ -1065,6 +1220,17 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 8k (default 64k)".into(),
         );
     }
+    // RFC 8446 §4.6.1: a ticket lifetime over seven days is a protocol error.
+    if c.tls.session_timeout > Duration::from_secs(7 * 24 * 3600) {
+        err(
+            "tls.session_timeout",
+            format!(
+                "{} is longer than TLS allows (7 days)",
+                humantime::format_duration(c.tls.session_timeout)
+            ),
+            "use minutes, like NGINX's default ssl_session_timeout: 5m".into(),
+        );
+    }
     if c.limits.max_connections == 0 {
         err(
             "limits.max_connections",
@@ -1090,6 +1256,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         ),
         ("limits.header_read_timeout", c.limits.header_read_timeout),
         ("limits.keepalive_timeout", c.limits.keepalive_timeout),
+        ("limits.lingering_timeout", c.limits.lingering_timeout),
         ("health.interval", c.health.interval),
         ("health.timeout", c.health.timeout),
         ("admin.drain_idle_after", c.admin.drain_idle_after),
@@ -1102,14 +1269,83 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             );
         }
     }
+    let mut warnings = Vec::new();
+    let mut routes = builtin_routes();
     for (i, t) in c.upstream.timeouts.iter().enumerate() {
-        if !t.prefix.starts_with('/') {
+        let key = format!("upstream.timeouts.{i}");
+        if let Err(p) = route_pattern(&t.prefix) {
             err(
-                &format!("upstream.timeouts.{i}.prefix"),
-                format!("`{}` must start with /", t.prefix),
-                "use a path prefix such as /api/v2/admin/management/versioning".into(),
+                &format!("{key}.prefix"),
+                p,
+                "use a path prefix such as /api/v1/admin/management/versioning".into(),
+            );
+            continue;
+        }
+        let mut w = ConfigError::new(
+            key,
+            format!(
+                "deprecated; read as [[routes]] prefix = \"{}\", response_timeout = \"{}\"",
+                t.prefix,
+                humantime::format_duration(t.response_timeout)
+            ),
+            "replace [[upstream.timeouts]] by [[routes]] (same prefix and response_timeout; max_body may be set there too)",
+        );
+        w.origin = origins.of("upstream.timeouts").map(str::to_string);
+        warnings.push(w);
+        overlay_route(
+            &mut routes,
+            RouteConfig {
+                prefix: t.prefix.clone(),
+                response_timeout: Some(t.response_timeout),
+                max_body: None,
+            },
+        );
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        let key = format!("routes.{i}");
+        if let Err(p) = route_pattern(&r.prefix) {
+            err(
+                &format!("{key}.prefix"),
+                p,
+                "use a path below the base path, e.g. /api/v2/admin/workspace/bots/*/import".into(),
+            );
+            continue;
+        }
+        if r.response_timeout.is_none() && r.max_body.is_none() {
+            err(
+                &key,
+                format!(
+                    "route `{}` sets neither response_timeout nor max_body",
+                    r.prefix
+                ),
+                "set response_timeout, max_body or both, or remove the entry".into(),
             );
         }
+        if r.response_timeout.is_some_and(|d| d.is_zero()) {
+            err(
+                &format!("{key}.response_timeout"),
+                "must be greater than zero".into(),
+                "use a duration such as 20m".into(),
+            );
+        }
+        if r.max_body.is_some_and(|b| b.0 == 0) {
+            err(
+                &format!("{key}.max_body"),
+                "must be at least one byte".into(),
+                "use a size such as 1g".into(),
+            );
+        }
+        if c.routes[..i]
+            .iter()
+            .any(|o| same_route(&o.prefix, &r.prefix))
+        {
+            err(
+                &format!("{key}.prefix"),
+                format!("route `{}` is listed twice", r.prefix),
+                "merge the two entries into one".into(),
+            );
+        }
+        overlay_route(&mut routes, r.clone());
     }
     let token = c.admin.token.expose();
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -1179,12 +1415,30 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "set sticky.secure = true or choose another same_site".into(),
         );
     }
+    if c.sticky.sid_map_max_entries > 0 && c.sticky.sid_map_idle_timeout.as_secs() < 60 {
+        err(
+            "sticky.sid_map_idle_timeout",
+            "shorter than a minute: a polling session is idle up to engine.io's pingInterval + pingTimeout (45 s)".into(),
+            "use e.g. 5m".into(),
+        );
+    }
     if c.sticky.max_age.as_secs() < 60 {
         err(
             "sticky.max_age",
             "shorter than a minute".into(),
             "use e.g. 24h".into(),
         );
+    }
+    if let AllowHeaders::List(l) = &c.cors.allow_headers {
+        for (i, h) in l.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
+                err(
+                    &format!("cors.allow_headers.{i}"),
+                    format!("`{h}` is not a header name"),
+                    "use names like X-BP-ExternalAuth, or \"reflect\" to allow what allowed origins ask for".into(),
+                );
+            }
+        }
     }
     for (i, o) in c.cors.origins.iter().enumerate() {
         if let Err(p) = OriginSpec::parse(o) {
@@ -1255,9 +1509,61 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             base_path,
             nodes,
             workers,
+            routes,
+            warnings,
         })
     } else {
         Err(ConfigErrors(errs))
+    }
+}
+
+/// Checks a route prefix: `/` then segments, `*` only as a whole segment; no query, fragment,
+/// empty segment or space. Returns the segments (a trailing `/` is ignored).
+pub fn route_pattern(p: &str) -> Result<Vec<&str>, String> {
+    if !p.starts_with('/') {
+        return Err(format!("`{p}` must start with /"));
+    }
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        return Ok(Vec::new());
+    }
+    let segs: Vec<&str> = t[1..].split('/').collect();
+    for seg in &segs {
+        if seg.is_empty() {
+            return Err(format!("`{p}` has an empty segment (`//`)"));
+        }
+        if seg.contains('*') && *seg != "*" {
+            return Err(format!(
+                "`{p}`: `*` stands for one whole segment (`/bots/*/import`), not part of one"
+            ));
+        }
+        if !seg.bytes().all(|b| b.is_ascii_graphic()) || seg.contains(['?', '#']) {
+            return Err(format!(
+                "`{p}` must be a path only (no query, fragment or space)"
+            ));
+        }
+    }
+    Ok(segs)
+}
+
+/// Whether two route prefixes name the same route (trailing `/` and ASCII case ignored).
+pub fn same_route(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// Lays `r` over `routes`: a route with the same prefix takes the fields `r` sets.
+fn overlay_route(routes: &mut Vec<RouteConfig>, r: RouteConfig) {
+    match routes.iter_mut().find(|e| same_route(&e.prefix, &r.prefix)) {
+        Some(e) => {
+            if r.response_timeout.is_some() {
+                e.response_timeout = r.response_timeout;
+            }
+            if r.max_body.is_some() {
+                e.max_body = r.max_body;
+            }
+        }
+        None => routes.push(r),
     }
 }
 
@@ -1353,8 +1659,19 @@ fn parse_node_url(u: &str) -> Result<String, String> {
     Ok(format!("{}:{port}", auth.host()))
 }
 
+impl Loaded {
+    /// `bpgate config`: the effective settings with every secret replaced, the route table as
+    /// in effect (built-in routes and the deprecated `upstream.timeouts` folded in).
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.config.clone();
+        c.routes = self.derived.routes.clone();
+        c.upstream.timeouts.clear();
+        c.redacted_toml()
+    }
+}
+
 impl Config {
-    /// TOML of the effective settings with every secret replaced, for `bpgate config`.
+    /// TOML of the settings with every secret replaced.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.sticky.secret = c.sticky.secret.redacted();

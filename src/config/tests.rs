@@ -206,6 +206,191 @@ fn response_header_values_are_checked_at_load() {
 }
 
 #[test]
+fn cors_allow_headers_reflect_by_default_or_a_pinned_list() {
+    assert_eq!(
+        load_str("", &[]).unwrap().config.cors.allow_headers,
+        AllowHeaders::Reflect
+    );
+    let l = load_str("[cors]\nallow_headers = \"reflect\"\n", &[]).unwrap();
+    assert_eq!(l.config.cors.allow_headers, AllowHeaders::Reflect);
+    let l = load_str("[cors]\nallow_headers = [\"X-BP-ExternalAuth\"]\n", &[]).unwrap();
+    assert_eq!(
+        l.config.cors.allow_headers,
+        AllowHeaders::List(vec!["X-BP-ExternalAuth".into()])
+    );
+    // Round-trips through the rendered configuration (`bpgate config`, reload comparisons).
+    let t = l.config.redacted_toml();
+    assert!(t.contains("allow_headers = [\"X-BP-ExternalAuth\"]"), "{t}");
+    let e = err("[cors]\nallow_headers = \"*\"\n", &[]);
+    assert!(
+        e.contains("cors.allow_headers") && e.contains("reflect"),
+        "{e}"
+    );
+    let e = err("[cors]\nallow_headers = [\"ok\", \"not a header\"]\n", &[]);
+    assert!(e.contains("cors.allow_headers.1"), "{e}");
+}
+
+#[test]
+fn sticky_fallback_and_session_map_settings() {
+    let s = load_str("", &[]).unwrap().config.sticky;
+    assert_eq!(s.fallback, StickyFallback::Load);
+    assert_eq!(s.sid_map_max_entries, 100_000);
+    assert_eq!(s.sid_map_idle_timeout, Duration::from_secs(300));
+    for (v, want) in [
+        ("load", StickyFallback::Load),
+        ("none", StickyFallback::Load),
+        ("client-ip", StickyFallback::ClientIp),
+    ] {
+        let l = load_str(&format!("[sticky]\nfallback = \"{v}\"\n"), &[]).unwrap();
+        assert_eq!(l.config.sticky.fallback, want, "{v}");
+    }
+    let e = err("[sticky]\nfallback = \"random\"\n", &[]);
+    assert!(e.contains("sticky.fallback"), "{e}");
+    let e = err("[sticky]\nsid_map_idle_timeout = \"10s\"\n", &[]);
+    assert!(e.contains("sticky.sid_map_idle_timeout"), "{e}");
+    // Off: the timeout does not matter.
+    load_str(
+        "[sticky]\nsid_map_max_entries = 0\nsid_map_idle_timeout = \"10s\"\n",
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn edge_limits_parse_and_are_checked() {
+    let l = load_str(
+        "[tls]\nsession_timeout = \"0s\"\n[limits]\nlingering_time = \"0s\"\nlingering_timeout = \"2s\"\nlingering_size = \"1m\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(l.config.tls.session_timeout.is_zero());
+    assert!(l.config.limits.lingering_time.is_zero());
+    assert_eq!(l.config.limits.lingering_size.0, 1 << 20);
+    let d = load_str("", &[]).unwrap().config;
+    assert_eq!(d.tls.session_timeout, Duration::from_secs(300));
+    assert_eq!(d.limits.lingering_time, Duration::from_secs(30));
+    assert_eq!(d.limits.lingering_timeout, Duration::from_secs(5));
+    let e = err("[tls]\nsession_timeout = \"8d\"\n", &[]);
+    assert!(
+        e.contains("tls.session_timeout") && e.contains("7 days"),
+        "{e}"
+    );
+    let e = err("[limits]\nlingering_timeout = \"0s\"\n", &[]);
+    assert!(e.contains("limits.lingering_timeout"), "{e}");
+}
+
+#[test]
+fn defaults_fit_botpress_media_uploads_node_timeouts_and_the_cheap_probe() {
+    let c = Config::default();
+    // A 25 MiB file (Botpress's "25mb") plus its multipart framing.
+    assert!(c.limits.max_body.0 > 25 * 1024 * 1024 + 64 * 1024);
+    // Node 12's server.timeout is 120 s of inactivity.
+    assert!(c.upstream.response_timeout > Duration::from_secs(120));
+    assert_eq!(c.health.path, "/version");
+    assert!(c.upstream.timeouts.is_empty() && c.routes.is_empty());
+}
+
+#[test]
+fn routes_lay_over_the_builtin_table_field_by_field() {
+    let l = load_str(
+        r#"
+[[routes]]
+prefix = "/api/v2/admin/management/versioning/"
+max_body = "500m"
+[[routes]]
+prefix = "/api/v1/bots/*/mod/qna/import"
+response_timeout = "10m"
+"#,
+        &[],
+    )
+    .unwrap();
+    let find = |p: &str| {
+        l.derived
+            .routes
+            .iter()
+            .find(|r| same_route(&r.prefix, p))
+            .unwrap_or_else(|| panic!("no route {p}"))
+            .clone()
+    };
+    let v2 = find("/api/v2/admin/management/versioning");
+    assert_eq!(v2.max_body, Some(ByteSize(500 << 20)));
+    assert_eq!(
+        v2.response_timeout,
+        Some(ARCHIVE_TIMEOUT),
+        "a field left out keeps the built-in value"
+    );
+    assert_eq!(
+        find("/api/v1/admin/management/versioning").max_body,
+        Some(ARCHIVE_MAX_BODY)
+    );
+    assert_eq!(
+        find("/api/v1/bots/*/mod/qna/import").response_timeout,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(l.derived.routes.len(), builtin_routes().len() + 1);
+    assert!(l.derived.warnings.is_empty());
+}
+
+#[test]
+fn the_deprecated_timeouts_map_onto_routes_with_a_warning() {
+    let l = load_str(
+        "[[upstream.timeouts]]\nprefix = \"/long\"\nresponse_timeout = \"5s\"\n[[routes]]\nprefix = \"/long\"\nmax_body = \"1k\"\n",
+        &[],
+    )
+    .unwrap();
+    let r = l
+        .derived
+        .routes
+        .iter()
+        .find(|r| r.prefix == "/long")
+        .unwrap();
+    assert_eq!(r.response_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(r.max_body, Some(ByteSize(1024)));
+    assert_eq!(l.derived.warnings.len(), 1);
+    let w = l.derived.warnings[0].to_string();
+    assert!(
+        w.contains("upstream.timeouts.0") && w.contains("deprecated") && w.contains("[[routes]]"),
+        "{w}"
+    );
+    // `bpgate config` shows the table in effect, without the old key.
+    let out = l.redacted_toml();
+    assert!(
+        out.contains("[[routes]]") && !out.contains("[[upstream.timeouts]]"),
+        "{out}"
+    );
+    let again = load_str(&out, &[]).unwrap();
+    assert_eq!(
+        again.derived.routes, l.derived.routes,
+        "the printed table reads back the same"
+    );
+}
+
+#[test]
+fn bad_routes_are_refused_with_their_key() {
+    for (toml, key) in [
+        ("[[routes]]\nprefix = \"api\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api/bots*/x\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api//x\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api?x=1\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        ("[[routes]]\nprefix = \"/api\"", "routes.0"),
+        ("[[routes]]\nprefix = \"/api\"\nresponse_timeout = \"0s\"", "routes.0.response_timeout"),
+        ("[[routes]]\nprefix = \"/api\"\nmax_body = 0", "routes.0.max_body"),
+        (
+            "[[routes]]\nprefix = \"/api\"\nmax_body = \"1m\"\n[[routes]]\nprefix = \"/API/\"\nmax_body = \"2m\"",
+            "routes.1.prefix",
+        ),
+        ("[[routes]]\nprefix = \"/api\"\nmax_bdy = \"1m\"", "routes.0.max_bdy"),
+        (
+            "[[upstream.timeouts]]\nprefix = \"long\"\nresponse_timeout = \"5s\"",
+            "upstream.timeouts.0.prefix",
+        ),
+    ] {
+        let e = err(toml, &[]);
+        assert!(e.contains(&format!("`{key}`")), "{toml}: {e}");
+    }
+}
+
+#[test]
 fn admin_token_from_env_checked_and_redacted() {
     let l = load_str("", &[]).unwrap();
     assert!(l.config.admin.token.is_empty());

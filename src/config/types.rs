@@ -199,6 +199,23 @@ pub mod duration {
     }
 }
 
+/// Optional durations, in the same forms as [`duration`].
+pub mod opt_duration {
+    use super::*;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// Optional strings where an empty string (e.g. `EXTERNAL_URL=`) means unset.
 pub mod opt_string {
     use super::*;

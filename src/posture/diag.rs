@@ -55,7 +55,7 @@ pub async fn report(loaded: &Loaded, bp: BotpressView, timeout: Duration) -> Str
     r.section("bpgate configuration (effective, secrets redacted)");
     r.kv("file", &loaded.path.display().to_string());
     // redacted_toml hides bpgate's own secrets; URLs may still carry credentials.
-    r.raw(&url_secrets(&loaded.config.redacted_toml()));
+    r.raw(&url_secrets(&loaded.redacted_toml()));
 
     match &inputs.bp.env_from {
         EnvFrom::File(p) => r.section(&format!("Botpress environment ({p})")),

@@ -92,8 +92,10 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 /// Values bpgate's forwarding headers need besides the request itself.
 #[derive(Debug, Clone)]
 pub struct ForwardingContext<'a> {
-    pub peer: IpAddr,
+    /// Whether the TCP peer is a trusted proxy (its `X-Forwarded-Proto`, `-Host` and `-Port`
+    /// are kept).
     pub peer_trusted: bool,
+    /// The client, as [`client_ip`] computed it.
     pub client: IpAddr,
     /// The public port, as the client reached it.
     pub port: &'a HeaderValue,
@@ -104,8 +106,15 @@ pub struct ForwardingContext<'a> {
 }
 
 /// Writes `X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `-Prefix`, `X-Real-IP` and `Forwarded`.
+///
+/// The node is told one client, the one [`client_ip`] settled on, and never a chain: Botpress
+/// (Express with `REVERSE_PROXY=loopback`) takes the rightmost untrusted `X-Forwarded-For` hop,
+/// which in `<chain>, <load balancer>` would be the load balancer, and with `REVERSE_PROXY=true`
+/// the leftmost, which the client writes. So `X-Forwarded-For`, `X-Real-IP` and the one
+/// `Forwarded` element (RFC 7239 `for`, with the `host` and `proto` bpgate also sends as
+/// `X-Forwarded-Host` and `-Proto`) all say the same thing. The chain as received stays in the
+/// audit record (`forwarded_for`).
 pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
-    let peer = canonical(cx.peer);
     let host = h.get(HOST).cloned();
     let cached = cx
         .cache
@@ -113,35 +122,14 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
         .and_then(|c| c.0.load_full())
         .filter(|c| c.client == cx.client && c.host == host);
 
-    // X-Forwarded-For: a trusted proxy's chain is extended; anyone else's is replaced.
-    let xff = if cx.peer_trusted {
-        let mut chain = String::new();
-        for v in h.get_all(&X_FORWARDED_FOR) {
-            if let Ok(s) = v.to_str() {
-                if !chain.is_empty() {
-                    chain.push_str(", ");
-                }
-                chain.push_str(s.trim());
-            }
-        }
-        if !chain.is_empty() {
-            chain.push_str(", ");
-        }
-        let _ = write!(chain, "{peer}");
-        HeaderValue::from_str(&chain).ok()
-    } else {
-        None
-    };
     let client_text = match &cached {
         Some(c) => c.client_text.clone(),
         None => ip_header(cx.client),
     };
-    h.insert(
-        X_FORWARDED_FOR.clone(),
-        xff.unwrap_or_else(|| client_text.clone()),
-    );
+    h.insert(X_FORWARDED_FOR.clone(), client_text.clone());
     h.insert(X_REAL_IP.clone(), client_text.clone());
 
+    // A trusted proxy's view of the original scheme and host is kept; anyone else's replaced.
     let keep = |h: &HeaderMap, n: &HeaderName| cx.peer_trusted && h.get(n).is_some();
     if !keep(h, &X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
@@ -171,30 +159,34 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
         };
         return;
     }
-    // RFC 7239: one element per proxy; a trusted proxy's elements are kept, ours appended.
     let mut fwd = String::with_capacity(64);
-    if cx.peer_trusted {
-        for v in h.get_all(FORWARDED) {
-            if let Ok(s) = v.to_str() {
-                fwd.push_str(s.trim());
-                fwd.push_str(", ");
-            }
-        }
-    }
-    let for_ip = if cx.peer_trusted { peer } else { cx.client };
     fwd.push_str("for=");
-    push_node(&mut fwd, for_ip);
-    if let Some(hv) = host.as_ref().and_then(|v| v.to_str().ok()) {
-        if hv
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
-            fwd.push_str(";host=\"");
-            fwd.push_str(hv);
-            fwd.push('"');
-        }
+    push_node(&mut fwd, cx.client);
+    fn quotable(v: &HeaderValue) -> Option<&str> {
+        v.to_str().ok().filter(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        })
     }
-    fwd.push_str(";proto=https");
+    if let Some(hv) = h.get(&X_FORWARDED_HOST).and_then(quotable) {
+        fwd.push_str(";host=\"");
+        fwd.push_str(hv);
+        fwd.push('"');
+    }
+    // `proto` is a URI scheme (RFC 7239 5.4): letters, digits, `+`, `-`, `.`.
+    let proto = h
+        .get(&X_FORWARDED_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|p| {
+            p.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        })
+        .unwrap_or("https");
+    fwd.push_str(";proto=");
+    fwd.push_str(proto);
     let forwarded = HeaderValue::from_str(&fwd).ok();
     match &forwarded {
         Some(v) => h.insert(FORWARDED, v.clone()),
@@ -208,6 +200,23 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
             forwarded,
         })));
     }
+}
+
+/// The `X-Forwarded-For` chain as received (every field value, in order, joined by `, `), for
+/// the audit record; `None` without one. Only the hops right of the rightmost untrusted one were
+/// written by trusted proxies; the rest is whatever the client claimed.
+pub fn received_chain(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(&X_FORWARDED_FOR).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(first.clone());
+    };
+    let mut chain = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        chain.extend_from_slice(b", ");
+        chain.extend_from_slice(v.as_bytes());
+    }
+    HeaderValue::from_bytes(&chain).ok()
 }
 
 fn push_node(out: &mut String, ip: IpAddr) {

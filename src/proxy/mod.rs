@@ -5,6 +5,7 @@
 mod forwarded;
 mod hop;
 mod pool;
+mod routes;
 pub mod tunnel;
 
 use std::future::Future;
@@ -19,12 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use forwarded::{
-    acceptable_request_id, canonical, client_ip, ip_header, new_request_id, set_forwarding_headers,
-    ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT,
-    X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
+    acceptable_request_id, canonical, client_ip, ip_header, new_request_id, received_chain,
+    set_forwarding_headers, ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
 };
-pub use hop::{strip as strip_hop_by_hop, wants_upgrade};
+pub use hop::{strip as strip_hop_by_hop, strip_request, wants_upgrade, SPOOFABLE};
 pub use pool::{ConnectError, Pool, PoolSettings, SendError};
+pub use routes::{RouteLimits, Routes};
 pub use tunnel::{TunnelHook, TunnelReport};
 
 use crate::exchange::{self, BodyEnd, Exchange, Refusal, Req, Resp, RespBody, UpstreamBody};
@@ -42,7 +44,7 @@ pub enum ForwardError {
         error: ConnectError,
     },
     Timeout,
-    /// The client sent more than `limits.max_body`.
+    /// The client sent more than its route's `max_body`.
     TooLarge,
     /// The client's body broke off.
     ClientAbort,
@@ -79,14 +81,10 @@ pub struct ForwardSettings {
     pub public_port: Option<HeaderValue>,
     /// `X-Forwarded-Prefix` value (the base path), if any.
     pub prefix: Option<HeaderValue>,
-    /// The base path, removed from paths before per-prefix timeouts are matched.
-    pub base_path: String,
-    pub response_timeout: Duration,
-    /// (path prefix below the base path, response timeout), longest first.
-    pub prefix_timeouts: Vec<(String, Duration)>,
+    /// The global limits, for a request that reaches this step without the [`RouteLimits`] the
+    /// edge resolves (its route's limits, in the request's extensions).
+    pub default_limits: RouteLimits,
     pub tunnel_idle_timeout: Duration,
-    /// `limits.max_body`: a declared `Content-Length` above it is refused before forwarding.
-    pub max_body: u64,
     /// How the node's pool connects and keeps connections.
     pub pool: PoolSettings,
 }
@@ -144,12 +142,17 @@ async fn forward(
     let Some(x) = exchange::exchange(&req).cloned() else {
         return Err(ForwardError::NoTarget);
     };
+    let limits = req
+        .extensions()
+        .get::<RouteLimits>()
+        .copied()
+        .unwrap_or(s.default_limits);
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > s.max_body) {
+    if declared.is_some_and(|n| n > limits.max_body) {
         return Err(ForwardError::TooLarge);
     }
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
@@ -159,7 +162,7 @@ async fn forward(
     } else {
         None
     };
-    let timeout = response_timeout(&s, req.uri().path());
+    let timeout = limits.response_timeout;
     prepare(&s, &x, &mut req, upgrade, trailers);
 
     let sent = std::time::Instant::now();
@@ -212,18 +215,11 @@ async fn forward(
     Ok(out)
 }
 
-fn response_timeout(s: &ForwardSettings, path: &str) -> Duration {
-    let rel = path.strip_prefix(s.base_path.as_str()).unwrap_or(path);
-    s.prefix_timeouts
-        .iter()
-        .find(|(p, _)| rel.starts_with(p.as_str()))
-        .map(|(_, t)| *t)
-        .unwrap_or(s.response_timeout)
-}
-
 /// Rewrites a client request into the request a node receives.
 fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trailers: bool) {
-    // HTTP/2 carries the host in :authority; Botpress builds URLs from Host.
+    // HTTP/2 carries the host in :authority, and an HTTP/1.1 node needs a Host. Botpress
+    // itself never reads Host (its URLs come from EXTERNAL_URL), but Express's `req.hostname`
+    // and whatever sits between bpgate and the node may.
     if !req.headers().contains_key(HOST) {
         if let Some(a) = req
             .uri()
@@ -244,7 +240,7 @@ fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trai
     }
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
-    strip_hop_by_hop(h, upgrade);
+    strip_request(h, upgrade);
     // bpgate answers `Expect: 100-continue` itself, when it starts reading the body.
     h.remove(EXPECT);
     // A node only sends trailers to a peer that accepts them; bpgate can pass them on to an
@@ -263,7 +259,6 @@ fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trai
     set_forwarding_headers(
         h,
         &ForwardingContext {
-            peer: x.conn.peer.ip(),
             peer_trusted: x.peer_trusted,
             client: x.client_ip,
             port,

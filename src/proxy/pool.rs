@@ -172,23 +172,55 @@ impl Pool {
         Ok((resp, in_flight.into_lease(tx, settings.max_idle)))
     }
 
+    /// Sends `req` on `tx` and waits for the response head. The response timeout counts the
+    /// node's silence the way Node's own `server.timeout` does: from the end of the request
+    /// body, so a long upload is not held against the node; while the body is still being sent,
+    /// a pause of the whole timeout with no byte from the client ends the exchange too.
     async fn exchange(
         &self,
         tx: &mut SendRequest<ReqBody>,
-        req: Req,
+        mut req: Req,
         response_timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(response_timeout, tx.try_send_request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(mut e)) => match e.take_message() {
+        let body_sent = req.body_mut().on_end();
+        let progress = crate::exchange::exchange(&req).cloned();
+        let send = tx.try_send_request(req);
+        tokio::pin!(send);
+        let outcome = 'wait: {
+            if let Some(mut body_sent) = body_sent {
+                let received = || {
+                    progress
+                        .as_ref()
+                        .map_or(0, |x| x.bytes_in.load(Ordering::Relaxed))
+                };
+                let mut last = received();
+                loop {
+                    tokio::select! {
+                        r = &mut send => break 'wait Some(r),
+                        _ = &mut body_sent => break,
+                        _ = tokio::time::sleep(response_timeout) => {
+                            let now = received();
+                            if now == last {
+                                break 'wait None;
+                            }
+                            last = now;
+                        }
+                    }
+                }
+            }
+            tokio::time::timeout(response_timeout, send).await.ok()
+        };
+        match outcome {
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(mut e)) => match e.take_message() {
                 Some(req) => Err(SendError::Connect {
                     req: Box::new(req),
                     error: ConnectError::Http(e.into_error()),
                 }),
                 None => Err(SendError::Failed(e.into_error())),
             },
-            Err(_) => Err(SendError::Timeout),
+            None => Err(SendError::Timeout),
         }
     }
 

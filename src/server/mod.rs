@@ -13,6 +13,7 @@
 
 mod certs;
 mod edge;
+mod io;
 mod listener;
 mod redirect;
 
@@ -114,6 +115,9 @@ impl Gateway {
     /// is bound.
     pub fn start(loaded: Loaded) -> Result<Arc<Gateway>, StartError> {
         let c = &loaded.config;
+        for w in &loaded.derived.warnings {
+            tracing::warn!("{w}");
+        }
         let production = c.mode == Mode::Production;
         // Production never gets a generated certificate: a missing one is an error.
         if !production
@@ -146,7 +150,8 @@ impl Gateway {
             }
         }
         let cert = ReloadableCert::new(pair.key);
-        let server_config = tls::server_config(cert.clone()).map_err(StartError::Tls)?;
+        let server_config =
+            tls::server_config(cert.clone(), c.tls.session_timeout).map_err(StartError::Tls)?;
 
         let (secret, generated) = if c.sticky.secret.is_empty() {
             (cluster::generate_secret(), true)
@@ -169,6 +174,8 @@ impl Gateway {
             sticky_enabled: c.sticky.enabled,
             ip_fallback: c.sticky.fallback == StickyFallback::ClientIp,
             generated_secret: generated,
+            sid_map_max_entries: c.sticky.sid_map_max_entries,
+            sid_map_idle: c.sticky.sid_map_idle_timeout,
         });
         let (audit_sink, audit_guard) = if c.audit.enabled {
             let (s, g) =

@@ -1,8 +1,13 @@
 //! Test support: a CA and certificates, fake Botpress nodes (real hyper servers on loopback),
 //! bpgate itself started in-process on ephemeral ports, and TLS HTTP/1.1, HTTP/2 and WebSocket
 //! clients that trust the test CA.
+//!
+//! Two kinds of node: [`Node::start`] with a handler of the test's choosing ([`echo`] answers
+//! every path, for tests about what a node receives), and [`botpress::Botpress`], which behaves
+//! like Botpress v12 where bpgate can tell (probes, loading state, 404s, keep-alive close).
 
 pub mod binary;
+pub mod botpress;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -101,6 +106,8 @@ pub struct Node {
     pub name: String,
     pub accepted: Arc<AtomicU64>,
     pub requests: Arc<AtomicU64>,
+    /// Keep-alive connections the node closed because they sat idle (see [`Node::start_with`]).
+    pub idle_closed: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -116,11 +123,28 @@ impl Node {
     }
 
     pub async fn start_on(name: &str, listener: TcpListener, handler: Handler) -> Node {
+        Node::start_with(name, listener, handler, None).await
+    }
+
+    /// A node that closes a keep-alive connection once it has been idle (no request in flight)
+    /// for `idle_close`, as Node.js does after its `keepAliveTimeout` (5 s in Botpress).
+    pub async fn start_with(
+        name: &str,
+        listener: TcpListener,
+        handler: Handler,
+        idle_close: Option<Duration>,
+    ) -> Node {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
+        let idle_closed = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = oneshot::channel::<()>();
-        let (a, r, n) = (accepted.clone(), requests.clone(), name.to_string());
+        let (a, r, n, ic) = (
+            accepted.clone(),
+            requests.clone(),
+            name.to_string(),
+            idle_closed.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -129,17 +153,44 @@ impl Node {
                     _ = &mut stopped => break,
                 };
                 a.fetch_add(1, Ordering::Relaxed);
-                let (h, r, n) = (handler.clone(), r.clone(), n.clone());
+                let (h, r, n, ic) = (handler.clone(), r.clone(), n.clone(), ic.clone());
                 conns.spawn(async move {
+                    let activity = Arc::new(ConnActivity::default());
+                    let act = activity.clone();
                     let svc = hyper::service::service_fn(move |req| {
                         r.fetch_add(1, Ordering::Relaxed);
+                        act.begin();
                         let f = h(req, NodeCtx { name: n.clone() });
-                        async move { Ok::<_, Infallible>(f.await) }
+                        let act = act.clone();
+                        async move {
+                            let resp = f.await;
+                            act.end();
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                        .with_upgrades();
+                    tokio::pin!(conn);
+                    let Some(limit) = idle_close else {
+                        let _ = conn.await;
+                        return;
+                    };
+                    loop {
+                        let wait = activity.idle_left(limit);
+                        tokio::select! {
+                            _ = conn.as_mut() => return,
+                            _ = tokio::time::sleep(wait.unwrap_or(Duration::ZERO)) => {
+                                if activity.idle_left(limit).is_none() {
+                                    // Idle: hyper closes an idle connection at once.
+                                    conn.as_mut().graceful_shutdown();
+                                    ic.fetch_add(1, Ordering::Relaxed);
+                                    let _ = conn.await;
+                                    return;
+                                }
+                            }
+                        }
+                    }
                 });
             }
             // Dropping the set aborts every connection: the node is really gone.
@@ -150,6 +201,7 @@ impl Node {
             name: name.to_string(),
             accepted,
             requests,
+            idle_closed,
             stop: Some(stop),
             task,
         }
@@ -166,6 +218,40 @@ impl Node {
         }
         let _ = (&mut self.task).await;
         self.addr
+    }
+}
+
+/// Requests in flight on one node connection and when the last one started or ended.
+struct ConnActivity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        ConnActivity {
+            in_flight: Default::default(),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+impl ConnActivity {
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap() = tokio::time::Instant::now();
+    }
+    fn end(&self) {
+        *self.last.lock().unwrap() = tokio::time::Instant::now();
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    /// `None` once idle for `limit`; else how long until it could be.
+    fn idle_left(&self, limit: Duration) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Some(limit);
+        }
+        let since = self.last.lock().unwrap().elapsed();
+        limit.checked_sub(since).filter(|d| !d.is_zero())
     }
 }
 
@@ -376,7 +462,7 @@ impl GateBuilder {
 }
 
 /// Later sections of `extra` replace the same keys of `base` (tables merged key by key).
-fn merge_toml(base: &str, extra: &str) -> String {
+pub fn merge_toml(base: &str, extra: &str) -> String {
     let mut b: toml::Table = toml::from_str(base).unwrap();
     let e: toml::Table = toml::from_str(extra).unwrap_or_else(|err| panic!("test TOML: {err}"));
     fn merge(b: &mut toml::Table, e: toml::Table) {
@@ -531,6 +617,9 @@ pub async fn tls_connect_from(
 pub enum Client {
     H1(hyper::client::conn::http1::SendRequest<BoxBody>),
     H2(hyper::client::conn::http2::SendRequest<BoxBody>),
+    /// HTTP/2 as browsers speak it: `:authority` only, every `Host` header removed before
+    /// sending.
+    H2Browser(hyper::client::conn::http2::SendRequest<BoxBody>),
 }
 
 impl Client {
@@ -546,6 +635,14 @@ impl Client {
             "bpgate must negotiate h2"
         );
         Client::over(tls).await
+    }
+
+    /// HTTP/2 without `Host` (see [`Client::H2Browser`]).
+    pub async fn h2_browser(gate: &Gate) -> Client {
+        match Client::h2(gate).await {
+            Client::H2(tx) => Client::H2Browser(tx),
+            other => other,
+        }
     }
 
     pub async fn over(tls: TlsStream<TcpStream>) -> Client {
@@ -574,6 +671,16 @@ impl Client {
                 tx.send_request(req).await
             }
             Client::H2(tx) => {
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+            Client::H2Browser(tx) => {
+                let mut req = req;
+                req.headers_mut().remove(http::header::HOST);
+                assert!(
+                    req.uri().authority().is_some(),
+                    "a browser's request has :authority"
+                );
                 tx.ready().await?;
                 tx.send_request(req).await
             }
