@@ -17,6 +17,7 @@ mod deploy;
 mod edge;
 mod gateway;
 mod health;
+mod identity;
 mod lifecycle;
 mod metrics;
 mod operability;
