@@ -307,6 +307,10 @@ impl Pending {
         }
         if let Some(o) = error {
             record.outcome = o;
+            if o == Outcome::ClientAbort && exchange.conn.was_cut() {
+                record.reason =
+                    Some("cut by bpgate at the drain deadline (shutdown.drain_timeout)");
+            }
         } else if record.outcome == Outcome::Ok {
             match exchange.body_end() {
                 BodyEnd::ClientAbort => record.outcome = Outcome::ClientAbort,

@@ -808,11 +808,8 @@ struct Files {
 impl Files {
     fn open(s: &WriterSettings) -> io::Result<Files> {
         let path = s.dir.join(CURRENT_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)?;
+        // Read access too: a torn last line is found and cut before appending.
+        let file = open_append(&path, true)?;
         let torn = trim_torn_tail(&file)?;
         if torn > 0 {
             tracing::warn!(
@@ -854,10 +851,7 @@ impl Files {
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(CURRENT_FILE))?;
+        let file = open_append(&self.dir.join(CURRENT_FILE), false)?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = file;
         Ok(())
@@ -868,10 +862,7 @@ impl Files {
         let (stamp, n) = next_rotated(&self.dir, &utc_stamp(now));
         let target = self.dir.join(rotated_name(&stamp, n));
         std::fs::rename(self.dir.join(CURRENT_FILE), &target)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(CURRENT_FILE))?;
+        self.file = open_append(&self.dir.join(CURRENT_FILE), false)?;
         self.size = 0;
         self.pending = 0;
         self.period = period_start(s.rotation, now);
@@ -949,6 +940,20 @@ fn next_rotated(dir: &Path, stamp: &str) -> (String, u32) {
         Some((s, n)) if s.as_str() >= stamp => (s, n + 1),
         _ => (stamp.to_string(), 0),
     }
+}
+
+/// Opens (creating) an audit file for appending. A new file is `0640`: the trail names users and
+/// their addresses, so it is readable by bpgate's user and group (a log shipper), not by others.
+/// Rotated files keep it, as rotation renames.
+fn open_append(path: &Path, read: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true).append(true).read(read);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o640);
+    }
+    o.open(path)
 }
 
 /// Start (Unix ms, UTC) of the rotation period containing `ms`.
