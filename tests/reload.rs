@@ -551,13 +551,12 @@ async fn observe(key: &str) {
             )
             .await;
             assert!(r.until_healthy(true).await);
-            let addr = n.kill().await;
+            let port = n.kill().await;
             for _ in 0..3 {
                 assert_eq!(r.get("/x").await.status, StatusCode::BAD_GATEWAY);
             }
             assert!(r.healthy().await, "3 failures < fall 100");
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            let n = Node::start_on("n", listener, handler(knobs.clone())).await;
+            let n = Node::start_on("n", port.listen(), handler(knobs.clone())).await;
             assert_eq!(r.get("/x").await.status, StatusCode::OK);
             let reloaded_at = bpgate::cluster::unix_ms();
             r.apply(key, "[health]\nfall = 1").await;
