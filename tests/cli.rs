@@ -2,7 +2,11 @@
 
 use crate::support;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bpgate::tls::{load_pair, TlsError};
 use support::Pki;
@@ -15,6 +19,184 @@ fn bpgate() -> Command {
         }
     }
     c
+}
+
+/// How long a test waits for the binary to start or to exit before it fails (generous: the
+/// machine may be loaded; a healthy start takes well under a second).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// bpgate running as a child process. Its stderr and stdout are collected on threads (so it
+/// never blocks on a full pipe); every wait is bounded; it is killed, by its pid, if a test
+/// ends while it runs.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+    lines: mpsc::Receiver<String>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(c: &mut Command) -> Running {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stderr, stdout) = (Arc::<Mutex<String>>::default(), Arc::<Mutex<String>>::default());
+        let (tx, lines) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let e = stderr.clone();
+        let err_reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                e.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let mut pipe = child.stdout.take().unwrap();
+        let o = stdout.clone();
+        let out_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Running {
+            child,
+            stderr,
+            stdout,
+            lines,
+            readers: vec![err_reader, out_reader],
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle` (logged after this call's previous lines).
+    fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {PATIENCE:?}; stderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Waits until it listens; returns the HTTPS and admin addresses from its JSON start-up
+    /// line (`BPGATE_LOG_FORMAT=json`; the listeners may be on port 0).
+    fn listening(&self) -> (SocketAddr, SocketAddr) {
+        let line = self.wait_for_line("bpgate listening");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let addr = |k: &str| -> SocketAddr {
+            // Logged as `Some(127.0.0.1:PORT)`.
+            let s = v["fields"][k].as_str().unwrap_or_default();
+            s.trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .parse()
+                .unwrap_or_else(|e| panic!("{k} in {line}: {e}"))
+        };
+        (addr("https"), addr("admin"))
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, …) to the process by its pid.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {} failed", self.child.id());
+    }
+
+    /// Waits for the process to exit; kills it and fails the test after [`PATIENCE`].
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                // The pipes are closed: the readers have everything once they end.
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "bpgate did not exit within {PATIENCE:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then a bounded wait for a clean exit.
+    fn terminate(&mut self) {
+        self.signal("TERM");
+        let s = self.wait();
+        assert!(s.success(), "graceful exit on SIGTERM: {s:?}\n{}", self.stderr());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET on an admin listener.
+fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// An admin answer that is JSON.
+fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = admin_get(admin, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 #[test]
@@ -219,79 +401,157 @@ fn production_mode_refuses_posture_failures_unless_allow_insecure() {
     // --allow-insecure starts anyway (loudly); stop it by its pid.
     let mut c = bpgate();
     base(&mut c);
-    let mut child = c
-        .arg("--allow-insecure")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "bpgate exited despite --allow-insecure"
-    );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "graceful exit on SIGTERM");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut gate = Running::spawn(c.arg("--allow-insecure").env("BPGATE_LOG_FORMAT", "json"));
+    gate.listening();
+    assert!(gate.running(), "bpgate exited despite --allow-insecure");
+    gate.terminate();
+    let err = gate.stderr();
     assert!(err.contains("--allow-insecure"), "{err}");
 }
 
-#[test]
-fn development_certificate_is_generated_only_at_default_paths() {
+/// `bpgate run` in `dir` on the embedded default configuration (so the default certificate
+/// paths), every listener on port 0, the node a held dead port.
+fn run_with_defaults(dir: &std::path::Path, node: &support::Port) -> Running {
+    Running::spawn(
+        bpgate()
+            .current_dir(dir)
+            .env("BPGATE_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_UPSTREAMS", format!("http://{node}"))
+            .env("BPGATE_AUDIT_DIR", dir.join("audit"))
+            .env("BPGATE_LOG_FORMAT", "json"),
+    )
+}
+
+#[tokio::test]
+async fn development_certificate_is_generated_only_at_default_paths() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::init();
     let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        dir.path().join(bpgate::config::DEV_CERT_PATH),
+        dir.path().join(bpgate::config::DEV_KEY_PATH),
+    );
+    // `bpgate config` only reads: nothing is generated.
     let out = bpgate()
         .current_dir(dir.path())
         .arg("config")
         .output()
         .unwrap();
     assert!(out.status.success());
+    assert!(!cert.exists() && !key.exists(), "`bpgate config` wrote files");
+
+    // The first start on the default paths generates the pair there.
+    let node = support::Port::reserve();
+    let mut gate = run_with_defaults(dir.path(), &node);
+    let (https, _) = gate.listening();
     assert!(
-        bpgate::tls::ensure_dev_cert(&dir.path().join("x.pem"), &dir.path().join("y.pem"))
-            .map(|g| !g)
-            .unwrap()
+        gate.stderr()
+            .contains("generated a self-signed DEVELOPMENT certificate"),
+        "{}",
+        gate.stderr()
     );
+    assert!(cert.is_file(), "no certificate at {}", cert.display());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the private key is readable by others: {mode:o}");
+    // It is the certificate bpgate serves, for localhost.
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+        pem.as_bytes(),
+    ) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the generated certificate is the one served");
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 50"),
+        "the dead node: a 50x, got {}",
+        String::from_utf8_lossy(&answer)
+    );
+    gate.terminate();
+
+    // A second start keeps the pair it finds.
+    let mut again = run_with_defaults(dir.path(), &node);
+    again.listening();
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem, "regenerated");
+    assert!(!again.stderr().contains("generated a self-signed"));
+    again.terminate();
+
+    // The library never generates at other paths (the binary's refusal: the test above).
+    let (x, y) = (dir.path().join("x.pem"), dir.path().join("y.pem"));
+    assert!(!bpgate::tls::ensure_dev_cert(&x, &y).unwrap());
+    assert!(!x.exists() && !y.exists());
 }
 
 #[test]
 fn sighup_reloads_instead_of_ending_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut child = bpgate()
-        .current_dir(dir.path())
-        .env("BPGATE_TLS_CERT", &pki.cert)
-        .env("BPGATE_TLS_KEY", &pki.key)
-        .env("BPGATE_LISTEN", "127.0.0.1:0")
-        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    let _ = Command::new("kill")
-        .arg("-HUP")
-        .arg(child.id().to_string())
-        .status();
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended bpgate");
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("SIGHUP handled"), "{err}");
-}
+    let (a, b) = (support::Port::reserve(), support::Port::reserve());
+    let cfg = dir.path().join("bpgate.toml");
+    let config = |nodes: &[(&str, &support::Port)]| {
+        let nodes: String = nodes
+            .iter()
+            .map(|(name, p)| format!("[[upstream.nodes]]\nname = \"{name}\"\nurl = \"http://{p}\"\n"))
+            .collect();
+        format!(
+            "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[audit]\ndir = {:?}\n[health]\nenabled = false\n[log]\nformat = \"json\"\n[upstream]\nurls = []\n{nodes}",
+            pki.cert,
+            pki.key,
+            dir.path().join("audit")
+        )
+    };
+    std::fs::write(&cfg, config(&[("a", &a)])).unwrap();
+    let mut gate = Running::spawn(bpgate().current_dir(dir.path()).arg("--config").arg(&cfg));
+    let (_, admin) = gate.listening();
+    let generation = || admin_json(admin, "/readyz")["generation"].as_u64().unwrap();
+    let names = || -> Vec<String> {
+        admin_json(admin, "/upstreams")["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = generation();
+    assert_eq!(names(), ["a"]);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // A node is added to the file; SIGHUP applies it.
+    std::fs::write(&cfg, config(&[("a", &a), ("b", &b)])).unwrap();
+    gate.signal("HUP");
+    let handled = gate.wait_for_line("SIGHUP handled");
+    assert!(gate.running(), "SIGHUP ended bpgate");
+    assert!(
+        handled.contains("upstream"),
+        "the report names what changed: {handled}"
+    );
+    assert_eq!(generation(), first + 1, "a new generation is in service");
+    assert_eq!(names(), ["a", "b"]);
+
+    // An invalid file is refused and the running configuration kept.
+    std::fs::write(&cfg, "[limits]\nmax_bdy = 1\n").unwrap();
+    gate.signal("HUP");
+    gate.wait_for_line("SIGHUP handled");
+    assert!(gate.running(), "an invalid configuration ended bpgate");
+    assert_eq!(generation(), first + 1);
+    assert_eq!(names(), ["a", "b"]);
+    gate.terminate();
 }
 
 #[tokio::test]
@@ -306,76 +566,48 @@ async fn json_logs_and_audit_copy_on_stdout() {
         "[audit]\nstdout = true\nflush_interval = \"5ms\"\n[health]\nenabled = false\n",
     )
     .unwrap();
-    let port = free_port();
-    let mut child = bpgate()
-        .current_dir(dir.path())
-        .arg("--config")
-        .arg(&cfg)
-        .env("BPGATE_TLS_CERT", &pki.cert)
-        .env("BPGATE_TLS_KEY", &pki.key)
-        .env("BPGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("BPGATE_UPSTREAMS", "http://127.0.0.1:9")
-        .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
-        .env("BPGATE_LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let node = support::Port::reserve();
+    let mut gate = Running::spawn(
+        bpgate()
+            .current_dir(dir.path())
+            .arg("--config")
+            .arg(&cfg)
+            .env("BPGATE_TLS_CERT", &pki.cert)
+            .env("BPGATE_TLS_KEY", &pki.key)
+            .env("BPGATE_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_UPSTREAMS", format!("http://{node}"))
+            .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
+            .env("BPGATE_LOG_FORMAT", "json"),
+    );
+    let (https, _) = gate.listening();
     // One request (the node is down: a 502, still audited).
-    let mut sent = false;
-    for _ in 0..50 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-            continue;
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for c in
-            <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
-                pki.ca_pem.as_bytes(),
-            )
-        {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
-        tls.write_all(
-            b"GET /json-log-check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+        pki.ca_pem.as_bytes(),
+    ) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
         )
         .await
         .unwrap();
-        let mut out = Vec::new();
-        let _ = tls.read_to_end(&mut out).await;
-        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 502"));
-        sent = true;
-        break;
-    }
-    assert!(sent, "bpgate did not come up");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let out = tokio::task::spawn_blocking(move || {
-        let _ = child.wait();
-        let mut o = String::new();
-        let mut e = String::new();
-        use std::io::Read;
-        child.stdout.take().unwrap().read_to_string(&mut o).unwrap();
-        child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-        (o, e)
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = out;
+    tls.write_all(b"GET /json-log-check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 502"));
+    // SIGTERM writes what is queued before the process ends.
+    gate.terminate();
+    let (stdout, stderr) = (gate.stdout(), gate.stderr());
     let audit: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
