@@ -446,11 +446,15 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     );
     gate.stop().await;
 
+    // Silent for good on /x; on /long, past the 300 ms default but well within its 5 s.
     let slow = Node::start(
         "slow",
-        Arc::new(|_req, _| {
+        Arc::new(|req: Request<Incoming>, _| {
             Box::pin(async move {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                if !req.uri().path().starts_with("/long") {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 Response::new(full("late"))
             })
         }),

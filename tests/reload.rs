@@ -149,6 +149,21 @@ impl Reloadable {
     async fn until_healthy(&self, want: bool) -> bool {
         eventually_async(|| async { self.healthy().await == want }).await
     }
+
+    /// Waits for `n` more health rounds to have finished (`last_check` moves on).
+    async fn rounds(&self, n: usize) {
+        for _ in 0..n {
+            let seen = self.upstream().await["last_check"]["at_ms"].as_u64();
+            assert!(
+                eventually_async(|| async {
+                    self.upstream().await["last_check"]["at_ms"].as_u64() > seen
+                })
+                .await,
+                "no new health round: {}",
+                self.upstream().await
+            );
+        }
+    }
 }
 
 /// `base` with every key of `fragment` set to the fragment's value (tables merged key by key,
@@ -478,6 +493,8 @@ async fn observe(key: &str) {
         "health.enabled" => {
             knobs.status.store(503, Ordering::Relaxed);
             let r = Reloadable::start(&n.url(), HEALTH).await;
+            // A window of three intervals in which no check may run (only a regression could
+            // be missed on a slow machine; the outcome never depends on it).
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(r.healthy().await, "checks are off");
             r.apply(key, "[health]\nenabled = true").await;
@@ -486,7 +503,7 @@ async fn observe(key: &str) {
         "health.path" => {
             let r = Reloadable::start_with(&n.url(), &[HEALTH, "[health]\nenabled = true"]).await;
             assert!(r.until_healthy(true).await);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            r.rounds(2).await;
             assert!(r.healthy().await, "/status answers 200");
             r.apply(key, "[health]\npath = \"/bad\"").await;
             assert!(r.until_healthy(false).await);
@@ -505,6 +522,8 @@ async fn observe(key: &str) {
             .await;
             assert!(r.until_healthy(true).await);
             knobs.status.store(503, Ordering::Relaxed);
+            // A window in which the 60 s interval runs no round (only a regression could be
+            // missed on a slow machine; the outcome never depends on it).
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert!(r.healthy().await, "no round yet");
             r.apply(key, "[health]\ninterval = \"100ms\"").await;
@@ -518,7 +537,7 @@ async fn observe(key: &str) {
             )
             .await;
             assert!(r.until_healthy(true).await);
-            tokio::time::sleep(Duration::from_millis(1000)).await;
+            r.rounds(2).await;
             assert!(r.healthy().await, "400 ms < 2 s");
             r.apply(key, "[health]\ntimeout = \"100ms\"").await;
             assert!(r.until_healthy(false).await);
@@ -530,7 +549,13 @@ async fn observe(key: &str) {
                 &[HEALTH, "[health]\nenabled = true\nrise = 1000"],
             )
             .await;
-            assert!(r.until_healthy(false).await);
+            // A failed check first (before any, the node is pending, and a first check that
+            // passes would bring it in by itself).
+            assert!(
+                eventually_async(|| async { r.upstream().await["last_check"]["ok"] == false })
+                    .await
+            );
+            assert!(!r.healthy().await);
             knobs.status.store(200, Ordering::Relaxed);
             assert!(
                 eventually_async(|| async { r.upstream().await["last_check"]["ok"] == true }).await
@@ -598,19 +623,22 @@ async fn observe(key: &str) {
     drop(n);
 }
 
-/// Polls an async condition for up to 5 s.
+/// Polls an async condition for up to 20 s (every case runs at once on two threads).
 async fn eventually_async<F, Fut>(f: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..250 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
         if f().await {
             return true;
         }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
 }
 
 /// One case per key of `reload::Live`, concurrently (`RELOAD_KEY=health.fall` runs one).
