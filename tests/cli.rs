@@ -43,7 +43,10 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (stderr, stdout) = (Arc::<Mutex<String>>::default(), Arc::<Mutex<String>>::default());
+        let (stderr, stdout) = (
+            Arc::<Mutex<String>>::default(),
+            Arc::<Mutex<String>>::default(),
+        );
         let (tx, lines) = mpsc::channel();
         let pipe = child.stderr.take().unwrap();
         let e = stderr.clone();
@@ -158,7 +161,11 @@ impl Running {
     fn terminate(&mut self) {
         self.signal("TERM");
         let s = self.wait();
-        assert!(s.success(), "graceful exit on SIGTERM: {s:?}\n{}", self.stderr());
+        assert!(
+            s.success(),
+            "graceful exit on SIGTERM: {s:?}\n{}",
+            self.stderr()
+        );
     }
 }
 
@@ -440,7 +447,10 @@ async fn development_certificate_is_generated_only_at_default_paths() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(!cert.exists() && !key.exists(), "`bpgate config` wrote files");
+    assert!(
+        !cert.exists() && !key.exists(),
+        "`bpgate config` wrote files"
+    );
 
     // The first start on the default paths generates the pair there.
     let node = support::Port::reserve();
@@ -454,13 +464,18 @@ async fn development_certificate_is_generated_only_at_default_paths() {
     );
     assert!(cert.is_file(), "no certificate at {}", cert.display());
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "the private key is readable by others: {mode:o}");
+    assert_eq!(
+        mode, 0o600,
+        "the private key is readable by others: {mode:o}"
+    );
     // It is the certificate bpgate serves, for localhost.
     let pem = std::fs::read_to_string(&cert).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for c in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
-        pem.as_bytes(),
-    ) {
+    for c in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            pem.as_bytes(),
+        )
+    {
         roots.add(c.unwrap()).unwrap();
     }
     let cfg = rustls::ClientConfig::builder()
@@ -508,7 +523,9 @@ fn sighup_reloads_instead_of_ending_the_process() {
     let config = |nodes: &[(&str, &support::Port)]| {
         let nodes: String = nodes
             .iter()
-            .map(|(name, p)| format!("[[upstream.nodes]]\nname = \"{name}\"\nurl = \"http://{p}\"\n"))
+            .map(|(name, p)| {
+                format!("[[upstream.nodes]]\nname = \"{name}\"\nurl = \"http://{p}\"\n")
+            })
             .collect();
         format!(
             "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[audit]\ndir = {:?}\n[health]\nenabled = false\n[log]\nformat = \"json\"\n[upstream]\nurls = []\n{nodes}",
@@ -584,9 +601,11 @@ async fn json_logs_and_audit_copy_on_stdout() {
     // One request (the node is down: a 502, still audited).
     let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for c in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
-        pki.ca_pem.as_bytes(),
-    ) {
+    for c in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            pki.ca_pem.as_bytes(),
+        )
+    {
         roots.add(c.unwrap()).unwrap();
     }
     let cfg = rustls::ClientConfig::builder()

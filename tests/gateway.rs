@@ -709,7 +709,11 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
     let (status, readyz) = gate.admin_get("/readyz").await;
     let readyz: serde_json::Value = serde_json::from_str(&readyz).unwrap();
     assert_eq!(readyz["draining"], true, "refused during the drain");
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not ready while draining");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while draining"
+    );
     assert!(!inflight.is_finished(), "the request is still in flight");
     release.notify_one();
     let a = inflight.await.unwrap();
@@ -934,8 +938,9 @@ async fn h2_concurrent_streams_are_capped() {
     // Let the six go one at a time, each time once the cap is full again.
     for left in (1..=6u64).rev() {
         assert!(
-            eventually(Duration::from_secs(10), || now.load(Ordering::SeqCst) >= left.min(2))
-                .await,
+            eventually(Duration::from_secs(10), || now.load(Ordering::SeqCst)
+                >= left.min(2))
+            .await,
             "{} streams running with {left} requests left",
             now.load(Ordering::SeqCst)
         );
