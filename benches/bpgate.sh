@@ -3,7 +3,7 @@
 #
 # bpgate runs as in production, on one worker: TLS, HTTP/2, audit trail on (into the harness's
 # log dir, so `logB/req` counts it), sticky cookie on with a fixed test secret, CORS on
-# (default), client-IP fallback (default), EXTERNAL_URL set, BPGATE_LOG=warn. Health checks go to
+# (default), new visitors placed by load (default), EXTERNAL_URL set, BPGATE_LOG=warn. Health checks go to
 # /api/v1/ping, since the bench nodes answer the default /status with 404 and bpgate would take
 # them out. The admin listener takes any free loopback port (two bpgates may run at once).
 # shellcheck shell=bash

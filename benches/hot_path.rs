@@ -6,7 +6,8 @@
 //! cargo bench --bench hot_path -- sticky            # one group
 //! ```
 //!
-//! Groups: `sticky` (cookie seal/open, node id), `route` (`Cluster::choose`, the route layer),
+//! Groups: `sticky` (cookie seal/open, node id), `route` (`Cluster::choose` by cookie, engine.io
+//! sid, client IP or load; reading a handshake's sid; the route layer),
 //! `cors`, `base_path`, `forwarding` (`set_forwarding_headers`, `client_ip`), `jwt`
 //! (`UserResolver::resolve`), `audit` (`encode`), `stack` (every layer in process, in front of
 //! an inner service that answers at once instead of forwarding to a node).
@@ -63,11 +64,17 @@ fn node_specs() -> Vec<NodeSpec> {
 
 /// The cluster and its node set.
 fn cluster() -> (Arc<Cluster>, Arc<Snapshot>) {
+    cluster_with(true)
+}
+
+fn cluster_with(ip_fallback: bool) -> (Arc<Cluster>, Arc<Snapshot>) {
     let c = Cluster::new(ClusterSettings {
         codec: codec(),
         sticky_enabled: true,
-        ip_fallback: true,
+        ip_fallback,
         generated_secret: false,
+        sid_map_max_entries: 1000,
+        sid_map_idle: std::time::Duration::from_secs(300),
     });
     let snap = c.snapshot(&node_specs(), false);
     (c, snap)
@@ -106,6 +113,7 @@ fn exchange() -> Arc<Exchange> {
         peer_trusted: false,
         bytes_in: AtomicU64::new(0),
         body_end: AtomicU8::new(0),
+        refusal: None,
     })
 }
 
@@ -253,10 +261,28 @@ fn route(c: &mut Criterion) {
     let cookie = pinned_cookie(&cluster, &snap);
     let client: IpAddr = "198.51.100.23".parse().expect("ip");
     g.bench_function("choose_cookie_hit", |b| {
-        b.iter(|| cluster.choose(&snap, Some(black_box(&cookie)), client))
+        b.iter(|| cluster.choose(&snap, Some(black_box(&cookie)), None, client))
     });
     g.bench_function("choose_ip_fallback", |b| {
-        b.iter(|| cluster.choose(&snap, None, black_box(client)))
+        b.iter(|| cluster.choose(&snap, None, None, black_box(client)))
+    });
+    // A cookieless socket.io client whose session the gate learned: the sid lookup decides.
+    cluster.sids.learn(
+        "lv_VI97HAXpY6yYWAAAC",
+        Arc::from("127.0.0.1:4002"),
+        bpgate::cluster::unix_now(),
+    );
+    g.bench_function("choose_by_sid", |b| {
+        b.iter(|| cluster.choose(&snap, None, Some(black_box("lv_VI97HAXpY6yYWAAAC")), client))
+    });
+    g.bench_function("choose_load_fallback", |b| {
+        let (load, snap) = cluster_with(false);
+        b.iter(|| load.choose(&snap, None, None, black_box(client)))
+    });
+    // Reading the session id from an EIO 4 handshake answer (once per polling handshake).
+    let open = br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
+    g.bench_function("parse_handshake_eio4", |b| {
+        b.iter(|| bpgate::cluster::sid::parse_handshake(black_box(open)))
     });
     g.bench_function("cookie_value_issue", |b| {
         b.iter(|| cluster.cookie_value(&snap, &snap.nodes[1]))

@@ -6,6 +6,14 @@
 //! `CSRF-Token`). So bpgate owns the whole CORS surface: preflights never reach Botpress, and
 //! Botpress's own `Access-Control-*` headers are discarded on the way out.
 //!
+//! Which request headers a preflight may ask for is, by default, whatever the allowed origin asks
+//! for (`cors.allow_headers = "reflect"`): the origin is the security boundary, and Botpress's
+//! own `cors()` reflects them too, so channel-web and messaging clients that send
+//! `ExternalAuth`, `X-BP-ExternalAuth` or `x-bp-messaging-*` work. A list pins them instead.
+//!
+//! Every answer whose content depends on `Origin` says so in `Vary` (refusals included), so a
+//! shared cache never replays one origin's answer to another.
+//!
 //! Wildcard patterns (`https://*.example.com`) match exactly one extra DNS label:
 //! `https://a.example.com` matches, `https://a.b.example.com` does not. A deeper tree must be
 //! listed explicitly (`https://*.b.example.com`), so one pattern never grants more than the
@@ -24,11 +32,12 @@ use http::header::{
 use http::{HeaderMap, Method, StatusCode};
 use tower::{Layer, Service};
 
-use crate::config::OriginSpec;
+use crate::config::{AllowHeaders, OriginSpec};
 use crate::exchange::{self, empty_response, ready, BoxFut, Refusal, Req, Resp};
 
-/// Request headers Botpress's own UIs send cross-origin; always allowed, whatever the config says,
-/// because the admin UI and webchat break without them (botpress-facts §4, §10 #9).
+/// Request headers Botpress's own UIs send cross-origin; always allowed with a pinned
+/// `cors.allow_headers` list, because the admin UI and webchat break without them
+/// (botpress-facts §4, §10 #9).
 const REQUIRED_HEADERS: [&str; 5] = [
     "Authorization",
     "Content-Type",
@@ -90,8 +99,8 @@ pub struct CorsPolicy {
     credentials: bool,
     /// Upper-case method names, compared exactly (methods are case-sensitive in HTTP).
     methods: Vec<Method>,
-    /// Lower-case header names.
-    allow_headers: Vec<String>,
+    /// Lower-case header names; `None`: reflect what the preflight asks for.
+    allow_headers: Option<Vec<String>>,
     reject_disallowed: bool,
     allow_methods_value: Option<HeaderValue>,
     allow_headers_value: Option<HeaderValue>,
@@ -122,12 +131,21 @@ impl CorsPolicy {
             }
         }
         // Configured names keep their spelling in the answer; required ones are added if absent.
+        let pinned = match &c.allow_headers {
+            AllowHeaders::Reflect => None,
+            AllowHeaders::List(l) => Some(l),
+        };
         let mut names: Vec<String> = Vec::new();
-        for h in c
-            .allow_headers
+        for h in pinned
             .iter()
+            .flat_map(|l| l.iter())
             .map(|h| h.trim())
-            .chain(REQUIRED_HEADERS.iter().copied())
+            .chain(
+                REQUIRED_HEADERS
+                    .iter()
+                    .copied()
+                    .filter(|_| pinned.is_some()),
+            )
         {
             if HeaderName::from_bytes(h.as_bytes()).is_ok()
                 && !names.iter().any(|n| n.eq_ignore_ascii_case(h))
@@ -158,7 +176,7 @@ impl CorsPolicy {
             expose_headers_value: join(&expose),
             max_age_value: HeaderValue::from(c.max_age.as_secs()),
             methods,
-            allow_headers: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+            allow_headers: pinned.map(|_| names.iter().map(|n| n.to_ascii_lowercase()).collect()),
             reject_disallowed: c.reject_disallowed,
         }
     }
@@ -175,16 +193,38 @@ impl CorsPolicy {
         self.methods.iter().any(|x| x.as_str().as_bytes() == m)
     }
 
-    /// Every name in `Access-Control-Request-Headers` must be allowed (ASCII case ignored).
-    fn headers_allowed(&self, h: &HeaderMap) -> bool {
-        h.get_all(ACCESS_CONTROL_REQUEST_HEADERS).iter().all(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .all(|n| self.allow_headers.iter().any(|a| a.eq_ignore_ascii_case(n)))
-            })
-        })
+    /// Whether the headers a preflight asks for are allowed, and what to answer in
+    /// `Access-Control-Allow-Headers`. `Err`: refuse. Every name must be a header name; with a
+    /// pinned list each must be on it (ASCII case ignored), and the answer is the list; when
+    /// reflecting, the answer is the names asked for.
+    fn allow_headers_for(&self, h: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
+        let mut asked: Vec<&str> = Vec::new();
+        for v in h.get_all(ACCESS_CONTROL_REQUEST_HEADERS) {
+            let s = v.to_str().map_err(|_| ())?;
+            for n in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if HeaderName::from_bytes(n.as_bytes()).is_err() {
+                    return Err(());
+                }
+                asked.push(n);
+            }
+        }
+        match &self.allow_headers {
+            Some(list) => {
+                if asked
+                    .iter()
+                    .all(|n| list.iter().any(|a| a.eq_ignore_ascii_case(n)))
+                {
+                    Ok(self.allow_headers_value.clone())
+                } else {
+                    Err(())
+                }
+            }
+            None if asked.is_empty() => Ok(None),
+            // Names are tokens (checked above), so the joined value is a valid header value.
+            None => HeaderValue::from_str(&asked.join(", "))
+                .map(Some)
+                .map_err(|_| ()),
+        }
     }
 
     fn preflight(&self, req: &Req, origin: &HeaderValue, id: Option<&HeaderValue>) -> Resp {
@@ -192,19 +232,26 @@ impl CorsPolicy {
             && req
                 .headers()
                 .get(ACCESS_CONTROL_REQUEST_METHOD)
-                .is_some_and(|m| self.method_allowed(m.as_bytes()))
-            && self.headers_allowed(req.headers());
-        if !ok {
-            return Refusal::PreflightRefused.response(id);
-        }
+                .is_some_and(|m| self.method_allowed(m.as_bytes()));
+        let headers = if ok {
+            self.allow_headers_for(req.headers())
+        } else {
+            Err(())
+        };
+        let Ok(allow_headers) = headers else {
+            // The refusal depends on the origin, the method and the headers asked for, too.
+            let mut r = Refusal::PreflightRefused.response(id);
+            r.headers_mut().insert(VARY, VARY_PREFLIGHT.clone());
+            return r;
+        };
         let mut r = empty_response(StatusCode::NO_CONTENT);
         let h = r.headers_mut();
         h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         if let Some(v) = &self.allow_methods_value {
             h.insert(ACCESS_CONTROL_ALLOW_METHODS, v.clone());
         }
-        if let Some(v) = &self.allow_headers_value {
-            h.insert(ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+        if let Some(v) = allow_headers {
+            h.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
         if self.credentials {
             h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone());
@@ -344,7 +391,9 @@ where
                 if text.is_some_and(|t| p.origin_allowed(t)) {
                     Some(o.clone())
                 } else if p.reject_disallowed && !text.is_some_and(|t| same_origin(&req, t)) {
-                    return ready(Refusal::OriginNotAllowed.response(id.as_ref()));
+                    let mut r = Refusal::OriginNotAllowed.response(id.as_ref());
+                    add_vary_origin(r.headers_mut());
+                    return ready(r);
                 } else {
                     None
                 }

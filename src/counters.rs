@@ -32,15 +32,18 @@ pub enum HandshakeFailure {
     Incompatible = 3,
     /// The client refused bpgate's certificate (a certificate alert: unknown CA, expired, bad).
     CertificateRejected = 4,
+    /// Closed unfinished to make room for a new client at `limits.max_connections`.
+    Evicted = 5,
 }
 
 /// The `reason` label values, indexed by [`HandshakeFailure`].
-pub const HANDSHAKE_FAILURES: [&str; 5] = [
+pub const HANDSHAKE_FAILURES: [&str; 6] = [
     "timeout",
     "eof",
     "protocol",
     "incompatible",
     "certificate_rejected",
+    "evicted",
 ];
 
 impl ConnCounters {

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -39,6 +39,13 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// Forwarding header values memoised across the connection's requests.
     pub forwarding: ForwardedCache,
+    /// A request body on this connection was dropped before its end (an early answer: 413,
+    /// 403, 404, 503...), so the client may still be sending it: the connection edge lingers
+    /// before closing instead of resetting the client. Cleared when the next request starts.
+    pub unread_body: AtomicBool,
+    /// Request bodies on this connection still being read (the connection edge does not take
+    /// their bytes for the next request's head, even after their response ended).
+    pub bodies_reading: AtomicUsize,
 }
 
 /// Per-connection memo of the forwarding header values that only depend on the peer and the
@@ -63,6 +70,8 @@ impl ConnInfo {
             local,
             tls_version,
             forwarding: Default::default(),
+            unread_body: AtomicBool::new(false),
+            bodies_reading: AtomicUsize::new(0),
         }
     }
 }
@@ -82,6 +91,10 @@ pub struct Exchange {
     pub bytes_in: AtomicU64,
     /// Set by the request body when it stopped early; see [`BodyEnd`].
     pub body_end: AtomicU8,
+    /// Set by the connection edge for a request it refuses before the pipeline sees it
+    /// (ambiguous framing, an HTTP/2 `Host` that contradicts `:authority`); the audit layer
+    /// answers it, so the refusal gets a whole audit line.
+    pub refusal: Option<Refusal>,
 }
 
 /// How a request body ended, when it did not simply finish.
@@ -200,6 +213,8 @@ pub struct ReqBody {
     seen: u64,
     /// Fired (or dropped) once the last byte has been handed on: see [`ReqBody::on_end`].
     ended: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Counted in the connection's `bodies_reading`.
+    reading: bool,
 }
 
 /// The error a request body yields when it passes its route's `max_body`.
@@ -225,12 +240,17 @@ impl std::fmt::Debug for ReqBody {
 
 impl ReqBody {
     pub fn new(inner: Incoming, exchange: Arc<Exchange>, limit: u64) -> Self {
+        let reading = !inner.is_end_stream();
+        if reading {
+            exchange.conn.bodies_reading.fetch_add(1, Ordering::Relaxed);
+        }
         ReqBody {
             inner: Some(inner),
             exchange: Some(exchange),
             limit,
             seen: 0,
             ended: None,
+            reading,
         }
     }
 
@@ -241,6 +261,7 @@ impl ReqBody {
             limit: u64::MAX,
             seen: 0,
             ended: None,
+            reading: false,
         }
     }
 
@@ -269,6 +290,35 @@ impl ReqBody {
             x.body_end.store(end as u8, Ordering::Relaxed);
         }
     }
+
+    /// Stops reading before the end: the client may still be sending.
+    fn abandon(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            if !inner.is_end_stream() {
+                if let Some(x) = &self.exchange {
+                    x.conn.unread_body.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        self.done_reading();
+    }
+
+    /// The body is over (read to its end, broken off, cut or dropped).
+    fn done_reading(&mut self) {
+        self.inner = None;
+        self.ended = None;
+        if std::mem::take(&mut self.reading) {
+            if let Some(x) = &self.exchange {
+                x.conn.bodies_reading.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for ReqBody {
+    fn drop(&mut self) {
+        self.abandon();
+    }
 }
 
 impl Body for ReqBody {
@@ -293,8 +343,7 @@ impl Body for ReqBody {
                     }
                     if self.seen > self.limit {
                         self.mark(BodyEnd::TooLarge);
-                        self.inner = None;
-                        self.ended = None;
+                        self.abandon();
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
@@ -304,11 +353,13 @@ impl Body for ReqBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.mark(BodyEnd::ClientAbort);
-                self.ended = None;
+                // Broken off: nothing more will come to linger for.
+                self.done_reading();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
-                self.ended = None;
+                // Read to its end (a chunked `Incoming` never says so by `is_end_stream`).
+                self.done_reading();
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -416,11 +467,19 @@ impl Drop for Lease {
     }
 }
 
+/// Sees the first bytes of a node's response body as they stream past (nothing is held back or
+/// changed), until it has seen enough. Node selection learns engine.io session ids this way.
+pub trait BodyObserver: Send + Sync {
+    /// One data frame passed. `true`: done, no more frames are shown.
+    fn data(&mut self, chunk: &[u8]) -> bool;
+}
+
 /// A node's response body: streamed to the client, its connection given back at the end (or
 /// closed when the body broke off or was dropped early).
 pub struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
+    observer: Option<Box<dyn BodyObserver>>,
 }
 
 impl UpstreamBody {
@@ -428,6 +487,7 @@ impl UpstreamBody {
         let mut b = UpstreamBody {
             inner,
             lease: Some(lease),
+            observer: None,
         };
         if b.inner.is_end_stream() {
             b.finish();
@@ -440,6 +500,11 @@ impl UpstreamBody {
             l.clean = true;
         }
     }
+
+    /// Shows the data frames to `o` as they pass, until it is done.
+    pub fn observe(&mut self, o: Box<dyn BodyObserver>) {
+        self.observer = Some(o);
+    }
 }
 
 impl Body for UpstreamBody {
@@ -451,6 +516,13 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(o)) = (&r, self.observer.as_mut()) {
+            if let Some(d) = f.data_ref() {
+                if o.data(d) {
+                    self.observer = None;
+                }
+            }
+        }
         match &r {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
@@ -506,6 +578,11 @@ pub enum Refusal {
     MalformedRequest,
     /// hyper refused the request head as larger than `limits.max_header_bytes`.
     HeadTooLarge,
+    /// HTTP/1.1: both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a smuggling
+    /// attempt until proven otherwise); the connection is closed after the answer.
+    AmbiguousFraming,
+    /// HTTP/2: a `Host` header naming another authority than `:authority` (RFC 9113 §8.3.1).
+    HostMismatch,
 }
 
 impl Refusal {
@@ -568,6 +645,16 @@ impl Refusal {
                 "request head too large",
                 Rejected,
             ),
+            Refusal::AmbiguousFraming => (
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding",
+                Rejected,
+            ),
+            Refusal::HostMismatch => (
+                StatusCode::BAD_REQUEST,
+                "Host differs from :authority",
+                Rejected,
+            ),
         }
     }
 
@@ -589,8 +676,15 @@ impl Refusal {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self == Refusal::NoHealthyNode {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        match self {
+            Refusal::NoHealthyNode => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            // RFC 9112 §6.3: the server MUST close the connection after responding.
+            Refusal::AmbiguousFraming => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         let n = note_mut(&mut r);
         n.outcome = Some(outcome);

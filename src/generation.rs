@@ -252,12 +252,46 @@ pub fn cookie_spec(loaded: &Loaded) -> CookieSpec {
         a.push_str("; Secure");
     }
     a.push_str(match s.same_site {
-        SameSite::None => "; SameSite=None",
+        // Partitioned (CHIPS): browsers that block third-party cookies still keep this one
+        // for the webchat iframe, in a jar of its own per embedding site.
+        SameSite::None => "; SameSite=None; Partitioned",
         SameSite::Lax => "; SameSite=Lax",
         SameSite::Strict => "; SameSite=Strict",
     });
     CookieSpec {
         name: s.cookie_name.clone(),
         attributes: a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(toml: &str) -> Loaded {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        crate::config::load(&p, &|_| None, &Default::default()).unwrap()
+    }
+
+    /// The `Set-Cookie` attributes browsers get, exactly: a change here changes how every
+    /// browser stores the pin.
+    #[test]
+    fn cookie_attributes() {
+        let spec = cookie_spec(&loaded(""));
+        assert_eq!(spec.name, "bpgate_node");
+        assert_eq!(
+            spec.attributes,
+            "; Path=/; Max-Age=86400; HttpOnly; Secure; SameSite=None; Partitioned"
+        );
+        // Partitioned (CHIPS) only goes with SameSite=None; the path is the base path.
+        let spec = cookie_spec(&loaded(
+            "external_url = \"https://bot.example.com/botpress\"\n[sticky]\nsame_site = \"Lax\"\ndomain = \"example.com\"\nhttp_only = false\n",
+        ));
+        assert_eq!(
+            spec.attributes,
+            "; Path=/botpress; Max-Age=86400; Domain=example.com; Secure; SameSite=Lax"
+        );
     }
 }

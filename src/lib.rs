@@ -23,7 +23,8 @@
 //! - [`counters`]: the hot path's atomics; imports nothing of the crate.
 //! - [`tls`]: certificates, the development certificate, the rustls configuration.
 //! - [`proxy`]: forwarding headers, the connection pool, tunnels (the innermost layer).
-//! - [`cluster`]: nodes, health checks, sticky cookie, node selection (a layer).
+//! - [`cluster`]: nodes, health checks, sticky cookie, engine.io session map, node selection (a
+//!   layer).
 //! - [`audit`], [`headers`], [`cors`], [`base_path`]: the other layers, outermost first.
 //! - [`stack`]: stacks the layers into the pipeline.
 //! - [`generation`]: the assembly: configuration values become runtime values, one

@@ -96,6 +96,19 @@ pub struct AuditInput {
     pub queue_depth: i64,
 }
 
+/// The engine.io session-id map's size and counters (`cluster::SidMap`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SidInput {
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub learned: u64,
+    pub unparsed: u64,
+    pub evicted_idle: u64,
+    pub evicted_capacity: u64,
+    pub evicted_unknown: u64,
+}
+
 /// Everything one scrape reports, read from the gateway's atomics (plain data, so the
 /// rendering is testable without a running gateway).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -114,6 +127,9 @@ pub struct MetricsInput {
     pub sticky_failover: u64,
     pub sticky_forged: u64,
     pub sticky_expired: u64,
+    pub sticky_sid: u64,
+    /// The engine.io session-id map.
+    pub sid: SidInput,
     /// `None` when the audit trail is disabled: the audit families are then left out.
     pub audit: Option<AuditInput>,
     /// The serving certificate's `notAfter`, unix seconds.
@@ -192,6 +208,21 @@ impl MetricsInput {
             sticky_failover: load(&sticky.failover),
             sticky_forged: load(&sticky.forged),
             sticky_expired: load(&sticky.expired),
+            sticky_sid: load(&sticky.sid),
+            sid: {
+                let m = &shared.cluster.sids;
+                let st = &m.stats;
+                SidInput {
+                    entries: m.len() as u64,
+                    hits: load(&st.hits),
+                    misses: load(&st.misses),
+                    learned: load(&st.learned),
+                    unparsed: load(&st.unparsed),
+                    evicted_idle: load(&st.evicted_idle),
+                    evicted_capacity: load(&st.evicted_capacity),
+                    evicted_unknown: load(&st.evicted_unknown),
+                }
+            },
             requests_by,
             node_classes,
             duration: hist(ConstHistogram::from(&rm.duration, &rm.duration_sum_us)),
@@ -435,10 +466,41 @@ pub fn render_from(m: &MetricsInput) -> String {
         "Node selections by sticky-cookie outcome",
         counter_family([
             (label("outcome", "hit"), m.sticky_hit),
+            (label("outcome", "sid"), m.sticky_sid),
             (label("outcome", "new"), m.sticky_new),
             (label("outcome", "failover"), m.sticky_failover),
             (label("outcome", "forged"), m.sticky_forged),
             (label("outcome", "expired"), m.sticky_expired),
+        ]),
+    );
+    r.register(
+        "sticky_sid_entries",
+        "engine.io session ids known (learned from handshake answers)",
+        ConstGauge::new(clamp_i64(m.sid.entries)),
+    );
+    r.register(
+        "sticky_sid_lookups",
+        "Requests carrying an engine.io sid, by whether the map named a live node",
+        counter_family([
+            (label("result", "hit"), m.sid.hits),
+            (label("result", "miss"), m.sid.misses),
+        ]),
+    );
+    r.register(
+        "sticky_sid_handshakes",
+        "Polling handshake answers, by whether their session id was learned",
+        counter_family([
+            (label("result", "learned"), m.sid.learned),
+            (label("result", "unparsed"), m.sid.unparsed),
+        ]),
+    );
+    r.register(
+        "sticky_sid_evictions",
+        "Session ids dropped from the map, by reason",
+        counter_family([
+            (label("reason", "idle"), m.sid.evicted_idle),
+            (label("reason", "capacity"), m.sid.evicted_capacity),
+            (label("reason", "unknown"), m.sid.evicted_unknown),
         ]),
     );
     if let Some(a) = &m.audit {

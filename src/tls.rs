@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::aws_lc_rs as provider;
@@ -364,8 +365,12 @@ impl ResolvesServerCert for ReloadableCert {
 }
 
 /// rustls server configuration: TLS 1.2 and 1.3 with the provider's default (safe) suites,
-/// ALPN `h2` then `http/1.1`, a session cache and stateless tickets for fast resumption.
-pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<ServerConfig>, TlsError> {
+/// ALPN `h2` then `http/1.1`, a session cache and stateless tickets for fast resumption, both
+/// bounded by `session_timeout` (zero turns resumption off).
+pub fn server_config(
+    resolver: Arc<ReloadableCert>,
+    session_timeout: Duration,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(provider::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -374,9 +379,129 @@ pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<ServerConfig>,
         .with_cert_resolver(resolver);
     // `http/1.0` too: HTTP/1.0 clients that send ALPN (curl --http1.0) must not be refused.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
-    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
-    cfg.ticketer = provider::Ticketer::new().map_err(TlsError::Setup)?;
+    if session_timeout.is_zero() {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    } else {
+        cfg.session_storage = Arc::new(AgedSessions {
+            inner: rustls::server::ServerSessionMemoryCache::new(20_000),
+            lifetime_ms: session_timeout.as_millis() as u64,
+        });
+        cfg.ticketer = Arc::new(AgedTickets::new(session_timeout)?);
+    }
     Ok(Arc::new(cfg))
+}
+
+/// Session tickets that carry their issue time and are refused once older than the session
+/// timeout. rustls's own ticketer advertises 12 hours and, for TLS 1.2, accepts a ticket as long
+/// as its key lives (no age check), so a TLS 1.2 ticket could resume a session for 12 hours or
+/// more; NGINX's `ssl_session_timeout` is 5 minutes. The keys rotate every `session_timeout`.
+#[derive(Debug)]
+struct AgedTickets {
+    keys: rustls::TicketRotator,
+    lifetime: Duration,
+}
+
+/// One ticket key (a fresh AES-256 + HMAC-SHA256 RFC 5077 ticketer from the provider).
+#[derive(Debug)]
+struct TicketKey(Arc<dyn rustls::server::ProducesTickets>);
+
+impl rustls::server::ProducesTickets for TicketKey {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn lifetime(&self) -> u32 {
+        self.0.lifetime()
+    }
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.0.encrypt(plain)
+    }
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.0.decrypt(cipher)
+    }
+}
+
+fn new_ticket_key(
+) -> Result<Box<dyn rustls::server::ProducesTickets>, rustls::crypto::GetRandomFailed> {
+    provider::Ticketer::new()
+        .map(|t| Box::new(TicketKey(t)) as Box<dyn rustls::server::ProducesTickets>)
+        .map_err(|_| rustls::crypto::GetRandomFailed)
+}
+
+impl AgedTickets {
+    fn new(lifetime: Duration) -> Result<Self, TlsError> {
+        let secs = lifetime.as_secs().clamp(1, u32::MAX as u64) as u32;
+        Ok(AgedTickets {
+            keys: rustls::TicketRotator::new(secs, new_ticket_key).map_err(TlsError::Setup)?,
+            lifetime,
+        })
+    }
+}
+
+/// Unix milliseconds, for ticket and session ages.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `issued_ms ‖ value`.
+fn stamp(value: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(8 + value.len());
+    m.extend_from_slice(&now_ms().to_be_bytes());
+    m.extend_from_slice(value);
+    m
+}
+
+/// The value of a stamped message no older than `lifetime_ms`.
+fn fresh(stamped: &[u8], lifetime_ms: u64) -> Option<Vec<u8>> {
+    let (t, value) = stamped.split_at_checked(8)?;
+    let issued = u64::from_be_bytes(t.try_into().ok()?);
+    let age = now_ms().checked_sub(issued)?;
+    (age <= lifetime_ms).then(|| value.to_vec())
+}
+
+impl rustls::server::ProducesTickets for AgedTickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+    /// The lifetime hint clients get (and TLS scanners report).
+    fn lifetime(&self) -> u32 {
+        self.lifetime.as_secs().clamp(1, u32::MAX as u64) as u32
+    }
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.keys.encrypt(&stamp(plain))
+    }
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        fresh(
+            &self.keys.decrypt(cipher)?,
+            self.lifetime.as_millis() as u64,
+        )
+    }
+}
+
+/// The server-side session cache (TLS 1.2 session ids, TLS 1.3 without tickets), with the same
+/// age bound: rustls's cache keeps an entry until 20,000 newer ones push it out.
+#[derive(Debug)]
+struct AgedSessions {
+    inner: Arc<rustls::server::ServerSessionMemoryCache>,
+    lifetime_ms: u64,
+}
+
+impl rustls::server::StoresServerSessions for AgedSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, stamp(&value))
+    }
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        fresh(&self.inner.get(key)?, self.lifetime_ms)
+    }
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        fresh(&self.inner.take(key)?, self.lifetime_ms)
+    }
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 /// `"TLSv1.3"` / `"TLSv1.2"` for the audit trail.

@@ -14,60 +14,201 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use support::*;
 
-/// An engine.io-like node.
+/// The engine.io protocol flavours a client may speak, and how the node frames its handshake
+/// answer for each (engine.io's `lib/transports/polling*.ts` and its v3 parser).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Eio {
+    /// `0{"sid":…}` (socket.io 3/4 clients).
+    V4,
+    /// `<len>:0{…}2:40` (socket.io 2 with `b64=1`).
+    V3Text,
+    /// 0x00, length digits as bytes, 0xff, packet (socket.io 2 over XHR2), sent in two chunks.
+    V3Binary,
+    /// `___eio[N]("…");` (socket.io 2 JSONP polling).
+    Jsonp,
+}
+
+impl Eio {
+    const ALL: [Eio; 4] = [Eio::V4, Eio::V3Text, Eio::V3Binary, Eio::Jsonp];
+
+    fn query(self) -> &'static str {
+        match self {
+            Eio::V4 => "EIO=4&transport=polling",
+            Eio::V3Text => "EIO=3&transport=polling&b64=1",
+            Eio::V3Binary => "EIO=3&transport=polling",
+            Eio::Jsonp => "EIO=3&transport=polling&j=2",
+        }
+    }
+
+    fn of(query: &str) -> Eio {
+        let has = |kv: &str| query.split('&').any(|x| x == kv);
+        if has("EIO=4") {
+            Eio::V4
+        } else if query.split('&').any(|x| x.starts_with("j=")) {
+            Eio::Jsonp
+        } else if has("b64=1") {
+            Eio::V3Text
+        } else {
+            Eio::V3Binary
+        }
+    }
+
+    /// The handshake answer's body chunks for session `sid`.
+    fn handshake(self, sid: &str) -> Vec<Vec<u8>> {
+        let open = format!(
+            r#"0{{"sid":"{sid}","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":{}{}}}"#,
+            if self == Eio::V4 { 20000 } else { 5000 },
+            if self == Eio::V4 {
+                r#","maxPayload":1000000"#
+            } else {
+                ""
+            }
+        );
+        let text3 = format!("{}:{open}2:40", open.len());
+        match self {
+            Eio::V4 => vec![open.into_bytes()],
+            Eio::V3Text => vec![text3.into_bytes()],
+            Eio::Jsonp => {
+                vec![format!("___eio[2]({});", serde_json::to_string(&text3).unwrap()).into_bytes()]
+            }
+            Eio::V3Binary => {
+                let mut b = Vec::new();
+                for p in [open.as_str(), "40"] {
+                    b.push(0u8);
+                    b.extend(p.len().to_string().bytes().map(|d| d - b'0'));
+                    b.push(0xff);
+                    b.extend_from_slice(p.as_bytes());
+                }
+                // Split inside the sid: the gate must put the two frames together.
+                let cut = b.windows(6).position(|w| w == b"\"sid\":").unwrap() + 10;
+                let tail = b.split_off(cut);
+                vec![b, tail]
+            }
+        }
+    }
+
+    /// The session id in a handshake answer, read the way a client does.
+    fn sid_of(self, body: &[u8]) -> Option<String> {
+        let text = match self {
+            Eio::Jsonp => {
+                let t = std::str::from_utf8(body).ok()?;
+                let inner = t.strip_prefix("___eio[2](")?.strip_suffix(");")?;
+                serde_json::from_str::<String>(inner).ok()?
+            }
+            _ => String::from_utf8_lossy(body).into_owned(),
+        };
+        let at = text.find(r#""sid":""#)? + 7;
+        let len = text[at..].find('"')?;
+        Some(text[at..at + len].to_string())
+    }
+}
+
+/// engine.io's session ids: 15 random bytes, base64 with `/` → `_` and `+` → `-`.
+fn new_sid() -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    (0..20).map(|_| A[fastrand::usize(..64)] as char).collect()
+}
+
+/// An engine.io-like node: a polling handshake opens a session (framed as the client's protocol
+/// version asks), a request naming a session it did not open is answered 400 "Session ID
+/// unknown", a close packet (`POST` body `1`) ends a session, and a WebSocket upgrade naming an
+/// unknown session is refused too.
 fn engine_io() -> Handler {
     let sessions: Arc<Mutex<HashSet<String>>> = Arc::default();
     Arc::new(move |req: Request<Incoming>, cx: NodeCtx| {
         let sessions = sessions.clone();
         Box::pin(async move {
-            if req.headers().get("upgrade").is_some() {
-                let mut r = ws_echo(req);
-                r.headers_mut().insert("x-node", cx.name.parse().unwrap());
-                return r;
-            }
-            let q = req.uri().query().unwrap_or("");
+            let q = req.uri().query().unwrap_or("").to_string();
             let sid = q
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("sid="))
                 .map(str::to_string);
+            let known = sid
+                .as_ref()
+                .is_some_and(|s| sessions.lock().unwrap().contains(s));
             let cookie_leaked = req
                 .headers()
                 .get_all("cookie")
                 .iter()
-                .any(|v| v.to_str().unwrap_or("").contains("bpgate_node"));
-            let (status, body) = match sid {
-                _ if cookie_leaked => (
-                    StatusCode::IM_A_TEAPOT,
-                    "sticky cookie reached the node".to_string(),
-                ),
-                None => {
-                    let id = format!("{}-{}", cx.name, fastrand::u64(..));
-                    sessions.lock().unwrap().insert(id.clone());
-                    (StatusCode::OK, format!("0{{\"sid\":\"{id}\"}}"))
-                }
-                Some(s) if sessions.lock().unwrap().contains(&s) => {
-                    (StatusCode::OK, "ok".to_string())
-                }
-                Some(_) => (
-                    StatusCode::BAD_REQUEST,
-                    r#"{"code":1,"message":"Session ID unknown"}"#.to_string(),
-                ),
+                .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("bpgate_node"));
+            let unknown = || {
+                Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .header("x-node", cx.name.as_str())
+                    .body(full(r#"{"code":1,"message":"Session ID unknown"}"#))
+                    .unwrap()
             };
-            Response::builder()
-                .status(status)
-                .header("x-node", cx.name.as_str())
-                .body(full(body))
-                .unwrap()
+            if req.headers().get("upgrade").is_some() {
+                if sid.is_some() && !known {
+                    return unknown();
+                }
+                let mut r = ws_echo(req);
+                r.headers_mut().insert("x-node", cx.name.parse().unwrap());
+                return r;
+            }
+            if cookie_leaked {
+                return Response::builder()
+                    .status(StatusCode::IM_A_TEAPOT)
+                    .body(full("sticky cookie reached the node"))
+                    .unwrap();
+            }
+            match sid {
+                None => {
+                    let id = new_sid();
+                    sessions.lock().unwrap().insert(id.clone());
+                    let eio = Eio::of(&q);
+                    let chunks = eio.handshake(&id);
+                    let ct = if eio == Eio::V3Binary {
+                        "application/octet-stream"
+                    } else {
+                        "text/plain; charset=UTF-8"
+                    };
+                    let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async {
+                        let c = it.next()?;
+                        tokio::task::yield_now().await;
+                        Some((
+                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                                hyper::body::Frame::data(Bytes::from(c)),
+                            ),
+                            it,
+                        ))
+                    });
+                    Response::builder()
+                        .header("content-type", ct)
+                        .header("x-node", cx.name.as_str())
+                        .body(http_body_util::BodyExt::boxed(
+                            http_body_util::StreamBody::new(stream),
+                        ))
+                        .unwrap()
+                }
+                Some(_) if !known => unknown(),
+                Some(s) => {
+                    let post = req.method() == http::Method::POST;
+                    let body = http_body_util::BodyExt::collect(req.into_body())
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    if post && body.ends_with(b"1") {
+                        sessions.lock().unwrap().remove(&s);
+                    }
+                    Response::builder()
+                        .header("x-node", cx.name.as_str())
+                        .body(full(if post { "ok" } else { "6" }))
+                        .unwrap()
+                }
+            }
         })
     })
 }
 
-/// A browser: one connection, a cookie jar for bpgate's cookie, and an engine.io session.
+/// A browser or socket.io client: one connection, a cookie jar for bpgate's cookie (or none),
+/// and an engine.io session.
 struct Browser {
     client: Client,
     cookie: Option<String>,
     sid: Option<String>,
     keep_cookies: bool,
+    eio: Eio,
 }
 
 struct Poll {
@@ -78,26 +219,35 @@ struct Poll {
 
 impl Browser {
     async fn new(gate: &Gate, ip: Option<IpAddr>, keep_cookies: bool) -> Browser {
+        Browser::speaking(gate, ip, keep_cookies, Eio::V4).await
+    }
+
+    async fn speaking(gate: &Gate, ip: Option<IpAddr>, keep_cookies: bool, eio: Eio) -> Browser {
         let tls = tls_connect_from(gate, &[b"http/1.1"], ip).await;
         Browser {
             client: Client::over(tls).await,
             cookie: None,
             sid: None,
             keep_cookies,
+            eio,
         }
     }
 
     async fn poll(&mut self) -> Poll {
-        let mut path = "/socket.io/?EIO=4&transport=polling".to_string();
+        self.request("GET", "").await
+    }
+
+    async fn request(&mut self, method: &str, body: &'static str) -> Poll {
+        let mut path = format!("/socket.io/?{}&t=P{}", self.eio.query(), fastrand::u32(..));
         if let Some(s) = &self.sid {
             path.push_str("&sid=");
             path.push_str(s);
         }
-        let mut b = get(&path);
+        let mut b = get(&path).method(method);
         if let Some(c) = &self.cookie {
             b = b.header("cookie", format!("other=1; {c}"));
         }
-        let a = self.client.call(b.body(full(Bytes::new())).unwrap()).await;
+        let a = self.client.call(b.body(full(body)).unwrap()).await;
         let set = a.headers.get_all("set-cookie").iter().find_map(|v| {
             let s = v.to_str().ok()?;
             s.starts_with("bpgate_node=")
@@ -109,9 +259,9 @@ impl Browser {
                 self.cookie = Some(c);
             }
         }
-        if a.status == StatusCode::OK && a.text().starts_with("0{") {
-            let t = a.text();
-            self.sid = Some(t[9..t.len() - 2].to_string());
+        if a.status == StatusCode::OK && self.sid.is_none() {
+            self.sid = self.eio.sid_of(&a.body);
+            assert!(self.sid.is_some(), "no sid in {:?}", a.body);
         }
         if a.status != StatusCode::OK {
             // engine.io reconnects with a new handshake.
@@ -183,7 +333,12 @@ async fn fifty_browsers_fifty_polls_all_succeed_and_spread() {
 
 #[tokio::test]
 async fn cookie_refusing_browser_stays_put_by_client_ip() {
-    let (_nodes, gate) = cluster(3, "").await;
+    // The option: client-IP rendezvous alone (the session-id map off).
+    let (_nodes, gate) = cluster(
+        3,
+        "[sticky]\nfallback = \"client-ip\"\nsid_map_max_entries = 0",
+    )
+    .await;
     let mut b = Browser::new(&gate, ip(7), false).await;
     let first = b.poll().await;
     for _ in 0..30 {
@@ -299,7 +454,7 @@ async fn dead_node_clients_are_repinned_and_a_restarted_node_gets_new_sessions()
 
 #[tokio::test]
 async fn drain_keeps_pinned_clients_and_stops_new_sessions() {
-    let (_nodes, gate) = cluster(2, "[sticky]\nfallback = \"none\"").await;
+    let (_nodes, gate) = cluster(2, "[sticky]\nfallback = \"load\"").await;
     let mut pinned = Browser::new(&gate, None, true).await;
     let node = pinned.poll().await.node;
     let (s, _) = gate.admin_post(&format!("/upstreams/{node}/drain")).await;
@@ -387,13 +542,13 @@ async fn two_replicas_with_one_secret_agree_and_websocket_follows_the_pin() {
     let n0 = Node::start("node-0", engine_io()).await;
     let n1 = Node::start("node-1", engine_io()).await;
     let conf = format!(
-        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"none\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"",
+        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"load\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"",
         n0.url(),
         n1.url()
     );
     // The replica lists the nodes in the other order: ids come from names, not positions.
     let conf_b = format!(
-        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"none\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"",
+        "[sticky]\nsecret = \"a-shared-secret-of-some-length\"\nfallback = \"load\"\n[upstream]\nurls = []\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-1\"\n[[upstream.nodes]]\nurl = \"{}\"\nname = \"node-0\"",
         n1.url(),
         n0.url()
     );
@@ -455,7 +610,7 @@ async fn connect_failure_is_retried_on_another_node() {
     let dead = dead_addr().await;
     let gate = Gate::builder()
         .toml(&format!(
-            "[health]\nenabled = false\n[sticky]\nfallback = \"none\"\n[upstream]\nurls = [\"http://{dead}\", \"{}\"]",
+            "[health]\nenabled = false\n[sticky]\nfallback = \"load\"\n[upstream]\nurls = [\"http://{dead}\", \"{}\"]",
             live.url()
         ))
         .start()
@@ -494,10 +649,218 @@ async fn the_101_of_a_new_visitor_carries_the_sticky_cookie() {
         .unwrap_or("");
     assert!(
         cookie.starts_with("bpgate_node=")
-            && cookie.contains("SameSite=None")
-            && cookie.contains("Secure"),
+            && cookie.contains("; SameSite=None")
+            && cookie.contains("; Secure")
+            && cookie.ends_with("; Partitioned"),
         "{cookie}"
     );
     drop(_ws);
+    gate.stop().await;
+}
+
+/// Health checks off (every node taken as healthy), for tests about placement, not failover.
+const NO_CHECKS: &str = "[health]\nenabled = false";
+
+/// A metric's value in `/metrics` (the first series whose name and labels start as given).
+async fn metric(gate: &Gate, series: &str) -> f64 {
+    let (_, m) = gate.admin_get("/metrics").await;
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in\n{m}"))
+}
+
+/// An office behind one NAT: new visitors are balanced by load (not all on one node), and
+/// socket.io clients that keep no cookie, in every engine.io framing, keep their session on its
+/// node for its whole life, learned from the handshake answer.
+#[tokio::test]
+async fn one_ip_many_cookieless_clients_spread_and_each_session_stays_on_its_node() {
+    // Health checks off: a check timing out on a loaded machine would move sessions, which is
+    // failover, not what this test is about.
+    let (_nodes, gate) = cluster(3, NO_CHECKS).await;
+    let office = ip(0);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let eio = Eio::ALL[i % 4];
+        let mut b = Browser::speaking(&gate, office, false, eio).await;
+        tasks.push(tokio::spawn(async move {
+            let first = b.poll().await;
+            assert_eq!(first.status, StatusCode::OK, "{eio:?} handshake");
+            for n in 0..15 {
+                let p = if n % 3 == 0 {
+                    b.request("POST", "4hello").await
+                } else {
+                    b.poll().await
+                };
+                assert_eq!(
+                    (p.status, p.node.as_str()),
+                    (StatusCode::OK, first.node.as_str()),
+                    "{eio:?}: a cookieless session left its node"
+                );
+            }
+            first.node
+        }));
+    }
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    for t in tasks {
+        *per_node.entry(t.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.len(),
+        3,
+        "one NAT must not mean one node: {per_node:?}"
+    );
+    // The same office with cookie-keeping browsers: spread too, then pinned by the cookie.
+    let mut cookied: HashMap<String, usize> = HashMap::new();
+    for _ in 0..24 {
+        let mut b = Browser::new(&gate, office, true).await;
+        let first = b.poll().await;
+        assert!(first.set_cookie);
+        b.sid = None; // a new engine.io session, same browser: the cookie keeps it there
+        assert_eq!(b.poll().await.node, first.node);
+        *cookied.entry(first.node).or_default() += 1;
+    }
+    assert_eq!(cookied.len(), 3, "{cookied:?}");
+    assert_eq!(
+        metric(
+            &gate,
+            "bpgate_sticky_sid_handshakes_total{result=\"learned\"}"
+        )
+        .await,
+        72.0
+    );
+    assert_eq!(
+        metric(
+            &gate,
+            "bpgate_sticky_sid_handshakes_total{result=\"unparsed\"}"
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(
+        metric(&gate, "bpgate_sticky_sid_lookups_total{result=\"hit\"}").await,
+        24.0 * 15.0
+    );
+    assert_eq!(metric(&gate, "bpgate_sticky_sid_entries").await, 72.0);
+    gate.stop().await;
+}
+
+/// socket.io's upgrade from polling to WebSocket carries the sid: the tunnel opens on the node
+/// holding the session, without a cookie.
+#[tokio::test]
+async fn a_cookieless_upgrade_to_websocket_follows_the_session() {
+    let (_nodes, gate) = cluster(3, NO_CHECKS).await;
+    for _ in 0..6 {
+        let mut b = Browser::new(&gate, ip(1), false).await;
+        let node = b.poll().await.node;
+        let tls = tls_connect_from(&gate, &[b"http/1.1"], ip(1)).await;
+        let url = format!(
+            "wss://localhost:{}/socket.io/?EIO=4&transport=websocket&sid={}",
+            gate.https.port(),
+            b.sid.clone().unwrap()
+        );
+        let (_ws, resp) = tokio_tungstenite::client_async(url, tls)
+            .await
+            .expect("the upgrade reached the session's node");
+        assert_eq!(resp.headers()["x-node"], node.as_str());
+    }
+    gate.stop().await;
+}
+
+/// The map holds at most `sid_map_max_entries`, the newest sessions keep working, and a session
+/// the node closed is forgotten when the node says so.
+#[tokio::test]
+async fn the_session_map_is_bounded_and_forgets_closed_sessions() {
+    let (_nodes, gate) = cluster(
+        3,
+        &format!("{NO_CHECKS}\n[sticky]\nsid_map_max_entries = 8"),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut b = Browser::new(&gate, ip(2), false).await;
+        assert_eq!(b.poll().await.status, StatusCode::OK);
+        clients.push(b);
+    }
+    assert!(metric(&gate, "bpgate_sticky_sid_entries").await <= 8.0);
+    assert!(
+        metric(
+            &gate,
+            "bpgate_sticky_sid_evictions_total{reason=\"capacity\"}"
+        )
+        .await
+            >= 12.0
+    );
+    // The latest session is still known: it stays on its node.
+    let last = clients.last_mut().unwrap();
+    let node = last.poll().await.node;
+    for _ in 0..10 {
+        let p = last.poll().await;
+        assert_eq!((p.status, p.node.as_str()), (StatusCode::OK, node.as_str()));
+    }
+    // The client closes its session (engine.io's close packet); the node then answers 400 to
+    // the sid, and the gate forgets it.
+    assert_eq!(last.request("POST", "1").await.status, StatusCode::OK);
+    let before = metric(&gate, "bpgate_sticky_sid_entries").await;
+    let p = last.request("GET", "").await;
+    assert_eq!(p.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        metric(
+            &gate,
+            "bpgate_sticky_sid_evictions_total{reason=\"unknown\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&gate, "bpgate_sticky_sid_entries").await,
+        before - 1.0
+    );
+    gate.stop().await;
+}
+
+/// A `Cookie` header carrying a byte that is not UTF-8 (obs-text, or garbage) must still lose
+/// the sticky pair before Botpress sees it, over HTTP/1.1 and HTTP/2; the other pairs pass
+/// byte for byte.
+#[tokio::test]
+async fn a_cookie_header_with_a_raw_byte_still_loses_the_sticky_pair() {
+    init();
+    let node = Node::start("n1", echo()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[health]\nenabled = false")
+        .start()
+        .await;
+    for mut c in [Client::h1(&gate).await, Client::h2(&gate).await] {
+        for raw in [
+            &b"lang=fr\xff\xfe; bpgate_node=abc; other=1"[..],
+            b"bpgate_node=ab\xffc;other=1; lang=fr\xff\xfe",
+            b"lang=fr\xff\xfe;bpgate_node=\"abc\"",
+        ] {
+            let a = c
+                .call(
+                    get("/x")
+                        .header("cookie", http::HeaderValue::from_bytes(raw).unwrap())
+                        .body(full(Bytes::new()))
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::OK);
+            let seen: Vec<String> = a.json()["headers"]["cookie"]
+                .as_array()
+                .map(|v| v.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            let all = seen.join("; ");
+            assert!(!all.contains("bpgate_node"), "leaked to Botpress: {all:?}");
+            assert!(all.contains("lang=fr\u{fffd}\u{fffd}"), "{all:?}");
+            if raw.ends_with(b"other=1") || raw.starts_with(b"bpgate") {
+                assert!(all.contains("other=1"), "{all:?}");
+            }
+            assert!(
+                a.header("set-cookie")
+                    .is_some_and(|c| c.starts_with("bpgate_node=")),
+                "an unreadable value is a new pin"
+            );
+        }
+    }
     gate.stop().await;
 }

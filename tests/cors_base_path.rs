@@ -253,3 +253,189 @@ enabled = false
     assert_eq!(c.get("/").await.header("location"), Some("/botpress/"));
     assert_eq!(c.get("/admin").await.status, StatusCode::NOT_FOUND);
 }
+
+/// A node that answers like Botpress behind `compression()`: `Vary: Accept-Encoding`, and its own
+/// permissive CORS header that bpgate replaces.
+fn varying() -> Handler {
+    Arc::new(|_req, cx| {
+        Box::pin(async move {
+            Response::builder()
+                .header("vary", "Accept-Encoding")
+                .header("access-control-allow-origin", "*")
+                .header("x-node", cx.name.as_str())
+                .body(full("{}"))
+                .unwrap()
+        })
+    })
+}
+
+/// Real preflights as channel-web, the messaging client and external auth send them, over
+/// HTTP/1.1 and HTTP/2: by default an allowed origin gets the headers it asks for, and every
+/// answer that depends on `Origin` (refusals included) says so in `Vary`.
+#[tokio::test]
+async fn preflights_real_clients_send_pass_and_every_answer_varies_on_origin() {
+    init();
+    let node = Node::start("n1", varying()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[cors]\norigins = [\"https://shop.example.com\"]\n[health]\nenabled = false")
+        .start()
+        .await;
+    let preflight_vary = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+    for mut c in [Client::h1(&gate).await, Client::h2(&gate).await] {
+        for (method, asked) in [
+            ("POST", "content-type,x-bp-externalauth"),
+            ("POST", "externalauth"),
+            (
+                "GET",
+                "x-bp-messaging-client-id,x-bp-messaging-client-token,x-bp-messaging-user-id",
+            ),
+        ] {
+            let a = c
+                .call(
+                    req("OPTIONS", "/api/v1/messaging/conversations")
+                        .header("origin", "https://shop.example.com")
+                        .header("access-control-request-method", method)
+                        .header("access-control-request-headers", asked)
+                        .body(full(Bytes::new()))
+                        .unwrap(),
+                )
+                .await;
+            assert_eq!(a.status, StatusCode::NO_CONTENT, "{asked}: {}", a.text());
+            assert_eq!(
+                a.header("access-control-allow-origin"),
+                Some("https://shop.example.com")
+            );
+            let allowed = a.header("access-control-allow-headers").unwrap_or("");
+            for n in asked.split(',') {
+                assert!(
+                    allowed.split(", ").any(|x| x.eq_ignore_ascii_case(n)),
+                    "{n} not in {allowed}"
+                );
+            }
+            assert_eq!(a.header("vary"), Some(preflight_vary));
+        }
+        // Refused preflight (foreign origin): no CORS header, but the full Vary.
+        let a = c
+            .call(
+                req("OPTIONS", "/api/v1/bots")
+                    .header("origin", "https://evil.example.net")
+                    .header("access-control-request-method", "POST")
+                    .header("access-control-request-headers", "x-bp-externalauth")
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(a.header("vary"), Some(preflight_vary));
+        // Refused actual request: `Vary: Origin`.
+        let a = c
+            .call(
+                req("POST", "/api/v1/bots")
+                    .header("origin", "https://evil.example.net")
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+        assert_eq!(a.header("vary"), Some("Origin"));
+        // Forwarded answers: Botpress's Vary kept, Origin merged into one line.
+        for origin in [Some("https://shop.example.com"), None] {
+            let mut b = req("GET", "/api/v1/bots");
+            if let Some(o) = origin {
+                b = b.header("origin", o);
+            }
+            let a = c.call(b.body(full(Bytes::new())).unwrap()).await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(
+                a.headers.get_all("vary").iter().collect::<Vec<_>>(),
+                ["Accept-Encoding, Origin"]
+            );
+            assert_eq!(a.header("access-control-allow-origin"), origin);
+        }
+    }
+    assert_eq!(
+        node.requests.load(Ordering::Relaxed),
+        4,
+        "only GETs reach Botpress"
+    );
+    gate.stop().await;
+}
+
+/// An operator can pin the list; then anything else is refused, still with `Vary`.
+#[tokio::test]
+async fn a_pinned_allow_headers_list_refuses_other_headers() {
+    init();
+    let node = Node::start("n1", varying()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[cors]\norigins = [\"https://shop.example.com\"]\nallow_headers = [\"X-BP-ExternalAuth\"]\n[health]\nenabled = false")
+        .start()
+        .await;
+    let mut c = Client::h1(&gate).await;
+    let call = |asked: &'static str| {
+        req("OPTIONS", "/api/v1/bots")
+            .header("origin", "https://shop.example.com")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", asked)
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    let a = c.call(call("x-bp-externalauth, content-type")).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(a
+        .header("access-control-allow-headers")
+        .unwrap()
+        .starts_with("X-BP-ExternalAuth, Authorization"));
+    let a = c.call(call("x-bp-messaging-client-id")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(a.header("access-control-allow-headers").is_none());
+    assert_eq!(
+        a.header("vary"),
+        Some("Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+    );
+    gate.stop().await;
+}
+
+/// `cors.*` is live: pinning `allow_headers` by a reload refuses, from the next preflight on,
+/// a header that was reflected before; going back to `"reflect"` allows it again.
+#[tokio::test]
+async fn allow_headers_changes_on_reload() {
+    init();
+    let node = Node::start("n1", varying()).await;
+    let gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[cors]\norigins = [\"https://shop.example.com\"]\n[health]\nenabled = false")
+        .start()
+        .await;
+    let path = gate.dir.path().join("bpgate.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let preflight = || async {
+        let mut c = Client::h1(&gate).await;
+        c.call(
+            req("OPTIONS", "/api/v1/bots")
+                .header("origin", "https://shop.example.com")
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "x-bp-messaging-client-id")
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .status
+    };
+    assert_eq!(preflight().await, StatusCode::NO_CONTENT);
+    let pinned = original.replace(
+        "[cors]\n",
+        "[cors]\nallow_headers = [\"X-BP-ExternalAuth\"]\n",
+    );
+    assert_ne!(pinned, original);
+    std::fs::write(&path, pinned).unwrap();
+    let (s, body) = gate.admin_post("/reload").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("cors.allow_headers"), "{body}");
+    assert_eq!(preflight().await, StatusCode::FORBIDDEN);
+    std::fs::write(&path, original).unwrap();
+    assert_eq!(gate.admin_post("/reload").await.0, StatusCode::OK);
+    assert_eq!(preflight().await, StatusCode::NO_CONTENT);
+    gate.stop().await;
+}

@@ -727,6 +727,23 @@ fn each_broken_item_is_reported() {
             Status::Pass,
         ),
         (
+            "cookieless polling clients unrouted",
+            |fx| {
+                fx.gate("sticky.sid_map_max_entries", 0.into());
+            },
+            item::STICKY,
+            Status::Warn,
+        ),
+        (
+            "sid map off, client-ip fallback",
+            |fx| {
+                fx.gate("sticky.sid_map_max_entries", 0.into())
+                    .gate("sticky.fallback", "client-ip".into());
+            },
+            item::STICKY,
+            Status::Pass,
+        ),
+        (
             "sticky off, default transports",
             |fx| {
                 fx.gate("sticky.enabled", false.into())

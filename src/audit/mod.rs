@@ -86,8 +86,11 @@ where
         let sink = self.cx.sink.clone();
         let counters = self.cx.counters.clone();
         let pending = x.map(|x| Pending::capture(&req, x, &self.cx.users));
+        let edge_refusal = pending.as_ref().and_then(|p| p.exchange.refusal);
         // Fail closed: while the trail cannot be written, nothing goes unaudited.
-        let fut = if sink.as_ref().is_some_and(|s| s.refusing()) {
+        let fut = if let Some(r) = edge_refusal {
+            exchange::ready(r.response(id.as_ref()))
+        } else if sink.as_ref().is_some_and(|s| s.refusing()) {
             exchange::ready(Refusal::AuditUnavailable.response(id.as_ref()))
         } else {
             self.inner.call(req)

@@ -2,11 +2,16 @@
 //! cookie that keeps a browser's socket.io session on the node that holds it.
 //!
 //! Routing, in order:
-//! 1. A valid sticky cookie naming a live node → that node (`hit`), draining or not.
-//! 2. A valid cookie naming a dead or removed node → another node, cookie re-issued (`failover`).
-//! 3. No usable cookie → with `sticky.fallback = "client-ip"` the client IP's weighted rendezvous
-//!    hash over healthy, non-draining nodes (so cookie-refusing browsers stay put and replicas
-//!    agree); with `"none"` power-of-two-choices least-outstanding-requests (`new`).
+//! 1. A request of an engine.io session this process learned (`sid` in the query, see [`sid`])
+//!    whose node is up → that node (`sid`), whatever a cookie says: the session lives in that
+//!    node's memory, so a cookie naming another node could only earn a 400 "Session ID unknown"
+//!    and a reconnect. A valid cookie naming the same node counts as a `hit`.
+//! 2. A valid sticky cookie naming a live node → that node (`hit`), draining or not.
+//! 3. A valid cookie naming a dead or removed node → another node, cookie re-issued (`failover`).
+//! 4. Neither → with `sticky.fallback = "load"` (the default) power-of-two-choices
+//!    least-outstanding-requests, so new visitors behind one NAT spread; with `"client-ip"` the
+//!    client IP's weighted rendezvous hash over healthy, non-draining nodes (replicas agree
+//!    without a cookie, but one NAT lands on one node) (`new`). The cookie then pins it.
 //!
 //! A connection failure before any byte was sent is retried once on another node.
 //!
@@ -17,6 +22,7 @@
 
 mod health;
 mod route;
+pub mod sid;
 pub mod sticky;
 
 use std::collections::HashMap;
@@ -30,6 +36,7 @@ use serde::Serialize;
 
 pub use health::{spawn_health_checks, HealthSettings};
 pub use route::{take_cookie, CookieSpec, Ejection, Route, RouteLayer};
+pub use sid::{EngineIo, SidMap};
 pub use sticky::{NodeId, Opened, Rejected, StickyCodec};
 
 use crate::config::NodeSpec;
@@ -343,6 +350,8 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct StickyStats {
     pub hit: AtomicU64,
+    /// Routed by a learned engine.io session id, not by a cookie.
+    pub sid: AtomicU64,
     pub new: AtomicU64,
     pub failover: AtomicU64,
     pub forged: AtomicU64,
@@ -361,12 +370,15 @@ pub struct Cluster {
     pub stats: StickyStats,
     /// True when the secret was generated at start (replicas will disagree).
     pub generated_secret: bool,
+    /// engine.io session ids learned from handshakes.
+    pub sids: Arc<SidMap>,
 }
 
 /// How a request's node was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sticky {
     Hit,
+    Sid,
     New,
     Failover,
 }
@@ -375,6 +387,7 @@ impl Sticky {
     pub fn as_str(self) -> &'static str {
         match self {
             Sticky::Hit => "hit",
+            Sticky::Sid => "sid",
             Sticky::New => "new",
             Sticky::Failover => "failover",
         }
@@ -394,6 +407,9 @@ pub struct ClusterSettings {
     pub sticky_enabled: bool,
     pub ip_fallback: bool,
     pub generated_secret: bool,
+    /// `sticky.sid_map_max_entries` (0: off) and `sticky.sid_map_idle_timeout`.
+    pub sid_map_max_entries: usize,
+    pub sid_map_idle: Duration,
 }
 
 impl Cluster {
@@ -406,6 +422,14 @@ impl Cluster {
             ip_fallback: s.ip_fallback,
             stats: StickyStats::default(),
             generated_secret: s.generated_secret,
+            sids: Arc::new(SidMap::new(
+                if s.sticky_enabled {
+                    s.sid_map_max_entries
+                } else {
+                    0
+                },
+                s.sid_map_idle.as_secs(),
+            )),
         })
     }
 
@@ -455,8 +479,15 @@ impl Cluster {
         })
     }
 
-    /// Chooses the node for a request. `None`: no node can take it.
-    pub fn choose(&self, snap: &Snapshot, cookie: Option<&str>, client: IpAddr) -> Option<Choice> {
+    /// Chooses the node for a request (see the module docs for the order). `sid`: the engine.io
+    /// session id the request carries. `None`: no node can take it.
+    pub fn choose(
+        &self,
+        snap: &Snapshot,
+        cookie: Option<&str>,
+        sid: Option<&str>,
+        client: IpAddr,
+    ) -> Option<Choice> {
         if !self.sticky_enabled {
             return self.balance(snap, None).map(|node| Choice {
                 node,
@@ -466,6 +497,9 @@ impl Cluster {
         }
         let now = unix_now();
         let tier = snap.tier();
+        let by_sid = sid
+            .filter(|_| self.sids.enabled())
+            .and_then(|s| self.session_node(snap, tier, s, now));
         let mut pinned_dead = false;
         if let Some(v) = cookie {
             match self.codec.open(v, now) {
@@ -476,7 +510,10 @@ impl Cluster {
                         snap.by_id.get(&o.node)
                     };
                     match idx.map(|i| &snap.nodes[*i]) {
-                        Some(n) if tier.keeps(n) => {
+                        Some(n)
+                            if tier.keeps(n)
+                                && by_sid.as_ref().is_none_or(|s| Arc::ptr_eq(s, n)) =>
+                        {
                             // Refresh a cookie past half its life (or sealed with the old key) so an
                             // active session is never cut by expiry.
                             let refresh =
@@ -485,6 +522,15 @@ impl Cluster {
                                 node: n.clone(),
                                 sticky: Sticky::Hit,
                                 set_cookie: refresh,
+                            });
+                        }
+                        Some(n) if tier.keeps(n) => {
+                            // A live session elsewhere wins; the cookie is left as it is (it
+                            // still pins this browser's other sessions).
+                            return by_sid.map(|node| Choice {
+                                node,
+                                sticky: Sticky::Sid,
+                                set_cookie: false,
                             });
                         }
                         _ => pinned_dead = true,
@@ -497,6 +543,16 @@ impl Cluster {
                     self.stats.forged.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        if let Some(node) = by_sid {
+            // No usable cookie (refused, never kept, expired, or naming a dead node): the
+            // session id keeps the session where it is, and the cookie pins the browser there
+            // in case it keeps this one.
+            return Some(Choice {
+                node,
+                sticky: Sticky::Sid,
+                set_cookie: true,
+            });
         }
         let node = if self.ip_fallback {
             self.rendezvous(snap, client)
@@ -515,6 +571,22 @@ impl Cluster {
         })
     }
 
+    /// The node holding engine.io session `sid`, as learned from its handshake, if it still
+    /// takes its pinned clients.
+    fn session_node(&self, snap: &Snapshot, tier: Tier, sid: &str, now: u64) -> Option<Arc<Node>> {
+        let stats = &self.sids.stats;
+        let node = self
+            .sids
+            .lookup(sid, now)
+            .and_then(|name| snap.node(&name))
+            .filter(|n| tier.keeps(n));
+        match &node {
+            Some(_) => stats.hits.fetch_add(1, Ordering::Relaxed),
+            None => stats.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        node
+    }
+
     /// Counts how the request's node was finally chosen (`bpgate_sticky_total`), once, after a
     /// retry on another node has had its say: the metric then agrees with the audit line's
     /// `sticky`. Cookie rejections (`forged`, `expired`) are counted by [`Cluster::choose`].
@@ -527,6 +599,7 @@ impl Cluster {
                 node.sticky_hits.fetch_add(1, Ordering::Relaxed);
                 &self.stats.hit
             }
+            Sticky::Sid => &self.stats.sid,
             Sticky::New => &self.stats.new,
             Sticky::Failover => &self.stats.failover,
         };

@@ -5,12 +5,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, COOKIE, SET_COOKIE};
+use http::header::{HeaderValue, CONTENT_ENCODING, COOKIE, SET_COOKIE};
+use http::{Method, StatusCode};
 use tower::{Layer, Service};
 
+use super::sid::{self, EngineIo, Learner};
 use super::{Cluster, Node, Snapshot, Sticky};
 use crate::counters::status_class;
-use crate::exchange::{self, BoxFut, Refusal, Req, Resp};
+use crate::exchange::{self, BoxFut, Refusal, Req, Resp, RespBody};
 use crate::proxy::{ForwardError, Target};
 
 /// Cookie name and attributes, rendered once.
@@ -101,7 +103,18 @@ where
             } else {
                 None
             };
-            let Some(choice) = cluster.choose(snap, value.as_deref(), client) else {
+            // engine.io: a handshake whose answer names a session, or a session's request.
+            let (handshake, session) = if cluster.sids.enabled() {
+                match sid::classify(req.uri().path(), req.uri().query()) {
+                    EngineIo::Handshake => (req.method() == Method::GET, None),
+                    EngineIo::Session(s) => (false, Some(s.to_string())),
+                    EngineIo::No => (false, None),
+                }
+            } else {
+                (false, None)
+            };
+            let Some(choice) = cluster.choose(snap, value.as_deref(), session.as_deref(), client)
+            else {
                 return Ok(Refusal::NoHealthyNode.response(id.as_ref()));
             };
             let (mut node, mut sticky, mut set_cookie) =
@@ -144,6 +157,19 @@ where
             };
             node.status_counts[status_class(resp.status().as_u16())]
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if handshake {
+                learn_session(cluster, &node, &mut resp);
+            } else if let Some(s) = &session {
+                // engine.io answers 400 "Session ID unknown" to a session it does not hold
+                // (bpgate's own 400s, a body cut off say, say nothing about the session).
+                let from_node = resp
+                    .extensions()
+                    .get::<exchange::Note>()
+                    .is_none_or(|n| n.outcome.is_none());
+                if resp.status() == StatusCode::BAD_REQUEST && from_node {
+                    cluster.sids.forget(s, &node.name);
+                }
+            }
             if cluster.sticky_enabled && set_cookie {
                 pin(cluster, snap, &node, cookie, &mut resp);
             }
@@ -153,6 +179,33 @@ where
             n.sticky = cluster.sticky_enabled.then(|| sticky.as_str());
             Ok(resp)
         })
+    }
+}
+
+/// Lets the handshake answer stream past a [`Learner`], which records the session it opens.
+fn learn_session(cluster: &Cluster, node: &Node, resp: &mut Resp) {
+    if resp.status() != StatusCode::OK {
+        return;
+    }
+    let encoded = resp
+        .headers()
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // A compressed open packet cannot be read without inflating it; engine.io compresses
+        // only above 1 KiB, which an open packet never is.
+        cluster
+            .sids
+            .stats
+            .unparsed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    if let RespBody::Upstream(b) = resp.body_mut() {
+        b.observe(Box::new(Learner::new(
+            cluster.sids.clone(),
+            node.name.clone(),
+        )));
     }
 }
 
@@ -180,7 +233,9 @@ fn pin(cluster: &Cluster, snap: &Snapshot, node: &Node, cookie: &CookieSpec, res
     }
 }
 
-/// Removes bpgate's cookie from the request's `Cookie` headers and returns its value.
+/// Removes bpgate's cookie from the request's `Cookie` headers and returns its value. Works on
+/// bytes: a header with a byte that is not UTF-8 (obs-text, or garbage) must still lose the pair
+/// before it reaches Botpress; the other pairs are kept byte for byte.
 pub fn take_cookie(req: &mut Req, name: &str) -> Option<String> {
     let headers = req.headers();
     if !headers
@@ -190,33 +245,36 @@ pub fn take_cookie(req: &mut Req, name: &str) -> Option<String> {
     {
         return None;
     }
+    let name = name.as_bytes();
     let mut found = None;
     let mut kept: Vec<HeaderValue> = Vec::new();
     for v in headers.get_all(COOKIE) {
-        let Ok(s) = v.to_str() else {
-            kept.push(v.clone());
-            continue;
-        };
-        let mut rest = String::with_capacity(s.len());
-        for pair in s.split(';') {
-            let p = pair.trim();
-            match p.split_once('=') {
-                Some((k, val)) if k.trim() == name => {
+        let mut rest: Vec<u8> = Vec::with_capacity(v.len());
+        for pair in v.as_bytes().split(|b| *b == b';') {
+            let p = pair.trim_ascii();
+            match p.iter().position(|b| *b == b'=') {
+                Some(eq) if p[..eq].trim_ascii() == name => {
                     if found.is_none() {
-                        found = Some(val.trim().trim_matches('"').to_string());
+                        let val = p[eq + 1..].trim_ascii();
+                        let val = val
+                            .strip_prefix(b"\"")
+                            .and_then(|v| v.strip_suffix(b"\""))
+                            .unwrap_or(val);
+                        found = Some(String::from_utf8_lossy(val).into_owned());
                     }
                 }
                 _ if p.is_empty() => {}
                 _ => {
                     if !rest.is_empty() {
-                        rest.push_str("; ");
+                        rest.extend_from_slice(b"; ");
                     }
-                    rest.push_str(p);
+                    rest.extend_from_slice(p);
                 }
             }
         }
         if !rest.is_empty() {
-            if let Ok(hv) = HeaderValue::from_str(&rest) {
+            // Every byte came from a valid header value, minus separators: still valid.
+            if let Ok(hv) = HeaderValue::from_bytes(&rest) {
                 kept.push(hv);
             }
         }

@@ -214,6 +214,75 @@ mod tests {
         assert!(o.previous_key);
     }
 
+    const GOLDEN_SECRET: &[u8] = b"bpgate-golden-secret-2024-0123456789";
+    const GOLDEN_TIME: u64 = 1_700_000_000;
+
+    /// Golden vectors: cookies already in browsers must keep opening after an upgrade, on every
+    /// replica, whatever version issued them. These literals were computed once (and checked
+    /// against an independent implementation of the format in the module docs); if this test
+    /// fails, the change breaks every live session on a rolling upgrade: bump `VERSION` and keep
+    /// opening version 1 instead of editing the literals.
+    #[test]
+    fn golden_vectors_never_change() {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let c = StickyCodec::new(GOLDEN_SECRET, None, "bpgate_node", "/", 86_400);
+        for (name, id, cookie) in [
+            (
+                "node-1",
+                "5a7a6e3cb4e01a36",
+                "AVp6bjy04Bo2ZVPxAN0gRlucHvem37UjvqA4wQE",
+            ),
+            (
+                "botpress-1:3000",
+                "3a068549178991e1",
+                "AToGhUkXiZHhZVPxAMl3IOVLw80GdYUMpqBCznU",
+            ),
+        ] {
+            let node = c.current().node_id(name);
+            assert_eq!(hex(&node), id, "node id of {name}");
+            assert_eq!(c.seal(node, GOLDEN_TIME), cookie, "cookie for {name}");
+            let o = c.open(cookie, GOLDEN_TIME + 60).unwrap();
+            assert_eq!((o.node, o.age_secs, o.previous_key), (node, 60, false));
+        }
+        // Bound to the path (the base path): another value under /botpress.
+        let b = StickyCodec::new(GOLDEN_SECRET, None, "bpgate_node", "/botpress", 86_400);
+        assert_eq!(
+            b.seal(b.current().node_id("node-1"), GOLDEN_TIME),
+            "AVp6bjy04Bo2ZVPxAFYctD9fDoFwG-kQDAJjN50"
+        );
+        // The layout itself: version, node id, issue time, then the tag.
+        let raw = URL_SAFE_NO_PAD
+            .decode("AVp6bjy04Bo2ZVPxAN0gRlucHvem37UjvqA4wQE")
+            .unwrap();
+        assert_eq!(raw[0], 1);
+        assert_eq!(hex(&raw[1..9]), "5a7a6e3cb4e01a36");
+        assert_eq!(
+            u32::from_be_bytes(raw[9..13].try_into().unwrap()) as u64,
+            GOLDEN_TIME
+        );
+    }
+
+    /// A rotation: the old secret moves to `previous_secret`; its cookies still open (and are
+    /// flagged for re-issue), new cookies are sealed with the new one only.
+    #[test]
+    fn golden_cookie_opens_under_previous_secret_after_rotation() {
+        let rotated = StickyCodec::new(
+            b"the-next-secret-0123456789",
+            Some(GOLDEN_SECRET),
+            "bpgate_node",
+            "/",
+            86_400,
+        );
+        let o = rotated
+            .open("AVp6bjy04Bo2ZVPxAN0gRlucHvem37UjvqA4wQE", GOLDEN_TIME + 10)
+            .unwrap();
+        assert!(o.previous_key);
+        assert_eq!(o.node, rotated.previous().unwrap().node_id("node-1"));
+        let fresh = rotated.seal(rotated.current().node_id("node-1"), GOLDEN_TIME);
+        let old_only = StickyCodec::new(GOLDEN_SECRET, None, "bpgate_node", "/", 86_400);
+        assert_eq!(old_only.open(&fresh, GOLDEN_TIME), Err(Rejected::Forged));
+    }
+
     #[test]
     fn bound_to_path() {
         let a = StickyCodec::new(b"0123456789abcdef0123", None, "bpgate_node", "/a", 86_400);

@@ -87,6 +87,10 @@ pub struct Tls {
     pub key: PathBuf,
     #[serde(with = "types::duration")]
     pub handshake_timeout: Duration,
+    /// How long a TLS session can be resumed (session cache and tickets, TLS 1.2 and 1.3): NGINX's
+    /// `ssl_session_timeout`. 0 turns resumption off.
+    #[serde(with = "types::duration")]
+    pub session_timeout: Duration,
     /// How often the certificate files are checked for a renewal; 0 turns polling off.
     #[serde(with = "types::duration")]
     pub reload_interval: Duration,
@@ -218,6 +222,18 @@ pub struct Limits {
     /// An idle client connection (no request in flight) is closed after this long.
     #[serde(with = "types::duration")]
     pub keepalive_timeout: Duration,
+    /// After answering a request whose body is still arriving (413 and other early answers),
+    /// bpgate reads and discards what the client still sends for at most this long before it
+    /// closes (NGINX's `lingering_time`), so the client reads the answer instead of a reset.
+    /// 0 turns lingering close off.
+    #[serde(with = "types::duration")]
+    pub lingering_time: Duration,
+    /// While lingering, the longest wait for more data from the client (NGINX's
+    /// `lingering_timeout`).
+    #[serde(with = "types::duration")]
+    pub lingering_timeout: Duration,
+    /// While lingering, the most bytes read and discarded.
+    pub lingering_size: ByteSize,
     /// Client connections open at once on the HTTPS listener; more wait in the backlog.
     pub max_connections: usize,
     /// Concurrent HTTP/2 streams per client connection.
@@ -289,12 +305,69 @@ pub struct Cors {
     pub origins: Vec<String>,
     pub credentials: bool,
     pub methods: Vec<String>,
-    pub allow_headers: Vec<String>,
+    /// Request headers a preflight may ask for: `"reflect"` (the default) allows whatever an
+    /// allowed origin asks for, as Botpress's own CORS middleware does; a list pins them.
+    pub allow_headers: AllowHeaders,
     pub expose_headers: Vec<String>,
     #[serde(with = "types::duration")]
     pub max_age: Duration,
     /// Refuse with 403 any request whose `Origin` is not allowed.
     pub reject_disallowed: bool,
+}
+
+/// `cors.allow_headers`: reflect what an allowed origin's preflight asks for, or a fixed list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AllowHeaders {
+    /// Allow every header an allowed origin's preflight names. The origin is the security
+    /// boundary; which headers a page may send is the application's business (Botpress's
+    /// channel-web and messaging clients send `ExternalAuth`, `X-BP-ExternalAuth`,
+    /// `x-bp-messaging-*`).
+    #[default]
+    Reflect,
+    /// Only these (compared case-insensitively), plus the ones the Botpress UIs cannot work
+    /// without.
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for AllowHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AllowHeaders;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"reflect\" or a list of header names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AllowHeaders, E> {
+                if v.trim().eq_ignore_ascii_case("reflect") {
+                    Ok(AllowHeaders::Reflect)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}` is neither \"reflect\" nor a list of header names"
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AllowHeaders, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = seq.next_element::<String>()? {
+                    v.push(x);
+                }
+                Ok(AllowHeaders::List(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for AllowHeaders {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AllowHeaders::Reflect => s.serialize_str("reflect"),
+            AllowHeaders::List(v) => v.serialize(s),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -313,7 +386,14 @@ pub struct Sticky {
     pub same_site: SameSite,
     #[serde(with = "types::opt_string", skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// How a visitor without a valid cookie (and without a known engine.io session) is placed.
     pub fallback: StickyFallback,
+    /// engine.io session ids learned from handshake answers (`sid` → node), at most this many;
+    /// 0 turns the map off.
+    pub sid_map_max_entries: usize,
+    /// A learned session id not seen for this long is forgotten.
+    #[serde(with = "types::duration")]
+    pub sid_map_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -327,9 +407,15 @@ pub enum SameSite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StickyFallback {
+    /// By load (power of two choices, least outstanding requests per unit of weight), then
+    /// pinned by the cookie: new visitors behind one NAT spread over the nodes. `"none"` is the
+    /// older spelling.
     #[default]
+    #[serde(alias = "none")]
+    Load,
+    /// By a rendezvous hash of the client IP: replicas agree without a cookie, but one NAT's
+    /// visitors all land on one node.
     ClientIp,
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -480,6 +566,7 @@ impl Default for Tls {
             cert: PathBuf::from(DEV_CERT_PATH),
             key: PathBuf::from(DEV_KEY_PATH),
             handshake_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(5 * 60),
             reload_interval: Duration::from_secs(30),
         }
     }
@@ -512,6 +599,9 @@ impl Default for Limits {
             max_header_bytes: ByteSize(64 * 1024),
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
+            lingering_time: Duration::from_secs(30),
+            lingering_timeout: Duration::from_secs(5),
+            lingering_size: ByteSize(64 * 1024 * 1024),
             max_connections: 10_000,
             h2_max_concurrent_streams: 128,
         }
@@ -564,14 +654,7 @@ impl Default for Cors {
             origins: Vec::new(),
             credentials: true,
             methods: s(&["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
-            allow_headers: s(&[
-                "Authorization",
-                "Content-Type",
-                "CSRF-Token",
-                "X-BP-Workspace",
-                "X-Requested-With",
-                "X-BP-ExternalAuth",
-            ]),
+            allow_headers: AllowHeaders::Reflect,
             expose_headers: Vec::new(),
             max_age: Duration::from_secs(600),
             reject_disallowed: true,
@@ -591,7 +674,9 @@ impl Default for Sticky {
             secure: true,
             same_site: SameSite::None,
             domain: None,
-            fallback: StickyFallback::ClientIp,
+            fallback: StickyFallback::Load,
+            sid_map_max_entries: 100_000,
+            sid_map_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -1003,6 +1088,17 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 8k (default 64k)".into(),
         );
     }
+    // RFC 8446 §4.6.1: a ticket lifetime over seven days is a protocol error.
+    if c.tls.session_timeout > Duration::from_secs(7 * 24 * 3600) {
+        err(
+            "tls.session_timeout",
+            format!(
+                "{} is longer than TLS allows (7 days)",
+                humantime::format_duration(c.tls.session_timeout)
+            ),
+            "use minutes, like NGINX's default ssl_session_timeout: 5m".into(),
+        );
+    }
     if c.limits.max_connections == 0 {
         err(
             "limits.max_connections",
@@ -1028,6 +1124,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
         ),
         ("limits.header_read_timeout", c.limits.header_read_timeout),
         ("limits.keepalive_timeout", c.limits.keepalive_timeout),
+        ("limits.lingering_timeout", c.limits.lingering_timeout),
         ("health.interval", c.health.interval),
         ("health.timeout", c.health.timeout),
         ("admin.drain_idle_after", c.admin.drain_idle_after),
@@ -1186,12 +1283,30 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "set sticky.secure = true or choose another same_site".into(),
         );
     }
+    if c.sticky.sid_map_max_entries > 0 && c.sticky.sid_map_idle_timeout.as_secs() < 60 {
+        err(
+            "sticky.sid_map_idle_timeout",
+            "shorter than a minute: a polling session is idle up to engine.io's pingInterval + pingTimeout (45 s)".into(),
+            "use e.g. 5m".into(),
+        );
+    }
     if c.sticky.max_age.as_secs() < 60 {
         err(
             "sticky.max_age",
             "shorter than a minute".into(),
             "use e.g. 24h".into(),
         );
+    }
+    if let AllowHeaders::List(l) = &c.cors.allow_headers {
+        for (i, h) in l.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
+                err(
+                    &format!("cors.allow_headers.{i}"),
+                    format!("`{h}` is not a header name"),
+                    "use names like X-BP-ExternalAuth, or \"reflect\" to allow what allowed origins ask for".into(),
+                );
+            }
+        }
     }
     for (i, o) in c.cors.origins.iter().enumerate() {
         if let Err(p) = OriginSpec::parse(o) {

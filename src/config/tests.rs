@@ -206,6 +206,80 @@ fn response_header_values_are_checked_at_load() {
 }
 
 #[test]
+fn cors_allow_headers_reflect_by_default_or_a_pinned_list() {
+    assert_eq!(
+        load_str("", &[]).unwrap().config.cors.allow_headers,
+        AllowHeaders::Reflect
+    );
+    let l = load_str("[cors]\nallow_headers = \"reflect\"\n", &[]).unwrap();
+    assert_eq!(l.config.cors.allow_headers, AllowHeaders::Reflect);
+    let l = load_str("[cors]\nallow_headers = [\"X-BP-ExternalAuth\"]\n", &[]).unwrap();
+    assert_eq!(
+        l.config.cors.allow_headers,
+        AllowHeaders::List(vec!["X-BP-ExternalAuth".into()])
+    );
+    // Round-trips through the rendered configuration (`bpgate config`, reload comparisons).
+    let t = l.config.redacted_toml();
+    assert!(t.contains("allow_headers = [\"X-BP-ExternalAuth\"]"), "{t}");
+    let e = err("[cors]\nallow_headers = \"*\"\n", &[]);
+    assert!(
+        e.contains("cors.allow_headers") && e.contains("reflect"),
+        "{e}"
+    );
+    let e = err("[cors]\nallow_headers = [\"ok\", \"not a header\"]\n", &[]);
+    assert!(e.contains("cors.allow_headers.1"), "{e}");
+}
+
+#[test]
+fn sticky_fallback_and_session_map_settings() {
+    let s = load_str("", &[]).unwrap().config.sticky;
+    assert_eq!(s.fallback, StickyFallback::Load);
+    assert_eq!(s.sid_map_max_entries, 100_000);
+    assert_eq!(s.sid_map_idle_timeout, Duration::from_secs(300));
+    for (v, want) in [
+        ("load", StickyFallback::Load),
+        ("none", StickyFallback::Load),
+        ("client-ip", StickyFallback::ClientIp),
+    ] {
+        let l = load_str(&format!("[sticky]\nfallback = \"{v}\"\n"), &[]).unwrap();
+        assert_eq!(l.config.sticky.fallback, want, "{v}");
+    }
+    let e = err("[sticky]\nfallback = \"random\"\n", &[]);
+    assert!(e.contains("sticky.fallback"), "{e}");
+    let e = err("[sticky]\nsid_map_idle_timeout = \"10s\"\n", &[]);
+    assert!(e.contains("sticky.sid_map_idle_timeout"), "{e}");
+    // Off: the timeout does not matter.
+    load_str(
+        "[sticky]\nsid_map_max_entries = 0\nsid_map_idle_timeout = \"10s\"\n",
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn edge_limits_parse_and_are_checked() {
+    let l = load_str(
+        "[tls]\nsession_timeout = \"0s\"\n[limits]\nlingering_time = \"0s\"\nlingering_timeout = \"2s\"\nlingering_size = \"1m\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(l.config.tls.session_timeout.is_zero());
+    assert!(l.config.limits.lingering_time.is_zero());
+    assert_eq!(l.config.limits.lingering_size.0, 1 << 20);
+    let d = load_str("", &[]).unwrap().config;
+    assert_eq!(d.tls.session_timeout, Duration::from_secs(300));
+    assert_eq!(d.limits.lingering_time, Duration::from_secs(30));
+    assert_eq!(d.limits.lingering_timeout, Duration::from_secs(5));
+    let e = err("[tls]\nsession_timeout = \"8d\"\n", &[]);
+    assert!(
+        e.contains("tls.session_timeout") && e.contains("7 days"),
+        "{e}"
+    );
+    let e = err("[limits]\nlingering_timeout = \"0s\"\n", &[]);
+    assert!(e.contains("limits.lingering_timeout"), "{e}");
+}
+
+#[test]
 fn defaults_fit_botpress_media_uploads_node_timeouts_and_the_cheap_probe() {
     let c = Config::default();
     // A 25 MiB file (Botpress's "25mb") plus its multipart framing.

@@ -24,6 +24,7 @@ fn xchg() -> Arc<Exchange> {
         peer_trusted: false,
         bytes_in: AtomicU64::new(0),
         body_end: AtomicU8::new(0),
+        refusal: None,
     })
 }
 
@@ -195,6 +196,16 @@ async fn table() {
             if !allowed {
                 assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{what}");
                 assert!(!has_any_acx(&resp), "{what}");
+                // A refusal depends on the origin: caches must key on it too.
+                assert_eq!(
+                    h[VARY],
+                    if preflight {
+                        "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+                    } else {
+                        "Origin"
+                    },
+                    "{what}"
+                );
                 assert_eq!(
                     resp.extensions()
                         .get::<crate::exchange::Note>()
@@ -218,10 +229,11 @@ async fn table() {
                     h[ACCESS_CONTROL_ALLOW_METHODS],
                     "GET, HEAD, POST, PUT, PATCH, DELETE"
                 );
-                let ah = h[ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap();
-                for n in REQUIRED_HEADERS {
-                    assert!(ah.contains(n), "{ah}");
-                }
+                // Reflected by default: exactly the names asked for.
+                assert_eq!(
+                    h[ACCESS_CONTROL_ALLOW_HEADERS],
+                    "content-type, x-bp-workspace, CSRF-Token"
+                );
                 assert_eq!(h[ACCESS_CONTROL_MAX_AGE], "600");
                 assert_eq!(
                     h[VARY],
@@ -239,9 +251,15 @@ async fn table() {
     }
 }
 
+fn pinned(list: &[&str]) -> crate::config::Cors {
+    let mut c = cfg(&["https://app.example.com"], true);
+    c.allow_headers = AllowHeaders::List(list.iter().map(|s| s.to_string()).collect());
+    c
+}
+
 #[tokio::test]
 async fn preflight_headers_checked_case_insensitively() {
-    let p = || CorsPolicy::new(&cfg(&["https://app.example.com"], true), None);
+    let p = || CorsPolicy::new(&pinned(&[]), None);
     let (r, _) = run(
         p(),
         req(
@@ -266,6 +284,10 @@ async fn preflight_headers_checked_case_insensitively() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert!(!has_any_acx(&r));
     assert_eq!(n, 0);
+    assert_eq!(
+        r.headers()[VARY],
+        "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+    );
     // Methods are case-sensitive.
     let (r, _) = run(
         p(),
@@ -282,8 +304,7 @@ async fn preflight_headers_checked_case_insensitively() {
 
 #[tokio::test]
 async fn required_headers_added_even_if_config_omits_them() {
-    let mut c = cfg(&["https://app.example.com"], true);
-    c.allow_headers = vec!["x-custom".into()];
+    let c = pinned(&["x-custom"]);
     let (r, _) = run(
         CorsPolicy::new(&c, None),
         req(
@@ -384,4 +405,116 @@ fn vary_merging() {
     h.insert(VARY, HeaderValue::from_static("*"));
     add_vary_origin(&mut h);
     assert_eq!(h[VARY], "*");
+}
+
+/// What channel-web, the messaging clients and external auth send: with the default
+/// (`reflect`) an allowed origin may ask for any header, and the answer names exactly those.
+#[tokio::test]
+async fn allowed_origins_get_the_headers_they_ask_for_reflected() {
+    let p = || CorsPolicy::new(&cfg(&["https://app.example.com"], true), None);
+    let asked = "externalauth, x-bp-externalauth, x-bp-messaging-client-id, x-bp-messaging-client-token, content-type";
+    let (r, n) = run(
+        p(),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("POST"),
+            Some(asked),
+        ),
+    )
+    .await;
+    assert_eq!((r.status(), n), (StatusCode::NO_CONTENT, 0));
+    assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_HEADERS], asked);
+    assert_eq!(
+        r.headers()[VARY],
+        "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+    );
+    // Several header lines are one list; no header asked, none answered.
+    let mut q = req(
+        "OPTIONS",
+        Some("https://app.example.com"),
+        Some("GET"),
+        Some("X-One"),
+    );
+    q.headers_mut().append(
+        ACCESS_CONTROL_REQUEST_HEADERS,
+        HeaderValue::from_static("x-two ,"),
+    );
+    let (r, _) = run(p(), q).await;
+    assert_eq!(r.headers()[ACCESS_CONTROL_ALLOW_HEADERS], "X-One, x-two");
+    let (r, _) = run(
+        p(),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("GET"),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(r.headers().get(ACCESS_CONTROL_ALLOW_HEADERS).is_none());
+    // Something that is not a header name is refused, not reflected.
+    for bad in ["x-ok, bad header", "x-ok, (x)", "x:y"] {
+        let (r, n) = run(
+            p(),
+            req(
+                "OPTIONS",
+                Some("https://app.example.com"),
+                Some("GET"),
+                Some(bad),
+            ),
+        )
+        .await;
+        assert_eq!((r.status(), n), (StatusCode::FORBIDDEN, 0), "{bad}");
+        assert!(!has_any_acx(&r), "{bad}");
+    }
+    // The origin is still the boundary: a foreign one gets nothing reflected.
+    let (r, _) = run(
+        p(),
+        req(
+            "OPTIONS",
+            Some("https://evil.com"),
+            Some("POST"),
+            Some("x-bp-externalauth"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!has_any_acx(&r));
+    assert_eq!(
+        r.headers()[VARY],
+        "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+    );
+}
+
+#[tokio::test]
+async fn a_pinned_list_refuses_other_headers() {
+    let (r, n) = run(
+        CorsPolicy::new(&pinned(&["X-BP-ExternalAuth"]), None),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("POST"),
+            Some("x-bp-externalauth, x-bp-messaging-client-id"),
+        ),
+    )
+    .await;
+    assert_eq!((r.status(), n), (StatusCode::FORBIDDEN, 0));
+    assert!(!has_any_acx(&r));
+    let (r, _) = run(
+        CorsPolicy::new(&pinned(&["X-BP-ExternalAuth"]), None),
+        req(
+            "OPTIONS",
+            Some("https://app.example.com"),
+            Some("POST"),
+            Some("x-bp-externalauth"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.headers()[ACCESS_CONTROL_ALLOW_HEADERS],
+        "X-BP-ExternalAuth, Authorization, Content-Type, CSRF-Token, X-BP-Workspace, X-Requested-With"
+    );
 }

@@ -103,7 +103,7 @@ fn sample_input() -> MetricsInput {
         connections_h1: 3,
         connections_h2: 1,
         handshakes: 40,
-        handshake_failures: [1, 2, 3, 4, 5],
+        handshake_failures: [1, 2, 3, 4, 5, 6],
         nodes: vec![
             NodeInput {
                 name: "botpress-0".into(),
@@ -130,6 +130,17 @@ fn sample_input() -> MetricsInput {
         sticky_failover: 1,
         sticky_forged: 2,
         sticky_expired: 3,
+        sticky_sid: 4,
+        sid: SidInput {
+            entries: 9,
+            hits: 8,
+            misses: 7,
+            learned: 6,
+            unparsed: 5,
+            evicted_idle: 4,
+            evicted_capacity: 3,
+            evicted_unknown: 2,
+        },
         audit: Some(AuditInput {
             lines: 41,
             write_errors: 0,
@@ -156,6 +167,7 @@ fn render_is_parseable_and_complete() {
         ("protocol", 3.0),
         ("incompatible", 4.0),
         ("certificate_rejected", 5.0),
+        ("evicted", 6.0),
     ] {
         assert_eq!(
             value(
@@ -185,8 +197,37 @@ fn render_is_parseable_and_complete() {
         ("failover", 1.0),
         ("forged", 2.0),
         ("expired", 3.0),
+        ("sid", 4.0),
     ] {
         assert_eq!(value(&s, "bpgate_sticky_total", &[("outcome", o)]), v);
+    }
+    assert_eq!(value(&s, "bpgate_sticky_sid_entries", &[]), 9.0);
+    for (name, l, v) in [
+        ("bpgate_sticky_sid_lookups_total", ("result", "hit"), 8.0),
+        ("bpgate_sticky_sid_lookups_total", ("result", "miss"), 7.0),
+        (
+            "bpgate_sticky_sid_handshakes_total",
+            ("result", "learned"),
+            6.0,
+        ),
+        (
+            "bpgate_sticky_sid_handshakes_total",
+            ("result", "unparsed"),
+            5.0,
+        ),
+        ("bpgate_sticky_sid_evictions_total", ("reason", "idle"), 4.0),
+        (
+            "bpgate_sticky_sid_evictions_total",
+            ("reason", "capacity"),
+            3.0,
+        ),
+        (
+            "bpgate_sticky_sid_evictions_total",
+            ("reason", "unknown"),
+            2.0,
+        ),
+    ] {
+        assert_eq!(value(&s, name, &[l]), v, "{name} {l:?}");
     }
     assert_eq!(value(&s, "bpgate_audit_lines_total", &[]), 41.0);
     assert_eq!(value(&s, "bpgate_audit_write_errors_total", &[]), 0.0);

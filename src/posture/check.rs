@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::botpress::{js_truthy, yn_opt, yn_value, ConfigSource, EnvFrom};
 use super::obfuscate::url_secrets;
 use super::{Finding, Inputs, Status};
-use crate::config::{parse_external_url, BasePathMode, JwtSource};
+use crate::config::{parse_external_url, BasePathMode, JwtSource, StickyFallback};
 
 /// Item names, in output order. Tests and the README refer to them.
 pub mod item {
@@ -826,11 +826,28 @@ fn sticky(i: &Inputs<'_>) -> Finding {
                 .into(),
         );
     }
+    if s.sid_map_max_entries == 0 && s.fallback == StickyFallback::Load {
+        return one(
+            item::STICKY,
+            Status::Warn,
+            format!(
+                "{n} nodes with polling ({t}), sticky.sid_map_max_entries = 0 and fallback = \"load\": clients that keep no cookie (a webchat iframe where third-party cookies are blocked, server-side socket.io clients) land on another node at every poll"
+            ),
+            "keep the engine.io session map on (sticky.sid_map_max_entries, default 100000) or set sticky.fallback = \"client-ip\"".into(),
+        );
+    }
+    let cookieless = match (s.sid_map_max_entries > 0, s.fallback) {
+        (true, StickyFallback::Load) => "by their engine.io session id, new visitors by load",
+        (true, StickyFallback::ClientIp) => {
+            "by their engine.io session id, new visitors by client IP"
+        }
+        (false, _) => "by client IP",
+    };
     one(
         item::STICKY,
         Status::Pass,
         format!(
-            "{n} nodes, polling allowed, bpgate sticky cookie `{}` signed",
+            "{n} nodes, polling allowed, bpgate sticky cookie `{}` signed; cookieless clients {cookieless}",
             s.cookie_name
         ),
         String::new(),

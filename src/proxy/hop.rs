@@ -1,4 +1,5 @@
-//! Hop-by-hop headers: meaningful for one connection only, so never forwarded.
+//! Hop-by-hop headers: meaningful for one connection only, so never forwarded; and request
+//! headers a client could use to lie to Botpress or its modules about who it is or what it asked.
 
 use http::header::{HeaderMap, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderName;
@@ -12,9 +13,40 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `Trailer` is kept on purpose: RFC 9110 made it end-to-end, and hyper only emits trailers on a
 /// chunked HTTP/1.1 message that declares them in `Trailer`, so removing it would drop them.
 pub fn strip(h: &mut HeaderMap, upgrade: bool) {
+    strip_inner(h, upgrade, false);
+}
+
+/// Headers that claim a client address or a rewritten URL. bpgate states the client's address in
+/// `X-Forwarded-For`, `X-Real-IP` and `Forwarded` (from its own view, or a trusted proxy's);
+/// these others are what frameworks and modules look at when those are absent or in their own
+/// order of preference (Express `request-ip`, IIS/Symfony URL rewriting), so a client could pose
+/// as another address or reach a path the base-path and CORS checks never saw. No peer sets them
+/// legitimately for Botpress, trusted or not: removed from every request.
+pub const SPOOFABLE: [&str; 8] = [
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-server",
+];
+
+fn spoofable(name: &str) -> bool {
+    SPOOFABLE.contains(&name)
+}
+
+/// [`strip`] for a request on its way to a node: also removes the [`SPOOFABLE`] headers, in the
+/// same pass over the names.
+pub fn strip_request(h: &mut HeaderMap, upgrade: bool) {
+    strip_inner(h, upgrade, true);
+}
+
+fn strip_inner(h: &mut HeaderMap, upgrade: bool, request: bool) {
     // One pass over the names finds what is present; most messages carry only `Connection`
     // (often just `keep-alive`), so most of the removals below never run.
-    let (mut conn, mut fixed, mut proxy) = (false, false, false);
+    let (mut conn, mut fixed, mut proxy, mut spoof) = (false, false, false, false);
     for k in h.keys() {
         if k == CONNECTION {
             conn = true;
@@ -22,6 +54,13 @@ pub fn strip(h: &mut HeaderMap, upgrade: bool) {
             fixed = true;
         } else if k.as_str().starts_with("proxy-") {
             proxy = true;
+        } else if request && spoofable(k.as_str()) {
+            spoof = true;
+        }
+    }
+    if spoof {
+        for n in SPOOFABLE {
+            h.remove(n);
         }
     }
     if conn {
@@ -94,6 +133,24 @@ mod tests {
         strip(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn requests_lose_spoofable_headers_responses_keep_them() {
+        let mut h = HeaderMap::new();
+        for n in SPOOFABLE {
+            h.insert(
+                HeaderName::from_static(n),
+                HeaderValue::from_static("6.6.6.6"),
+            );
+            assert!(spoofable(n));
+        }
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let mut resp = h.clone();
+        strip_request(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        strip(&mut resp, false);
+        assert_eq!(resp.len(), SPOOFABLE.len() + 1);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use forwarded::{
     set_forwarding_headers, ForwardingContext, Trusted, X_FORWARDED_FOR, X_FORWARDED_HOST,
     X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO, X_REAL_IP, X_REQUEST_ID,
 };
-pub use hop::{strip as strip_hop_by_hop, wants_upgrade};
+pub use hop::{strip as strip_hop_by_hop, strip_request, wants_upgrade, SPOOFABLE};
 pub use pool::{ConnectError, Pool, PoolSettings, SendError};
 pub use routes::{RouteLimits, Routes};
 pub use tunnel::{TunnelHook, TunnelReport};
@@ -240,7 +240,7 @@ fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trai
     }
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
-    strip_hop_by_hop(h, upgrade);
+    strip_request(h, upgrade);
     // bpgate answers `Expect: 100-continue` itself, when it starts reading the body.
     h.remove(EXPECT);
     // A node only sends trailers to a peer that accepts them; bpgate can pass them on to an

@@ -3,16 +3,20 @@
 //! [`Exchange`] and runs on the generation in service when it arrived.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::header::HOST;
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
@@ -24,12 +28,15 @@ use crate::proxy;
 use crate::reload::Generations;
 use crate::tls;
 
+use super::io::{self, ConnState, EdgeIo, InFlight};
+
 /// The connection settings, fixed at start (`[limits]` and `tls.handshake_timeout` need a
 /// restart).
 pub(super) struct EdgeConfig {
     http: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
     keepalive: Duration,
+    limits: io::Limits,
 }
 
 impl From<&Loaded> for EdgeConfig {
@@ -38,7 +45,9 @@ impl From<&Loaded> for EdgeConfig {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(l.header_read_timeout)
+            // The request-head timer is `io::EdgeIo`'s: hyper's also runs while a kept-alive
+            // connection waits for its next request, cutting it at 10 s instead of 75.
+            .header_read_timeout(None)
             .max_buf_size((l.max_header_bytes.0 as usize).max(8192))
             // One buffer per write: over TLS each iovec would become its own record (and AEAD
             // seal).
@@ -54,6 +63,12 @@ impl From<&Loaded> for EdgeConfig {
             http: b,
             handshake_timeout: loaded.config.tls.handshake_timeout,
             keepalive: l.keepalive_timeout,
+            limits: io::Limits {
+                header_read: l.header_read_timeout,
+                lingering_time: l.lingering_time,
+                lingering_timeout: l.lingering_timeout,
+                lingering_size: l.lingering_size.0,
+            },
         }
     }
 }
@@ -106,57 +121,84 @@ impl Edge {
         }
     }
 
-    /// Serves one accepted TCP connection to its end.
-    pub(super) async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    /// The counters of the public listener.
+    pub(super) fn counters(&self) -> &crate::counters::ConnCounters {
+        &self.generations.shared().counters.connections
+    }
+
+    /// The TLS handshake of an accepted connection, bounded by `tls.handshake_timeout` and
+    /// counted. `None` when it failed.
+    pub(super) async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<TlsStream<TcpStream>> {
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
-        let counters = self.generations.shared().counters.clone();
-        let c = &counters.connections;
+        let c = self.counters();
         c.handshakes.fetch_add(1, Ordering::Relaxed);
         let accept = self.tls.accept(stream);
-        let tls = match tokio::time::timeout(self.config.handshake_timeout, accept).await {
-            Ok(Ok(t)) => t,
+        match tokio::time::timeout(self.config.handshake_timeout, accept).await {
+            Ok(Ok(t)) => Some(t),
             Ok(Err(e)) => {
                 c.handshake_failed(handshake_failure(&e));
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
+                None
             }
             Err(_) => {
                 c.handshake_failed(HandshakeFailure::Timeout);
                 tracing::debug!(%peer, "TLS handshake timed out");
-                return;
+                None
             }
-        };
-        let (_, session) = tls.get_ref();
+        }
+    }
+
+    /// Serves a connection whose TLS handshake just ended, to its end.
+    pub(super) async fn serve(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+        let ready_at = Instant::now();
+        let (tcp, session) = tls.get_ref();
+        let local = tcp.local_addr().unwrap_or(peer);
         let tls_version = tls::version_name(session.protocol_version());
         let h2 = session.alpn_protocol() == Some(b"h2");
         let conn = Arc::new(ConnInfo::new(peer, local, tls_version));
-        let gauge = if h2 { &c.h2 } else { &c.h1 };
+        let state = Arc::new(ConnState::new());
+        let counters = self.generations.shared().counters.clone();
+        let gauge = if h2 {
+            &counters.connections.h2
+        } else {
+            &counters.connections.h1
+        };
         gauge.fetch_add(1, Ordering::Relaxed);
-        self.clone().serve_http(TokioIo::new(tls), conn).await;
+        let io = EdgeIo::new(
+            tls,
+            state.clone(),
+            conn.clone(),
+            self.config.limits,
+            !h2,
+            ready_at,
+        );
+        self.clone().serve_http(TokioIo::new(io), conn, state).await;
         gauge.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn serve_http<I>(self: Arc<Self>, io: I, conn: Arc<ConnInfo>)
+    async fn serve_http<I>(self: Arc<Self>, io: I, conn: Arc<ConnInfo>, state: Arc<ConnState>)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            last: AtomicU64::new(0),
-            start: Instant::now(),
-        });
         let edge = self.clone();
-        let (c2, a2) = (conn.clone(), activity.clone());
+        let (c2, s2) = (conn.clone(), state.clone());
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            // Synchronously, as hyper hands the head over: the head timer stops here.
+            let (in_flight, ambiguous) = s2.begin();
+            c2.unread_body.store(false, Ordering::Relaxed);
             let edge = edge.clone();
             let conn = c2.clone();
-            let activity = a2.clone();
+            let state = s2.clone();
             async move {
-                activity.begin();
-                let r = edge.handle(req, conn).await;
-                activity.end();
-                r
+                let resp = edge.handle(req, conn, ambiguous).await?;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    state.upgraded();
+                }
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| EdgeBody { inner, in_flight }))
             }
         });
         let keepalive = self.config.keepalive;
@@ -174,7 +216,13 @@ impl Edge {
                     closing = true;
                 }
                 _ = idle.as_mut(), if !closing => {
-                    match activity.idle_for(keepalive) {
+                    // A body still uploading after its response ended is not idleness.
+                    let left = if conn.bodies_reading.load(Ordering::Relaxed) > 0 {
+                        Some(keepalive)
+                    } else {
+                        state.idle_for(keepalive)
+                    };
+                    match left {
                         None => {
                             conn_fut.as_mut().graceful_shutdown();
                             closing = true;
@@ -217,6 +265,7 @@ impl Edge {
         &self,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
+        ambiguous_framing: bool,
     ) -> Result<Response<AuditBody>, std::convert::Infallible> {
         let generation = self.generations.current();
         let counters = &self.generations.shared().counters;
@@ -240,6 +289,13 @@ impl Edge {
             peer_trusted,
             bytes_in: AtomicU64::new(0),
             body_end: Default::default(),
+            refusal: if ambiguous_framing {
+                Some(Refusal::AmbiguousFraming)
+            } else if req.version() == Version::HTTP_2 && host_contradicts_authority(&req) {
+                Some(Refusal::HostMismatch)
+            } else {
+                None
+            },
         });
         let limits = generation.edge.routes.resolve(req.uri().path());
         let mut stack = generation.stack.clone();
@@ -254,40 +310,51 @@ impl Edge {
     }
 }
 
-/// Per-connection activity, to close idle keep-alive connections.
-struct Activity {
-    in_flight: AtomicUsize,
-    /// Milliseconds since `start` of the last request start or end.
-    last: AtomicU64,
-    start: Instant,
+/// RFC 9113 §8.3.1: an HTTP/2 request whose `Host` names another authority than `:authority`
+/// is malformed (browsers send `:authority` only; both may come from other clients).
+fn host_contradicts_authority<B>(req: &Request<B>) -> bool {
+    let (Some(host), Some(authority)) = (req.headers().get(HOST), req.uri().authority()) else {
+        return false;
+    };
+    /// `:443` is the default port of `https`: `host` and `host:443` are the same authority.
+    fn without_default_port(a: &[u8]) -> &[u8] {
+        a.strip_suffix(b":443").unwrap_or(a)
+    }
+    !without_default_port(host.as_bytes())
+        .eq_ignore_ascii_case(without_default_port(authority.as_str().as_bytes()))
 }
 
-impl Activity {
-    fn touch(&self) {
-        self.last
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+/// The response body as hyper sends it: the request stays in flight (for the keep-alive and
+/// head timers) until it ends.
+struct EdgeBody {
+    inner: AuditBody,
+    in_flight: InFlight,
+}
+
+impl http_body::Body for EdgeBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
-    fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
-    fn end(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
-    /// `None` when idle for at least `limit`; otherwise how long until it could be.
-    fn idle_for(&self, limit: Duration) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Some(limit);
-        }
-        let since = self
-            .start
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)));
-        if since >= limit {
-            None
-        } else {
-            Some(limit - since)
-        }
+}
+
+impl std::fmt::Debug for EdgeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeBody")
+            .field("in_flight", &self.in_flight)
+            .finish()
     }
 }

@@ -13,6 +13,7 @@
 
 mod certs;
 mod edge;
+mod io;
 mod listener;
 mod redirect;
 
@@ -147,7 +148,8 @@ impl Gateway {
             }
         }
         let cert = ReloadableCert::new(pair.key);
-        let server_config = tls::server_config(cert.clone()).map_err(StartError::Tls)?;
+        let server_config =
+            tls::server_config(cert.clone(), c.tls.session_timeout).map_err(StartError::Tls)?;
 
         let (secret, generated) = if c.sticky.secret.is_empty() {
             (cluster::generate_secret(), true)
@@ -170,6 +172,8 @@ impl Gateway {
             sticky_enabled: c.sticky.enabled,
             ip_fallback: c.sticky.fallback == StickyFallback::ClientIp,
             generated_secret: generated,
+            sid_map_max_entries: c.sticky.sid_map_max_entries,
+            sid_map_idle: c.sticky.sid_map_idle_timeout,
         });
         let (audit_sink, audit_guard) = if c.audit.enabled {
             let (s, g) =

@@ -626,6 +626,9 @@ pub async fn tls_over(gate: &Gate, alpn: &[&[u8]], tcp: TcpStream) -> TlsStream<
 pub enum Client {
     H1(hyper::client::conn::http1::SendRequest<BoxBody>),
     H2(hyper::client::conn::http2::SendRequest<BoxBody>),
+    /// HTTP/2 as browsers speak it: `:authority` only, every `Host` header removed before
+    /// sending.
+    H2Browser(hyper::client::conn::http2::SendRequest<BoxBody>),
 }
 
 impl Client {
@@ -641,6 +644,14 @@ impl Client {
             "bpgate must negotiate h2"
         );
         Client::over(tls).await
+    }
+
+    /// HTTP/2 without `Host` (see [`Client::H2Browser`]).
+    pub async fn h2_browser(gate: &Gate) -> Client {
+        match Client::h2(gate).await {
+            Client::H2(tx) => Client::H2Browser(tx),
+            other => other,
+        }
     }
 
     pub async fn over(tls: TlsStream<TcpStream>) -> Client {
@@ -669,6 +680,16 @@ impl Client {
                 tx.send_request(req).await
             }
             Client::H2(tx) => {
+                tx.ready().await?;
+                tx.send_request(req).await
+            }
+            Client::H2Browser(tx) => {
+                let mut req = req;
+                req.headers_mut().remove(http::header::HOST);
+                assert!(
+                    req.uri().authority().is_some(),
+                    "a browser's request has :authority"
+                );
                 tx.ready().await?;
                 tx.send_request(req).await
             }
