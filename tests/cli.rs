@@ -385,6 +385,7 @@ fn unwritable_audit_dir_refuses_to_start() {
 fn production_mode_refuses_posture_failures_unless_allow_insecure() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
+    let (n1, n2) = (support::Port::reserve(), support::Port::reserve());
     let base = |c: &mut Command| {
         c.current_dir(dir.path())
             .env("BP_PRODUCTION", "true")
@@ -392,7 +393,7 @@ fn production_mode_refuses_posture_failures_unless_allow_insecure() {
             .env("BPGATE_TLS_KEY", &pki.key)
             .env("BPGATE_LISTEN", "127.0.0.1:0")
             .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("BPGATE_UPSTREAMS", "http://127.0.0.1:9,http://127.0.0.1:10")
+            .env("BPGATE_UPSTREAMS", format!("http://{n1},http://{n2}"))
             .env("BPGATE_AUDIT_DIR", dir.path().join("audit"));
     };
     let mut c = bpgate();
