@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 
 use crate::cluster;
 use crate::config::{
-    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Forwarding, Headers, Health, JwtSource,
-    Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, RouteConfig, Secret, Shutdown, Sticky,
-    Tls, Upstream,
+    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, ExternalAuth, Forwarding, Headers, Health,
+    JwtSource, Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, RouteConfig, Secret,
+    Shutdown, Sticky, Tls, Upstream,
 };
 use crate::generation::{Generation, Shared};
 use crate::tls::{self, TlsError};
@@ -60,7 +60,8 @@ pub struct RestartOnly {
     pub admin: Admin,
 }
 
-/// The part of `[audit]` that needs a restart (the writer and the user resolver).
+/// The part of `[audit]` that needs a restart (the writer and the user resolver, which Botpress
+/// also builds once: its external-auth settings are memoized until it restarts).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RestartAudit {
     pub enabled: bool,
@@ -72,6 +73,7 @@ pub struct RestartAudit {
     pub on_failure: OnFailure,
     pub jwt_secret: Secret,
     pub jwt_source: JwtSource,
+    pub external_auth: ExternalAuth,
     pub queue: usize,
     #[serde(with = "humantime_serde")]
     pub flush_interval: std::time::Duration,
@@ -119,6 +121,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         redact_query,
         jwt_secret,
         jwt_source,
+        external_auth,
         queue,
         flush_interval,
     } = audit;
@@ -153,6 +156,7 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
                 on_failure,
                 jwt_secret,
                 jwt_source,
+                external_auth,
                 queue,
                 flush_interval,
             },
@@ -194,6 +198,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
                 on_failure,
                 jwt_secret,
                 jwt_source,
+                external_auth,
                 queue,
                 flush_interval,
             },
@@ -226,6 +231,7 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
             redact_query,
             jwt_secret,
             jwt_source,
+            external_auth,
             queue,
             flush_interval,
         },

@@ -216,6 +216,10 @@ fn config_command_prints_effective_settings_with_secrets_redacted() {
         .arg(&cfg)
         .env("BPGATE_LISTEN", "127.0.0.1:9443")
         .env("BPGATE_JWT_SECRET", "jwt-secret-abcdef")
+        .env(
+            "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY",
+            "external-auth-secret-xyz",
+        )
         .env("BPGATE_ADMIN_TOKEN", "admin-token-0123456789abcdef")
         .output()
         .unwrap();
@@ -232,6 +236,7 @@ fn config_command_prints_effective_settings_with_secrets_redacted() {
     assert!(
         !text.contains("file-secret-0123456789")
             && !text.contains("jwt-secret-abcdef")
+            && !text.contains("external-auth-secret-xyz")
             && !text.contains("admin-token-0123456789abcdef"),
         "{text}"
     );
@@ -240,6 +245,7 @@ fn config_command_prints_effective_settings_with_secrets_redacted() {
         "the admin token is set but not shown: {text}"
     );
     assert!(text.contains("<redacted>"));
+    assert!(text.contains("[audit.external_auth]"), "{text}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod deploy;
 mod edge;
 mod gateway;
 mod health;
+mod identity;
 mod metrics;
 mod operability;
 mod posture;

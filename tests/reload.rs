@@ -741,6 +741,27 @@ fn restart_fragment(key: &str) -> &'static str {
         "audit.on_failure" => "[audit]\non_failure = \"continue\"",
         "audit.jwt_secret" => "[audit]\njwt_secret = \"another-app-secret\"",
         "audit.jwt_source" => "[audit]\njwt_source = \"cookie\"",
+        // External-auth settings are refused without a key, so each comes with one.
+        "audit.external_auth.public_key" => {
+            "[audit.external_auth]\npublic_key = \"end-user-secret\""
+        }
+        "audit.external_auth.public_key_file" => concat!(
+            "[audit.external_auth]\npublic_key_file = \"",
+            env!("CARGO_MANIFEST_DIR"),
+            "/Cargo.toml\""
+        ),
+        "audit.external_auth.algorithms" => {
+            "[audit.external_auth]\npublic_key = \"k\"\nalgorithms = [\"HS512\"]"
+        }
+        "audit.external_auth.issuer" => {
+            "[audit.external_auth]\npublic_key = \"k\"\nissuer = \"shop\""
+        }
+        "audit.external_auth.audience" => {
+            "[audit.external_auth]\npublic_key = \"k\"\naudience = \"webchat\""
+        }
+        "audit.external_auth.user_claims" => {
+            "[audit.external_auth]\npublic_key = \"k\"\nuser_claims = [\"userId\"]"
+        }
         "audit.queue" => "[audit]\nqueue = 2048",
         "audit.flush_interval" => "[audit]\nflush_interval = \"10ms\"",
         "admin.token" => "[admin]\ntoken = \"a-new-admin-token-0123456789\"",

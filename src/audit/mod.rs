@@ -24,7 +24,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
 pub use record::{encode, now_ms, redact_query, Event, Record};
-pub use user::{visitor_id, UserInfo, UserResolver};
+pub use user::{visitor_id, EndUser, EndUserSource, UserInfo, UserKind, UserResolver, UserSource};
 pub use writer::{AuditError, AuditGuard, AuditSink, AuditStats, WriterSettings, CURRENT_FILE};
 
 use crate::counters::Counters;
@@ -35,7 +35,8 @@ use crate::proxy::{TunnelHook, TunnelReport, X_REQUEST_ID};
 pub struct AuditContext {
     /// `None` when `audit.enabled = false`.
     pub sink: Option<AuditSink>,
-    pub users: UserResolver,
+    /// Built once at start (its settings are restart-only).
+    pub users: Arc<UserResolver>,
     /// Per-request counters, recorded at the same moment as the line.
     pub counters: Arc<Counters>,
 }
@@ -186,7 +187,8 @@ impl Pending {
             client_ip: x.client_ip,
             peer_ip: crate::proxy::canonical(x.conn.peer.ip()),
             forwarded_for: crate::proxy::received_chain(h),
-            user: users.resolve(h),
+            user: users.resolve(req.uri().path(), h),
+            end_user: users.end_user(req.uri().path(), h),
             visitor_id: visitor_id(req.uri().path(), req.uri().query()),
             method: Some(req.method().clone()),
             host,

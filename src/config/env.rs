@@ -56,6 +56,36 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("BPGATE_STICKY_SECRET", "sticky.secret", Kind::Str),
     var("BPGATE_JWT_SECRET", "audit.jwt_secret", Kind::Str),
     var("BPGATE_AUDIT_JWT_SOURCE", "audit.jwt_source", Kind::Str),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY",
+        "audit.external_auth.public_key",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY_FILE",
+        "audit.external_auth.public_key_file",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_ALGORITHMS",
+        "audit.external_auth.algorithms",
+        Kind::List,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER",
+        "audit.external_auth.issuer",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_AUDIENCE",
+        "audit.external_auth.audience",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_USER_CLAIMS",
+        "audit.external_auth.user_claims",
+        Kind::List,
+    ),
 ];
 
 pub(super) fn apply_env(

@@ -8,6 +8,7 @@
 //! from ("listen.https (from env BPGATE_LISTEN)").
 
 mod env;
+mod external_auth;
 mod keys;
 mod origin;
 mod types;
@@ -22,6 +23,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 
 pub use env::{EnvVar, ENV_VARS};
+pub use external_auth::{ExternalAuth, ExternalKey};
 pub use origin::OriginSpec;
 pub use types::{ByteSize, Cidr, Secret};
 
@@ -454,6 +456,8 @@ pub struct Audit {
     /// Where Botpress reads the admin JWT: `header` (`Authorization: Bearer`, Botpress's default)
     /// or `cookie` (the `jwtToken` cookie, when `jwtToken.useCookieStorage` is on).
     pub jwt_source: JwtSource,
+    /// Botpress's `pro.externalAuth`, to name webchat end users from `X-BP-ExternalAuth`.
+    pub external_auth: ExternalAuth,
     /// Lines buffered between the request path and the writer thread.
     pub queue: usize,
     /// Longest time a line waits in memory before it is written.
@@ -706,12 +710,21 @@ impl Default for Audit {
             max_files: 30,
             stdout: false,
             on_failure: OnFailure::Block,
-            redact_query: ["token", "access_token", "password", "secret", "code"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            // `options`: the webchat iframe URL carries `externalAuthToken` inside it.
+            redact_query: [
+                "token",
+                "access_token",
+                "password",
+                "secret",
+                "code",
+                "options",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             jwt_secret: Secret::default(),
             jwt_source: JwtSource::Header,
+            external_auth: ExternalAuth::default(),
             queue: 4_096,
             flush_interval: Duration::from_millis(5),
         }
@@ -863,6 +876,8 @@ pub struct Derived {
     /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
     pub nodes: Vec<NodeSpec>,
     pub workers: usize,
+    /// `audit.external_auth`'s key, read and parsed; `None` when external auth is off.
+    pub external_auth: Option<ExternalKey>,
     /// The route table in effect: the built-in routes, the deprecated `upstream.timeouts` and
     /// `[[routes]]` laid over them in that order (an entry with an existing prefix changes only
     /// the fields it sets).
@@ -1351,6 +1366,24 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 1024 (default 4096)".into(),
         );
     }
+    let external_auth = if c.audit.external_auth.enabled() {
+        external_auth::load(&c.audit.external_auth, &mut err)
+    } else {
+        // Settings that differ from the defaults without a key would verify nothing. (The
+        // defaults themselves are fine: `bpgate config` prints them and must read back.)
+        if let Some(k) = external_auth::set_without_key(&c.audit.external_auth) {
+            let from = origins
+                .of(k)
+                .map(|o| format!(" (from {o})"))
+                .unwrap_or_default();
+            err(
+                "audit.external_auth.public_key",
+                format!("{k} is set{from} but no key is: external auth would verify nothing"),
+                "set public_key or public_key_file to Botpress's pro.externalAuth key, or remove the [audit.external_auth] settings".into(),
+            );
+        }
+        None
+    };
 
     let workers = if c.workers == 0 {
         std::thread::available_parallelism()
@@ -1377,6 +1410,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             base_path,
             nodes,
             workers,
+            external_auth,
             routes,
             warnings,
         })
@@ -1545,6 +1579,7 @@ impl Config {
         c.sticky.secret = c.sticky.secret.redacted();
         c.sticky.previous_secret = c.sticky.previous_secret.redacted();
         c.audit.jwt_secret = c.audit.jwt_secret.redacted();
+        c.audit.external_auth.public_key = c.audit.external_auth.public_key.redacted();
         c.admin.token = c.admin.token.redacted();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

@@ -416,3 +416,143 @@ fn admin_token_from_env_checked_and_redacted() {
     let e = err("[admin]\ndrain_idle_after = \"0s\"\n", &[]);
     assert!(e.contains("admin.drain_idle_after"), "{e}");
 }
+
+#[test]
+fn external_auth_is_off_by_default_and_options_is_redacted() {
+    let l = load_str("", &[]).unwrap();
+    assert!(!l.config.audit.external_auth.enabled());
+    assert!(l.derived.external_auth.is_none());
+    assert!(l.config.audit.redact_query.iter().any(|q| q == "options"));
+}
+
+#[test]
+fn external_auth_from_env_hmac_and_redacted_in_config_output() {
+    let l = load_str(
+        "",
+        &[
+            (
+                "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY",
+                "end-user-hmac-secret",
+            ),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_ALGORITHMS", "HS256,HS512"),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER", "my-site"),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_AUDIENCE", "webchat"),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_USER_CLAIMS", "userId,sub"),
+        ],
+    )
+    .unwrap();
+    let ea = &l.config.audit.external_auth;
+    assert_eq!(ea.algorithms, ["HS256", "HS512"]);
+    assert_eq!(ea.issuer.as_deref(), Some("my-site"));
+    assert_eq!(ea.audience.as_deref(), Some("webchat"));
+    assert_eq!(ea.user_claims, ["userId", "sub"]);
+    assert_eq!(
+        l.derived.external_auth,
+        Some(ExternalKey::Hmac(b"end-user-hmac-secret".to_vec()))
+    );
+    let out = l.config.redacted_toml();
+    assert!(!out.contains("end-user-hmac-secret"), "{out}");
+    assert!(out.contains("[audit.external_auth]"), "{out}");
+    assert!(!format!("{:?}", l.derived).contains("end-user-hmac-secret"));
+}
+
+#[test]
+fn external_auth_public_keys_from_pem_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let rsa_pem = dir.path().join("rsa.pub");
+    std::fs::write(&rsa_pem, rsa.public_key_pem()).unwrap();
+    let ec_pem = dir.path().join("ec.pub");
+    std::fs::write(&ec_pem, ec.public_key_pem()).unwrap();
+    // A certificate works too (jsonwebtoken 8.5.1 takes one), its public key is used.
+    let cert = rcgen::CertificateParams::new(vec!["issuer.example".into()])
+        .unwrap()
+        .self_signed(&rsa)
+        .unwrap();
+    let cert_pem = dir.path().join("cert.pem");
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    let file = |p: &std::path::Path, algs: &str| {
+        format!(
+            "[audit.external_auth]\npublic_key_file = {:?}\nalgorithms = [{algs}]\n",
+            p.display().to_string()
+        )
+    };
+    let l = load_str(&file(&rsa_pem, "\"RS256\", \"PS256\""), &[]).unwrap();
+    assert!(matches!(l.derived.external_auth, Some(ExternalKey::Rsa(_))));
+    let l = load_str(&file(&cert_pem, "\"RS256\""), &[]).unwrap();
+    assert!(matches!(l.derived.external_auth, Some(ExternalKey::Rsa(_))));
+    let l = load_str(&file(&ec_pem, "\"ES256\""), &[]).unwrap();
+    assert!(matches!(l.derived.external_auth, Some(ExternalKey::Ec(_))));
+    // The key inline, as in pro.externalAuth.publicKey.
+    let inline = format!(
+        "[audit.external_auth]\npublic_key = '''{}'''\nalgorithms = [\"ES256\"]\n",
+        ec.public_key_pem()
+    );
+    assert!(load_str(&inline, &[])
+        .unwrap()
+        .derived
+        .external_auth
+        .is_some());
+    // A file read as it is: a trailing newline is part of an HMAC secret, as in Botpress.
+    let hs = dir.path().join("hs.key");
+    std::fs::write(&hs, "s3cret\n").unwrap();
+    let l = load_str(&file(&hs, "\"HS256\""), &[]).unwrap();
+    assert_eq!(
+        l.derived.external_auth,
+        Some(ExternalKey::Hmac(b"s3cret\n".to_vec()))
+    );
+
+    // Wrong key types, curves and formats are named with their key.
+    let e = err(&file(&ec_pem, "\"RS256\""), &[]);
+    assert!(
+        e.contains("audit.external_auth.public_key_file") && e.contains("not an RSA key"),
+        "{e}"
+    );
+    let e = err(&file(&rsa_pem, "\"ES256\""), &[]);
+    assert!(e.contains("not an EC key"), "{e}");
+    let e = err(&file(&ec_pem, "\"ES384\""), &[]);
+    assert!(e.contains("curve"), "{e}");
+    let e = err(&file(&hs, "\"RS256\""), &[]);
+    assert!(
+        e.contains("audit.external_auth.public_key_file") && e.contains("PUBLIC KEY"),
+        "{e}"
+    );
+    let e = err(&file(&dir.path().join("missing.pub"), "\"RS256\""), &[]);
+    assert!(
+        e.contains("cannot read") && e.contains("missing.pub"),
+        "{e}"
+    );
+}
+
+#[test]
+fn external_auth_bad_settings_are_named() {
+    let key = "[audit.external_auth]\npublic_key = \"k\"\n";
+    let e = err(&format!("{key}algorithms = [\"HS256\", \"RS256\"]\n"), &[]);
+    assert!(
+        e.contains("audit.external_auth.algorithms") && e.contains("mixes"),
+        "{e}"
+    );
+    let e = err(&format!("{key}algorithms = [\"hs256\"]\n"), &[]);
+    assert!(e.contains("audit.external_auth.algorithms.0"), "{e}");
+    let e = err(&format!("{key}algorithms = [\"ES512\"]\n"), &[]);
+    assert!(e.contains("ES512"), "{e}");
+    let e = err(&format!("{key}algorithms = []\n"), &[]);
+    assert!(e.contains("audit.external_auth.algorithms"), "{e}");
+    let e = err(&format!("{key}user_claims = []\n"), &[]);
+    assert!(e.contains("audit.external_auth.user_claims"), "{e}");
+    let e = err(&format!("{key}public_key_file = \"/x\"\n"), &[]);
+    assert!(e.contains("both"), "{e}");
+    let e = err("[audit.external_auth]\npublic_kye = \"k\"\n", &[]);
+    assert!(
+        e.contains("did you mean `audit.external_auth.public_key`"),
+        "{e}"
+    );
+    // Settings without a key would silently verify nothing.
+    let e = err("", &[("BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER", "my-site")]);
+    assert!(
+        e.contains("audit.external_auth.public_key")
+            && e.contains("BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER"),
+        "{e}"
+    );
+}

@@ -187,6 +187,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             cluster,
             audit: audit_sink,
+            users: Arc::new(audit::UserResolver::from_config(&loaded)),
             background: Background::default(),
             counters: Arc::new(Counters::default()),
             cert,
