@@ -39,6 +39,8 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// Forwarding header values memoised across the connection's requests.
     pub forwarding: ForwardedCache,
+    /// Cut by bpgate at the shutdown drain deadline, with requests still running.
+    cut: AtomicBool,
     /// A request body on this connection was dropped before its end (an early answer: 413,
     /// 403, 404, 503...), so the client may still be sending it: the connection edge lingers
     /// before closing instead of resetting the client. Cleared when the next request starts.
@@ -70,9 +72,20 @@ impl ConnInfo {
             local,
             tls_version,
             forwarding: Default::default(),
+            cut: Default::default(),
             unread_body: AtomicBool::new(false),
             bodies_reading: AtomicUsize::new(0),
         }
+    }
+
+    /// Marks the connection as cut at the drain deadline, before its requests are dropped.
+    pub fn mark_cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether bpgate cut the connection at the drain deadline (rather than the client leaving).
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
     }
 }
 

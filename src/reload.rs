@@ -492,6 +492,8 @@ impl Generations {
                 path: new.path,
                 origins: new.origins,
                 allow_insecure: new.allow_insecure,
+                file: new.file,
+                notes: new.notes,
             },
             applied,
             restart_required,

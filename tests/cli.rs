@@ -2,180 +2,31 @@
 
 use crate::support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bpgate::tls::{load_pair, TlsError};
+use support::binary::{bpgate, Proc};
 use support::Pki;
 
-fn bpgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bpgate"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BPGATE_") || k == "EXTERNAL_URL" || k == "BP_PRODUCTION" {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-/// How long a test waits for the binary to start or to exit before it fails (generous: the
-/// machine may be loaded; a healthy start takes well under a second).
+/// How long a test waits for the binary to start or to exit before it kills it and fails
+/// (generous: the machine may be loaded; a healthy start takes well under a second).
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// bpgate running as a child process. Its stderr and stdout are collected on threads (so it
-/// never blocks on a full pipe); every wait is bounded; it is killed, by its pid, if a test
-/// ends while it runs.
-struct Running {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    stdout: Arc<Mutex<String>>,
-    lines: mpsc::Receiver<String>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn spawn(c: &mut Command) -> Running {
-        let mut child = c
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (stderr, stdout) = (
-            Arc::<Mutex<String>>::default(),
-            Arc::<Mutex<String>>::default(),
-        );
-        let (tx, lines) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let e = stderr.clone();
-        let err_reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                e.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        let mut pipe = child.stdout.take().unwrap();
-        let o = stdout.clone();
-        let out_reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                o.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Running {
-            child,
-            stderr,
-            stdout,
-            lines,
-            readers: vec![err_reader, out_reader],
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// Waits for a log line containing `needle` (logged after this call's previous lines).
-    fn wait_for_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no log line with {needle:?} within {PATIENCE:?}; stderr:\n{}",
-                    self.stderr()
-                ),
-            }
-        }
-    }
-
-    /// Waits until it listens; returns the HTTPS and admin addresses from its JSON start-up
-    /// line (`BPGATE_LOG_FORMAT=json`; the listeners may be on port 0).
-    fn listening(&self) -> (SocketAddr, SocketAddr) {
-        let line = self.wait_for_line("bpgate listening");
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
-        let addr = |k: &str| -> SocketAddr {
-            // Logged as `Some(127.0.0.1:PORT)`.
-            let s = v["fields"][k].as_str().unwrap_or_default();
-            s.trim_start_matches("Some(")
-                .trim_end_matches(')')
-                .parse()
-                .unwrap_or_else(|e| panic!("{k} in {line}: {e}"))
-        };
-        (addr("https"), addr("admin"))
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Sends `signal` (`TERM`, `HUP`, …) to the process by its pid.
-    fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal} {} failed", self.child.id());
-    }
-
-    /// Waits for the process to exit; kills it and fails the test after [`PATIENCE`].
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // The pipes are closed: the readers have everything once they end.
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "bpgate did not exit within {PATIENCE:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then a bounded wait for a clean exit.
-    fn terminate(&mut self) {
-        self.signal("TERM");
-        let s = self.wait();
-        assert!(
-            s.success(),
-            "graceful exit on SIGTERM: {s:?}\n{}",
-            self.stderr()
-        );
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// SIGTERM, then a bounded wait for a clean exit; returns what it printed.
+fn terminate(gate: Proc) -> support::binary::Ended {
+    gate.signal("TERM");
+    let end = gate.wait_exit(PATIENCE);
+    assert!(
+        end.status.success(),
+        "graceful exit on SIGTERM: {:?}\n{}",
+        end.status,
+        end.stderr
+    );
+    end
 }
 
 /// A plain HTTP/1.1 GET on an admin listener.
@@ -415,25 +266,23 @@ fn production_mode_refuses_posture_failures_unless_allow_insecure() {
     // --allow-insecure starts anyway (loudly); stop it by its pid.
     let mut c = bpgate();
     base(&mut c);
-    let mut gate = Running::spawn(c.arg("--allow-insecure").env("BPGATE_LOG_FORMAT", "json"));
-    gate.listening();
+    let mut gate = Proc::spawn(c.arg("--allow-insecure"));
+    gate.listening(PATIENCE);
     assert!(gate.running(), "bpgate exited despite --allow-insecure");
-    gate.terminate();
-    let err = gate.stderr();
+    let err = terminate(gate).stderr;
     assert!(err.contains("--allow-insecure"), "{err}");
 }
 
 /// `bpgate run` in `dir` on the embedded default configuration (so the default certificate
 /// paths), every listener on port 0, the node a held dead port.
-fn run_with_defaults(dir: &std::path::Path, node: &support::Port) -> Running {
-    Running::spawn(
+fn run_with_defaults(dir: &std::path::Path, node: &support::Port) -> Proc {
+    Proc::spawn(
         bpgate()
             .current_dir(dir)
             .env("BPGATE_LISTEN", "127.0.0.1:0")
             .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
             .env("BPGATE_UPSTREAMS", format!("http://{node}"))
-            .env("BPGATE_AUDIT_DIR", dir.join("audit"))
-            .env("BPGATE_LOG_FORMAT", "json"),
+            .env("BPGATE_AUDIT_DIR", dir.join("audit")),
     )
 }
 
@@ -462,7 +311,7 @@ async fn development_certificate_is_generated_only_at_default_paths() {
     // The first start on the default paths generates the pair there.
     let node = support::Port::reserve();
     let mut gate = run_with_defaults(dir.path(), &node);
-    let (https, _) = gate.listening();
+    let (https, _) = gate.listening(PATIENCE);
     assert!(
         gate.stderr()
             .contains("generated a self-signed DEVELOPMENT certificate"),
@@ -506,14 +355,13 @@ async fn development_certificate_is_generated_only_at_default_paths() {
         "the dead node: a 50x, got {}",
         String::from_utf8_lossy(&answer)
     );
-    gate.terminate();
+    terminate(gate);
 
     // A second start keeps the pair it finds.
     let mut again = run_with_defaults(dir.path(), &node);
-    again.listening();
+    again.listening(PATIENCE);
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem, "regenerated");
-    assert!(!again.stderr().contains("generated a self-signed"));
-    again.terminate();
+    assert!(!terminate(again).stderr.contains("generated a self-signed"));
 
     // The library never generates at other paths (the binary's refusal: the test above).
     let (x, y) = (dir.path().join("x.pem"), dir.path().join("y.pem"));
@@ -535,15 +383,16 @@ fn sighup_reloads_instead_of_ending_the_process() {
             })
             .collect();
         format!(
-            "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[audit]\ndir = {:?}\n[health]\nenabled = false\n[log]\nformat = \"json\"\n[upstream]\nurls = []\n{nodes}",
+            "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[audit]\ndir = {:?}\n[health]\nenabled = false\n[upstream]\nurls = []\n{nodes}",
             pki.cert,
             pki.key,
             dir.path().join("audit")
         )
     };
     std::fs::write(&cfg, config(&[("a", &a)])).unwrap();
-    let mut gate = Running::spawn(bpgate().current_dir(dir.path()).arg("--config").arg(&cfg));
-    let (_, admin) = gate.listening();
+    let mut gate = Proc::spawn(bpgate().current_dir(dir.path()).arg("--config").arg(&cfg));
+    let (_, admin) = gate.listening(PATIENCE);
+    let handled = |n: usize| move |_: &str, e: &str| e.matches("SIGHUP handled").count() >= n;
     let generation = || admin_json(admin, "/readyz")["generation"].as_u64().unwrap();
     let names = || -> Vec<String> {
         admin_json(admin, "/upstreams")["nodes"]
@@ -559,11 +408,12 @@ fn sighup_reloads_instead_of_ending_the_process() {
     // A node is added to the file; SIGHUP applies it.
     std::fs::write(&cfg, config(&[("a", &a), ("b", &b)])).unwrap();
     gate.signal("HUP");
-    let handled = gate.wait_for_line("SIGHUP handled");
+    let (_, err) = gate.wait_for("a reload", PATIENCE, handled(1));
     assert!(gate.running(), "SIGHUP ended bpgate");
+    let report = err.lines().find(|l| l.contains("SIGHUP handled")).unwrap();
     assert!(
-        handled.contains("upstream"),
-        "the report names what changed: {handled}"
+        report.contains("upstream"),
+        "the report names what changed: {report}"
     );
     assert_eq!(generation(), first + 1, "a new generation is in service");
     assert_eq!(names(), ["a", "b"]);
@@ -571,11 +421,11 @@ fn sighup_reloads_instead_of_ending_the_process() {
     // An invalid file is refused and the running configuration kept.
     std::fs::write(&cfg, "[limits]\nmax_bdy = 1\n").unwrap();
     gate.signal("HUP");
-    gate.wait_for_line("SIGHUP handled");
+    gate.wait_for("a second reload", PATIENCE, handled(2));
     assert!(gate.running(), "an invalid configuration ended bpgate");
     assert_eq!(generation(), first + 1);
     assert_eq!(names(), ["a", "b"]);
-    gate.terminate();
+    terminate(gate);
 }
 
 #[tokio::test]
@@ -591,7 +441,7 @@ async fn json_logs_and_audit_copy_on_stdout() {
     )
     .unwrap();
     let node = support::Port::reserve();
-    let mut gate = Running::spawn(
+    let mut gate = Proc::spawn(
         bpgate()
             .current_dir(dir.path())
             .arg("--config")
@@ -604,7 +454,20 @@ async fn json_logs_and_audit_copy_on_stdout() {
             .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
             .env("BPGATE_LOG_FORMAT", "json"),
     );
-    let (https, _) = gate.listening();
+    // JSON logs: the addresses are fields of the start-up line.
+    let (_, err) = gate.wait_for("bpgate listening", PATIENCE, |_, e| {
+        e.contains("bpgate listening")
+    });
+    let line = err
+        .lines()
+        .find(|l| l.contains("bpgate listening"))
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let https: SocketAddr = v["fields"]["https"]
+        .as_str()
+        .and_then(|a| a.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok())
+        .unwrap_or_else(|| panic!("https address in {line}"));
     // One request (the node is down: a 502, still audited).
     let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -632,8 +495,8 @@ async fn json_logs_and_audit_copy_on_stdout() {
     let _ = tls.read_to_end(&mut out).await;
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 502"));
     // SIGTERM writes what is queued before the process ends.
-    gate.terminate();
-    let (stdout, stderr) = (gate.stdout(), gate.stderr());
+    let end = terminate(gate);
+    let (stdout, stderr) = (end.stdout, end.stderr);
     let audit: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

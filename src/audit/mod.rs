@@ -242,6 +242,10 @@ impl AuditBody {
         record.bytes_in = exchange.bytes_in.load(Ordering::Relaxed);
         if let Some(o) = error {
             record.outcome = o;
+            if o == Outcome::ClientAbort && exchange.conn.was_cut() {
+                record.reason =
+                    Some("cut by bpgate at the drain deadline (shutdown.drain_timeout)");
+            }
         } else if record.outcome == Outcome::Ok {
             match exchange.body_end() {
                 BodyEnd::ClientAbort => record.outcome = Outcome::ClientAbort,

@@ -349,7 +349,7 @@ struct Files {
 impl Files {
     fn open(s: &WriterSettings) -> io::Result<Files> {
         let path = s.dir.join(CURRENT_FILE);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_append(&path)?;
         let meta = file.metadata()?;
         let mtime_ms = meta
             .modified()
@@ -384,10 +384,7 @@ impl Files {
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(CURRENT_FILE))?;
+        let file = open_append(&self.dir.join(CURRENT_FILE))?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = file;
         Ok(())
@@ -416,16 +413,27 @@ impl Files {
             n += 1;
         }
         std::fs::rename(self.dir.join(CURRENT_FILE), &target)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(CURRENT_FILE))?;
+        self.file = open_append(&self.dir.join(CURRENT_FILE))?;
         self.size = 0;
         self.pending = 0;
         self.period = period_start(s.rotation, now);
         prune(&self.dir, s.max_files);
         Ok(())
     }
+}
+
+/// Opens (creating) an audit file for appending. A new file is `0640`: the trail names users and
+/// their addresses, so it is readable by bpgate's user and group (a log shipper), not by others.
+/// Rotated files keep it, as rotation renames.
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o640);
+    }
+    o.open(path)
 }
 
 /// Start (Unix ms, UTC) of the rotation period containing `ms`.

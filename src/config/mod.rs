@@ -862,6 +862,81 @@ pub struct Loaded {
     pub derived: Derived,
     pub path: PathBuf,
     pub origins: Origins,
+    /// Whether `path` was read, or missing so that the built-in defaults apply.
+    pub file: ConfigFile,
+    /// What the sources said that an operator should know: a value of the file replaced by the
+    /// environment or a flag, a switch that lost to a more specific one.
+    pub notes: Vec<Note>,
+}
+
+/// The configuration file bpgate read, or the default path it looked at and did not find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// Read from this path (absolute).
+    Read(PathBuf),
+    /// Nothing at the default path (absolute): the built-in defaults apply.
+    Missing(PathBuf),
+}
+
+/// A remark about how the sources combined, logged at start and printed by `bpgate config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    Info(String),
+    /// Something that changes bpgate's safety posture (e.g. `mode`).
+    Warn(String),
+}
+
+impl Note {
+    pub fn text(&self) -> &str {
+        match self {
+            Note::Info(t) | Note::Warn(t) => t,
+        }
+    }
+}
+
+/// `p` as an absolute path (relative paths resolve against the working directory), for
+/// messages that must say where a file really is.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+impl Loaded {
+    /// Where the settings and the files bpgate writes come from, one line each, with absolute
+    /// paths: the configuration file (or that none was found), the certificate, the audit trail.
+    pub fn source_lines(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        match &self.file {
+            ConfigFile::Read(p) => out.push(format!(
+                "configuration file {} (then environment and flags)",
+                p.display()
+            )),
+            ConfigFile::Missing(p) => out.push(format!(
+                "no configuration file at {} (the default path, relative to the working directory): built-in defaults apply (then environment and flags)",
+                p.display()
+            )),
+        }
+        let dev = c.tls.cert == Path::new(DEV_CERT_PATH) && c.tls.key == Path::new(DEV_KEY_PATH);
+        let (cert, key) = (absolute(&c.tls.cert), absolute(&c.tls.key));
+        out.push(if dev && c.mode == Mode::Development {
+            format!(
+                "TLS certificate {} and key {} (the development certificate, generated there when missing)",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            format!("TLS certificate {} and key {}", cert.display(), key.display())
+        });
+        out.push(if c.audit.enabled {
+            format!(
+                "audit trail {}",
+                absolute(&c.audit.dir).join("audit.jsonl").display()
+            )
+        } else {
+            "audit trail off (audit.enabled = false)".to_string()
+        });
+        out
+    }
 }
 
 /// Values computed once from the config, so no request recomputes them.
@@ -903,12 +978,14 @@ pub fn load(
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigErrors> {
     let mut origins = Origins::default();
+    let mut file = ConfigFile::Read(absolute(path));
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
                 && path == Path::new(DEFAULT_CONFIG_PATH) =>
         {
+            file = ConfigFile::Missing(absolute(path));
             String::new()
         }
         Err(e) => {
@@ -932,13 +1009,17 @@ pub fn load(
         origins.0.insert(k, file_origin.clone());
     }
     let mut errors = Vec::new();
-    env::apply_env(&mut table, env, &mut origins, &mut errors);
+    let mut notes = Vec::new();
+    env::apply_env(&mut table, env, &mut origins, &mut notes, &mut errors);
     for (key, value, flag) in &overrides.values {
+        let by = format!("flag {flag}");
+        env::note_override(&table, key, value, &by, &origins, &mut notes);
         if let Err(e) = env::set_path(&mut table, key, value.clone()) {
             errors.push(ConfigError::new(key.clone(), e, format!("check {flag}")));
         }
-        origins.0.insert(key.clone(), format!("flag {flag}"));
+        origins.0.insert(key.clone(), by);
     }
+    one_node_list(&mut table, &origins, &mut notes, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -950,7 +1031,58 @@ pub fn load(
         path: path.to_path_buf(),
         origins,
         allow_insecure: false,
+        file,
+        notes,
     })
+}
+
+/// The node list is one setting with two spellings, `upstream.urls` and `[[upstream.nodes]]`:
+/// - the built-in default node (`http://127.0.0.1:3000`) applies only when neither is given;
+/// - a file that gives both is refused (they would silently add up);
+/// - `BPGATE_UPSTREAMS` or `--upstreams` replace the file's whole list, nodes included, as the
+///   environment beats the file.
+fn one_node_list(
+    table: &mut toml::Table,
+    origins: &Origins,
+    notes: &mut Vec<Note>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(toml::Value::Table(up)) = table.get_mut("upstream") else {
+        return;
+    };
+    let urls_by = origins
+        .0
+        .get("upstream.urls")
+        .filter(|o| o.starts_with("env ") || o.starts_with("flag "));
+    if let Some(by) = urls_by {
+        if up.remove("nodes").is_some() {
+            notes.push(Note::Info(format!(
+                "upstream: {by} replaces the nodes of the file's [[upstream.nodes]]"
+            )));
+        }
+        return;
+    }
+    let given = |k: &str| {
+        up.get(k)
+            .and_then(toml::Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    match (given("urls"), given("nodes")) {
+        (true, true) => {
+            let mut e = ConfigError::new(
+                "upstream.urls",
+                "the file sets both upstream.urls and [[upstream.nodes]]; they are two spellings of one node list and would add up",
+                "keep one: name every node in [[upstream.nodes]] and remove upstream.urls (or the reverse); BPGATE_UPSTREAMS replaces both",
+            );
+            e.origin = origins.of("upstream.urls").map(str::to_string);
+            errors.push(e);
+        }
+        (false, true) => {
+            // Nodes alone: no built-in default node beside them.
+            up.insert("urls".into(), toml::Value::Array(Vec::new()));
+        }
+        _ => {}
+    }
 }
 
 /// Cross-field validation and derivation. Every error names its key and a fix.

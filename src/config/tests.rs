@@ -556,3 +556,179 @@ fn external_auth_bad_settings_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn nodes_alone_replace_the_built_in_default_node() {
+    let two = "[[upstream.nodes]]\nurl = \"http://10.0.0.5:3000\"\nname = \"node-1\"\n\
+               [[upstream.nodes]]\nurl = \"http://10.0.0.6:3000\"\nname = \"node-2\"\n";
+    let l = load_str(two, &[]).unwrap();
+    let names: Vec<&str> = l.derived.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2"], "no phantom 127.0.0.1:3000");
+    // Neither given: the built-in default node.
+    let l = load_str("", &[]).unwrap();
+    assert_eq!(l.derived.nodes.len(), 1);
+    assert_eq!(l.derived.nodes[0].authority, "127.0.0.1:3000");
+}
+
+#[test]
+fn a_file_with_urls_and_nodes_is_refused_naming_both() {
+    let e = err(
+        "[upstream]\nurls = [\"http://10.0.0.4:3000\"]\n[[upstream.nodes]]\nurl = \"http://10.0.0.5:3000\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("upstream.urls")
+            && e.contains("[[upstream.nodes]]")
+            && e.contains("keep one")
+            && e.contains("(from file "),
+        "{e}"
+    );
+    // The shipped file with its node example uncommented is refused the same way, not run with
+    // a phantom node.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bpgate.toml"))
+            .unwrap();
+    let uncommented = shipped
+        .replace("# [[upstream.nodes]]", "[[upstream.nodes]]")
+        .replace(
+            "# url = \"http://10.0.0.5:3000\"",
+            "url = \"http://10.0.0.5:3000\"",
+        );
+    assert_ne!(uncommented, shipped, "the example is in the shipped file");
+    let e = err(&uncommented, &[]);
+    assert!(e.contains("upstream.urls") && e.contains("keep one"), "{e}");
+}
+
+#[test]
+fn env_and_flag_upstreams_replace_the_files_whole_node_list() {
+    let file = "[[upstream.nodes]]\nurl = \"http://10.0.0.5:3000\"\nname = \"node-1\"\n";
+    let l = load_str(
+        file,
+        &[(
+            "BPGATE_UPSTREAMS",
+            "http://10.0.0.7:3000,http://10.0.0.8:3000",
+        )],
+    )
+    .unwrap();
+    let auth: Vec<&str> = l
+        .derived
+        .nodes
+        .iter()
+        .map(|n| n.authority.as_str())
+        .collect();
+    assert_eq!(auth, ["10.0.0.7:3000", "10.0.0.8:3000"]);
+    assert!(
+        l.notes
+            .iter()
+            .any(|n| n.text().contains("env BPGATE_UPSTREAMS")
+                && n.text().contains("[[upstream.nodes]]")),
+        "{:?}",
+        l.notes
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, file).unwrap();
+    let flags = Overrides {
+        values: vec![(
+            "upstream.urls".into(),
+            toml::Value::Array(vec![toml::Value::String("http://10.0.0.9:3000".into())]),
+            "--upstreams".into(),
+        )],
+    };
+    let l = load(&p, &|_| None, &flags).unwrap();
+    assert_eq!(l.derived.nodes.len(), 1);
+    assert_eq!(l.derived.nodes[0].authority, "10.0.0.9:3000");
+}
+
+#[test]
+fn the_environment_beats_the_files_mode_and_the_conflict_is_noted() {
+    let warned = |l: &Loaded, what: &str| {
+        l.notes
+            .iter()
+            .any(|n| matches!(n, Note::Warn(t) if t.starts_with("mode:") && t.contains(what)))
+    };
+    let file = "mode = \"development\"\n";
+    let l = load_str(file, &[("BP_PRODUCTION", "true")]).unwrap();
+    assert_eq!(
+        l.config.mode,
+        Mode::Production,
+        "BP_PRODUCTION beats the file"
+    );
+    assert!(warned(&l, "BP_PRODUCTION"), "{:?}", l.notes);
+    assert_eq!(l.origins.of("mode"), Some("env BP_PRODUCTION=true"));
+    let l = load_str(file, &[("BPGATE_MODE", "production")]).unwrap();
+    assert_eq!(l.config.mode, Mode::Production);
+    assert!(warned(&l, "BPGATE_MODE"), "{:?}", l.notes);
+    // bpgate's own variable beats Botpress's switch, loudly.
+    let l = load_str(
+        "",
+        &[("BP_PRODUCTION", "true"), ("BPGATE_MODE", "development")],
+    )
+    .unwrap();
+    assert_eq!(l.config.mode, Mode::Development);
+    assert!(warned(&l, "wins over BP_PRODUCTION"), "{:?}", l.notes);
+    // BP_PRODUCTION only switches production on.
+    let l = load_str("mode = \"production\"\n", &[("BP_PRODUCTION", "false")]);
+    assert_eq!(l.unwrap().config.mode, Mode::Production);
+    // The shipped file leaves the mode to the environment.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bpgate.toml"))
+            .unwrap();
+    let l = load_str(&shipped, &[("BP_PRODUCTION", "true")]).unwrap();
+    assert_eq!(l.config.mode, Mode::Production);
+    // No conflict, no note.
+    let l = load_str(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n",
+        &[("BPGATE_LISTEN", "127.0.0.1:8443")],
+    );
+    assert!(l.unwrap().notes.is_empty());
+}
+
+#[test]
+fn override_notes_never_show_secrets() {
+    let l = load_str(
+        "[sticky]\nsecret = \"file-secret-0123456789\"\n",
+        &[("BPGATE_STICKY_SECRET", "env-secret-0123456789")],
+    )
+    .unwrap();
+    let all: Vec<&str> = l.notes.iter().map(Note::text).collect();
+    assert!(
+        all.iter().any(|t| t.contains("sticky.secret"))
+            && !all.iter().any(|t| t.contains("secret-0123456789")),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn audit_stdout_from_the_environment() {
+    let l = load_str("", &[("BPGATE_AUDIT_STDOUT", "true")]).unwrap();
+    assert!(l.config.audit.stdout);
+    let l = load_str("[audit]\nstdout = true\n", &[("BPGATE_AUDIT_STDOUT", "0")]).unwrap();
+    assert!(!l.config.audit.stdout);
+    let e = err("", &[("BPGATE_AUDIT_STDOUT", "maybe")]);
+    assert!(
+        e.contains("audit.stdout") && e.contains("BPGATE_AUDIT_STDOUT"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_file_read_is_reported_with_an_absolute_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "").unwrap();
+    let l = load(&p, &|_| None, &Overrides::default()).unwrap();
+    assert_eq!(l.file, ConfigFile::Read(p.clone()));
+    let lines = l.source_lines();
+    assert!(lines[0].contains(&p.display().to_string()), "{lines:?}");
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        lines[1].contains(&cwd.join(DEV_CERT_PATH).display().to_string())
+            && lines[1].contains("development certificate"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].contains(&cwd.join("logs/audit/audit.jsonl").display().to_string()),
+        "{lines:?}"
+    );
+}

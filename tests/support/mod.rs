@@ -6,6 +6,7 @@
 //! every path, for tests about what a node receives), and [`botpress::Botpress`], which behaves
 //! like Botpress v12 where bpgate can tell (probes, loading state, 404s, keep-alive close).
 
+pub mod binary;
 pub mod botpress;
 
 use std::collections::HashMap;
@@ -549,7 +550,7 @@ pub fn read_audit_dir(dir: &std::path::Path) -> Vec<serde_json::Value> {
     out
 }
 
-async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
+pub async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -576,7 +577,7 @@ impl Drop for Gate {
 
 // === clients ===
 
-fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+pub fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
