@@ -259,7 +259,8 @@ fn demo(loaded: config::Loaded) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(demo.run(shutdown_signal())) {
+    // The signal handlers are installed inside the runtime, before the demo starts.
+    match rt.block_on(async { demo.run(shutdown_signal()).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             fatal(&e);
@@ -279,6 +280,12 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Every handler is in place before anything starts: a signal that arrives early (right
+        // after "bpgate listening", say) must not find the default action, which ends the
+        // process without draining or flushing the audit trail.
+        let shutdown = shutdown_signal();
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let gw = match bpgate::Gateway::start(loaded) {
             Ok(g) => g,
             Err(e) => {
@@ -320,8 +327,7 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
             // SIGHUP: re-read the configuration and the certificate files.
             let gw = gw.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                let Ok(mut hup) = hup else {
                     return;
                 };
                 while hup.recv().await.is_some() {
@@ -336,34 +342,40 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
                 }
             });
         }
-        gw.run(listeners, shutdown_signal()).await;
+        gw.run(listeners, shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (inside the
+/// runtime), not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
