@@ -286,6 +286,21 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
         let shutdown = shutdown_signal();
         #[cfg(unix)]
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        // A file size limit (systemd `LimitFSIZE=`, `ulimit -f`) fails the write that reaches it
+        // with EFBIG and also raises SIGXFSZ, whose default action kills the process with every
+        // audit line it holds. Handled, the write just fails: the writer counts it, keeps the
+        // bytes and retries (signal handlers installed by tokio stay for the process's life).
+        #[cfg(all(
+            target_os = "linux",
+            not(any(target_arch = "mips", target_arch = "mips64"))
+        ))]
+        {
+            const SIGXFSZ: i32 = 25;
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Err(e) = signal(SignalKind::from_raw(SIGXFSZ)) {
+                tracing::warn!(error = %e, "cannot handle SIGXFSZ; a file size limit would end the process");
+            }
+        }
         let gw = match bpgate::Gateway::start(loaded) {
             Ok(g) => g,
             Err(e) => {
@@ -307,21 +322,6 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
             l.allow_insecure = old.allow_insecure;
             Ok(l)
         });
-        // A file size limit (systemd `LimitFSIZE=`, `ulimit -f`) fails the write that reaches it
-        // with EFBIG and also raises SIGXFSZ, whose default action kills the process with every
-        // audit line it holds. Handled, the write just fails: the writer counts it, keeps the
-        // bytes and retries (signal handlers installed by tokio stay for the process's life).
-        #[cfg(all(
-            target_os = "linux",
-            not(any(target_arch = "mips", target_arch = "mips64"))
-        ))]
-        {
-            const SIGXFSZ: i32 = 25;
-            use tokio::signal::unix::{signal, SignalKind};
-            if let Err(e) = signal(SignalKind::from_raw(SIGXFSZ)) {
-                tracing::warn!(error = %e, "cannot handle SIGXFSZ; a file size limit would end the process");
-            }
-        }
         #[cfg(unix)]
         {
             // SIGHUP: re-read the configuration and the certificate files.
