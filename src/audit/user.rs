@@ -366,20 +366,21 @@ impl UserResolver {
         if !api.eq_ignore_ascii_case("api") || !v1.eq_ignore_ascii_case("v1") {
             return Route::Other;
         }
+        let messaging = area.eq_ignore_ascii_case("messaging");
+        if !messaging && !area.eq_ignore_ascii_case("bots") {
+            return Route::Other;
+        }
         // A dot segment makes the path mean something else after normalisation (bpgate resolves
         // them under a base path, Express does not): such a path is no special route, so it can
         // neither hide a user nor name one.
         if rest.split('/').any(|s| s == "." || s == "..") {
             return Route::Other;
         }
-        if area.eq_ignore_ascii_case("messaging") {
+        if messaging {
             return match segs.next() {
                 Some(w) if w.eq_ignore_ascii_case("webhooks") => Route::Webhook,
                 _ => Route::Messaging,
             };
-        }
-        if !area.eq_ignore_ascii_case("bots") {
-            return Route::Other;
         }
         let (Some(bot), Some(what), Some(arg)) = (segs.next(), segs.next(), segs.next()) else {
             return Route::Other;

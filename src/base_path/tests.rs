@@ -1,5 +1,5 @@
 use super::*;
-use crate::exchange::{ReqBody, RespBody};
+use crate::exchange::{BoxFut, ReqBody, RespBody};
 use std::sync::Mutex;
 use tower::ServiceExt;
 

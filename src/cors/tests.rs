@@ -1,5 +1,5 @@
 use super::*;
-use crate::exchange::{ConnInfo, Exchange, ReqBody, RespBody};
+use crate::exchange::{BoxFut, ConnInfo, Exchange, ReqBody, RespBody};
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
