@@ -439,7 +439,8 @@ where
 /// The base-path layer's answer: its own (a redirect, a refusal), or the inner one with its
 /// URLs rewritten when it arrives (no box of its own).
 pub enum BasePathFuture<F> {
-    Answer(Option<Resp>),
+    /// Boxed: the rare path should not make every request's future as big as a response.
+    Answer(Option<Box<Resp>>),
     Inner {
         fut: F,
         /// `None` when no answer can need rewriting.
@@ -449,7 +450,7 @@ pub enum BasePathFuture<F> {
 
 impl<F> BasePathFuture<F> {
     fn answer(r: Resp) -> Self {
-        BasePathFuture::Answer(Some(r))
+        BasePathFuture::Answer(Some(Box::new(r)))
     }
 }
 
@@ -462,7 +463,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             BasePathFuture::Answer(r) => match r.take() {
-                Some(r) => Poll::Ready(Ok(r)),
+                Some(r) => Poll::Ready(Ok(*r)),
                 None => Poll::Pending,
             },
             BasePathFuture::Inner { fut, rewrite } => {

@@ -387,7 +387,7 @@ where
             if req.method() == Method::OPTIONS
                 && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
             {
-                return CorsFuture::Answer(Some(p.preflight(&req, o, id().as_ref())));
+                return CorsFuture::Answer(Some(Box::new(p.preflight(&req, o, id().as_ref()))));
             }
         }
         let allowed = match origin {
@@ -399,7 +399,7 @@ where
                 } else if p.reject_disallowed && !text.is_some_and(|t| same_origin(&req, t)) {
                     let mut r = Refusal::OriginNotAllowed.response(id().as_ref());
                     add_vary_origin(r.headers_mut());
-                    return CorsFuture::Answer(Some(r));
+                    return CorsFuture::Answer(Some(Box::new(r)));
                 } else {
                     None
                 }
@@ -415,7 +415,8 @@ where
 /// The CORS layer's answer: its own (a preflight, a refusal), or the inner one with bpgate's CORS
 /// headers put in when it arrives (no box of its own).
 pub enum CorsFuture<F> {
-    Answer(Option<Resp>),
+    /// Boxed: the rare path should not make every request's future as big as a response.
+    Answer(Option<Box<Resp>>),
     Inner {
         fut: F,
         /// The policy and the origin to echo; `None` with CORS off.
@@ -432,7 +433,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             CorsFuture::Answer(r) => match r.take() {
-                Some(r) => Poll::Ready(Ok(r)),
+                Some(r) => Poll::Ready(Ok(*r)),
                 None => Poll::Pending,
             },
             CorsFuture::Inner { fut, apply } => {
