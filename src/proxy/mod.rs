@@ -174,6 +174,9 @@ async fn forward(
     };
 
     let (mut parts, body) = resp.into_parts();
+    // Room, at once, for what the layers above add (security headers, CORS, the sticky cookie,
+    // the request id): a map sized for the node's few headers would grow two or three times.
+    parts.headers.reserve(8);
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut parts.headers, switching && upgrade);
     let mut out = if switching {
@@ -234,6 +237,8 @@ fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trai
     }
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
+    // Room, at once, for the forwarding headers and the request id.
+    h.reserve(10);
     strip_request(h, upgrade);
     // bpgate answers `Expect: 100-continue` itself, when it starts reading the body.
     h.remove(EXPECT);
