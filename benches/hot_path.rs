@@ -114,6 +114,7 @@ fn exchange() -> Arc<Exchange> {
         bytes_in: AtomicU64::new(0),
         body_end: AtomicU8::new(0),
         refusal: None,
+        node: Default::default(),
     })
 }
 
@@ -183,6 +184,20 @@ where
         Some(Err(e)) => match e {},
         None => panic!("a layer did not answer at once"),
     }
+}
+
+/// A cookie-mode token: Botpress adds `csrfToken` when `jwtToken.useCookieStorage` is on.
+fn jwt_csrf(email: &str, csrf: &str) -> String {
+    let now = now_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({
+            "email": email, "strategy": "default", "tokenVersion": 1, "csrfToken": csrf,
+            "isSuperAdmin": true, "iat": now, "exp": now + 3600, "aud": "collaborators"
+        }),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("sign")
 }
 
 fn jwt(email: &str) -> String {
@@ -473,25 +488,61 @@ fn forwarding(c: &mut Criterion) {
 fn jwt_resolve(c: &mut Criterion) {
     let mut g = c.benchmark_group("jwt");
     let users = UserResolver::new(Some(JWT_SECRET));
+    let cookie_users =
+        UserResolver::new(Some(JWT_SECRET)).with_jwt_source(config::JwtSource::Cookie);
     let token = jwt("admin@example.com");
+    let path = "/api/v1/bots/welcome-bot/mod/qna/questions";
     let bearer = browser_headers(&[("authorization", &format!("Bearer {token}"))]);
-    let cookie = browser_headers(&[(
-        "cookie",
-        &format!("_ga=GA1.1.1234567890.1700000000; jwtToken={token}; lang=en"),
-    )]);
+    // Cookie mode: Botpress's cookie token carries csrfToken; the UI sends it back in CSRF-Token.
+    let csrf_token = jwt_csrf("admin@example.com", "n1Qd0cRfTx");
+    let cookie = browser_headers(&[
+        (
+            "cookie",
+            &format!("_ga=GA1.1.1234567890.1700000000; jwtToken={csrf_token}; lang=en"),
+        ),
+        ("csrf-token", "n1Qd0cRfTx"),
+    ]);
     let none = browser_headers(&[("cookie", "_ga=GA1.1.1234567890.1700000000; lang=en")]);
-    assert_eq!(users.resolve(&bearer).source, Some("jwt"));
-    assert_eq!(users.resolve(&cookie).source, Some("jwt"));
+    assert_eq!(
+        users.resolve(path, &bearer).source,
+        Some(audit::UserSource::Jwt)
+    );
+    assert_eq!(
+        cookie_users.resolve(path, &cookie).source,
+        Some(audit::UserSource::Jwt)
+    );
     g.bench_function("bearer_valid", |b| {
-        b.iter(|| users.resolve(black_box(&bearer)))
+        b.iter(|| users.resolve(black_box(path), black_box(&bearer)))
     });
     g.bench_function("cookie_valid", |b| {
-        b.iter(|| users.resolve(black_box(&cookie)))
+        b.iter(|| cookie_users.resolve(black_box(path), black_box(&cookie)))
     });
-    g.bench_function("no_token", |b| b.iter(|| users.resolve(black_box(&none))));
+    g.bench_function("no_token", |b| {
+        b.iter(|| users.resolve(black_box(path), black_box(&none)))
+    });
+    g.bench_function("cookie_mode_no_token", |b| {
+        b.iter(|| cookie_users.resolve(black_box(path), black_box(&none)))
+    });
     let unverified = UserResolver::new(None);
     g.bench_function("bearer_no_secret", |b| {
-        b.iter(|| unverified.resolve(black_box(&bearer)))
+        b.iter(|| unverified.resolve(black_box(path), black_box(&bearer)))
+    });
+    // The end-user lookups every request pays: external auth configured, nothing to find.
+    let ext = config::ExternalAuth::default();
+    let with_ext = UserResolver::new(Some(JWT_SECRET))
+        .with_base_path("/botpress")
+        .with_external_auth(
+            &ext,
+            &config::ExternalKey::Hmac(b"end-user-secret".to_vec()),
+        );
+    let plain = "/botpress/api/v1/bots/welcome-bot/mod/channel-web/messages";
+    assert!(with_ext.end_user(plain, &none).is_none());
+    g.bench_function("end_user_none", |b| {
+        b.iter(|| with_ext.end_user(black_box(plain), black_box(&none)))
+    });
+    let converse = "/botpress/api/v1/bots/welcome-bot/converse/user-42";
+    g.bench_function("end_user_converse", |b| {
+        b.iter(|| with_ext.end_user(black_box(converse), black_box(&none)))
     });
     g.finish();
 }
@@ -504,10 +555,16 @@ fn audit_encode(c: &mut Criterion) {
     r.request_id = Some(HeaderValue::from_static(
         "0193a5c2-7f1e-7cc0-9a4e-5f3b2d1c0a99",
     ));
-    r.user = UserResolver::new(Some(JWT_SECRET)).resolve(&browser_headers(&[(
-        "authorization",
-        &format!("Bearer {}", jwt("admin@example.com")),
-    )]));
+    let users = UserResolver::new(Some(JWT_SECRET));
+    let path = "/api/v1/bots/welcome-bot/converse/user-42";
+    r.user = users.resolve(
+        path,
+        &browser_headers(&[(
+            "authorization",
+            &format!("Bearer {}", jwt("admin@example.com")),
+        )]),
+    );
+    r.end_user = users.end_user(path, &HeaderMap::new());
     r.method = Some(Method::POST);
     r.host = headers.get("host").cloned();
     r.uri = Some(
@@ -574,7 +631,7 @@ fn stack(c: &mut Criterion) {
     let svc = tower::ServiceBuilder::new()
         .layer(AuditLayer::new(AuditContext {
             sink: Some(sink),
-            users: UserResolver::new(Some(cfg.audit.jwt_secret.expose())),
+            users: Arc::new(UserResolver::from_config(&loaded)),
             counters: Default::default(),
         }))
         .layer(SecurityHeadersLayer::new(SecurityHeaders::new(

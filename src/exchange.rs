@@ -39,6 +39,8 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// Forwarding header values memoised across the connection's requests.
     pub forwarding: ForwardedCache,
+    /// Cut by bpgate at the shutdown drain deadline, with requests still running.
+    cut: AtomicBool,
     /// A request body on this connection was dropped before its end (an early answer: 413,
     /// 403, 404, 503...), so the client may still be sending it: the connection edge lingers
     /// before closing instead of resetting the client. Cleared when the next request starts.
@@ -70,9 +72,20 @@ impl ConnInfo {
             local,
             tls_version,
             forwarding: Default::default(),
+            cut: Default::default(),
             unread_body: AtomicBool::new(false),
             bodies_reading: AtomicUsize::new(0),
         }
+    }
+
+    /// Marks the connection as cut at the drain deadline, before its requests are dropped.
+    pub fn mark_cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether bpgate cut the connection at the drain deadline (rather than the client leaving).
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
     }
 }
 
@@ -95,6 +108,24 @@ pub struct Exchange {
     /// (ambiguous framing, an HTTP/2 `Host` that contradicts `:authority`); the audit layer
     /// answers it, so the refusal gets a whole audit line.
     pub refusal: Option<Refusal>,
+    /// The node the request was last sent to, for the audit line of an exchange that ends
+    /// without a response (the client went away first).
+    pub node: NodeSlot,
+}
+
+/// The node an exchange was sent to (set by the forwarding step, read by the audit layer).
+#[derive(Debug, Default)]
+pub struct NodeSlot(std::sync::Mutex<Option<Arc<str>>>);
+
+impl NodeSlot {
+    pub fn set(&self, node: Arc<str>) {
+        if let Ok(mut n) = self.0.lock() {
+            *n = Some(node);
+        }
+    }
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.0.lock().ok().and_then(|n| n.clone())
+    }
 }
 
 /// How a request body ended, when it did not simply finish.

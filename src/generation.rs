@@ -38,6 +38,9 @@ pub struct Shared {
     /// The audit writer (`None` with `audit.enabled = false`). Generations carry their own handle
     /// with their redaction list; this one is for flushing, rotating and its counters.
     pub audit: Option<AuditSink>,
+    /// How the audit trail recognises users: `audit.jwt_secret`, `jwt_source`, `external_auth`
+    /// and the base path are restart-only, so it is built once.
+    pub users: Arc<UserResolver>,
     /// Tunnels and the signal that ends them at the drain deadline.
     pub background: Background,
     pub counters: Arc<Counters>,
@@ -92,7 +95,7 @@ impl Generation {
         let stack = stack::build(Layers {
             audit: AuditContext {
                 sink: audit.clone(),
-                users: UserResolver::new(Some(c.audit.jwt_secret.expose())),
+                users: shared.users.clone(),
                 counters: shared.counters.clone(),
             },
             headers: SecurityHeaders::new(&c.headers, &d.base_path),
@@ -140,9 +143,12 @@ impl Generation {
         }
     }
 
-    /// Serving, not draining, and at least one node up.
+    /// Serving, not draining, at least one node up, and the audit trail taking new work (not
+    /// refusing requests with `on_failure = "block"`, not full).
     pub fn ready(&self, shared: &Shared) -> bool {
-        !shared.shutdown.is_cancelled() && self.nodes.ready(self.health.enabled)
+        !shared.shutdown.is_cancelled()
+            && self.nodes.ready(self.health.enabled)
+            && !shared.audit.as_ref().is_some_and(|a| a.blocked())
     }
 }
 

@@ -36,7 +36,8 @@
 //! - [`admin`], [`metrics`]: the admin listener (its access control and status page) and
 //!   `GET /metrics`, reading shared state through
 //!   [`reload::Generations`]. [`posture`]: `bpgate check` and `bpgate diag`.
-//!   [`audit::query`]: `bpgate audit tail|summary`, the reader of the trail.
+//!   [`audit::query`]: `bpgate audit tail|summary`, the reader of the trail. [`demo`]: `bpgate
+//!   demo`, the gateway in front of two stand-in nodes in one process.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -46,6 +47,7 @@ pub mod cluster;
 pub mod config;
 pub mod cors;
 pub mod counters;
+pub mod demo;
 pub mod exchange;
 pub mod generation;
 pub mod headers;

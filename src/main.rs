@@ -38,6 +38,9 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Run,
+    /// The one-minute tour: the gateway in front of two stand-in Botpress nodes in this process,
+    /// with URLs to try and the audit trail followed in the terminal.
+    Demo,
     /// Validate the configuration and print the effective settings, secrets redacted.
     Config,
     /// Check a Botpress deployment against the production checklist (exit 1 when an item fails).
@@ -98,14 +101,14 @@ fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Run) {
         Command::Config => {
-            println!("# effective configuration (file {}, environment and flags applied; secrets redacted)", cli.config.display());
             for w in &loaded.derived.warnings {
                 eprintln!("bpgate: warning: {w}");
             }
-            print!("{}", loaded.redacted_toml());
+            print!("{}", describe(&loaded));
             ExitCode::SUCCESS
         }
         Command::Run => run(loaded, overrides),
+        Command::Demo => demo(loaded),
         Command::Audit(a) => {
             let origin = loaded
                 .origins
@@ -131,10 +134,103 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
-    let _log_guard = init_logging(&loaded.config.log.filter, loaded.config.log.format);
-    let workers = loaded.derived.workers;
-    let rt = if workers == 1 {
+/// `bpgate config`: where the settings come from, the effective settings (valid TOML, secrets
+/// redacted), and what bpgate derives from them, as comments.
+fn describe(loaded: &config::Loaded) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "# bpgate effective configuration (secrets redacted)");
+    for l in loaded.source_lines() {
+        let _ = writeln!(out, "# {l}");
+    }
+    for n in &loaded.notes {
+        let _ = writeln!(out, "# note: {}", n.text());
+    }
+    out.push('\n');
+    out.push_str(&loaded.redacted_toml());
+    let d = &loaded.derived;
+    let c = &loaded.config;
+    let _ = writeln!(out, "\n# derived values");
+    let _ = writeln!(
+        out,
+        "# public origin: {}",
+        d.public_origin
+            .as_deref()
+            .unwrap_or("none (external_url is unset)")
+    );
+    let _ = writeln!(
+        out,
+        "# base path: {} ({})",
+        if d.base_path.is_empty() {
+            "/"
+        } else {
+            &d.base_path
+        },
+        match c.base_path.mode {
+            config::BasePathMode::Preserve => "preserve",
+            config::BasePathMode::Strip => "strip",
+        }
+    );
+    let key = (!c.sticky.secret.is_empty())
+        .then(|| bpgate::cluster::sticky::StickyKey::new(c.sticky.secret.expose().as_bytes()));
+    let _ = writeln!(out, "# nodes: name = address, weight, sticky id");
+    for n in &d.nodes {
+        let id = match &key {
+            Some(k) => k
+                .node_id(&n.name)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            None => "random at each start".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "#   {} = {}, weight {}, sticky id {id}",
+            n.name, n.authority, n.weight
+        );
+    }
+    if key.is_none() && c.sticky.enabled {
+        let _ = writeln!(
+            out,
+            "# sticky.secret is not set: a random one is generated at each start, so replicas and restarts do not agree on sticky cookies"
+        );
+    }
+    let _ = writeln!(out, "# workers: {}", d.workers);
+    out
+}
+
+/// Logs how the configuration was put together, once logging is set up.
+fn log_sources(loaded: &config::Loaded) {
+    // Without a file, where bpgate writes (certificate, audit trail) is a surprise worth a warning.
+    let missing = matches!(loaded.file, config::ConfigFile::Missing(_));
+    for l in loaded.source_lines() {
+        if missing {
+            tracing::warn!("{l}");
+        } else {
+            tracing::info!("{l}");
+        }
+    }
+    for n in &loaded.notes {
+        match n {
+            config::Note::Info(t) => tracing::info!("{t}"),
+            config::Note::Warn(t) => tracing::warn!("{t}"),
+        }
+    }
+}
+
+/// A fatal error, printed once: through the log (in its format) when it records errors,
+/// otherwise straight to stderr.
+fn fatal(message: &dyn std::fmt::Display) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("bpgate: {message}");
+    }
+}
+
+/// The runtime `workers` asks for: one thread means the current-thread runtime.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -143,28 +239,79 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
             .worker_threads(workers)
             .enable_all()
             .build()
+    }
+}
+
+fn demo(loaded: config::Loaded) -> ExitCode {
+    let demo = match bpgate::demo::Demo::prepare(loaded) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bpgate demo: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let rt = match rt {
+    let c = &demo.loaded.config;
+    let _log_guard = init_logging(&c.log.filter, c.log.format);
+    let rt = match runtime(demo.loaded.derived.workers) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("bpgate: cannot start the runtime: {e}");
+            fatal(&format_args!("cannot start the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    // The signal handlers are installed inside the runtime, before the demo starts.
+    match rt.block_on(async { demo.run(shutdown_signal()).await }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            fatal(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
+    let _log_guard = init_logging(&loaded.config.log.filter, loaded.config.log.format);
+    log_sources(&loaded);
+    let rt = match runtime(loaded.derived.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            fatal(&format_args!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     rt.block_on(async move {
+        // Every handler is in place before anything starts: a signal that arrives early (right
+        // after "bpgate listening", say) must not find the default action, which ends the
+        // process without draining or flushing the audit trail.
+        let shutdown = shutdown_signal();
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        // A file size limit (systemd `LimitFSIZE=`, `ulimit -f`) fails the write that reaches it
+        // with EFBIG and also raises SIGXFSZ, whose default action kills the process with every
+        // audit line it holds. Handled, the write just fails: the writer counts it, keeps the
+        // bytes and retries (signal handlers installed by tokio stay for the process's life).
+        #[cfg(all(
+            target_os = "linux",
+            not(any(target_arch = "mips", target_arch = "mips64"))
+        ))]
+        {
+            const SIGXFSZ: i32 = 25;
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Err(e) = signal(SignalKind::from_raw(SIGXFSZ)) {
+                tracing::warn!(error = %e, "cannot handle SIGXFSZ; a file size limit would end the process");
+            }
+        }
         let gw = match bpgate::Gateway::start(loaded) {
             Ok(g) => g,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("bpgate: {e}");
+                fatal(&e);
                 return ExitCode::FAILURE;
             }
         };
         let listeners = match bpgate::Listeners::bind(&gw.current().config).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("bpgate: {e}");
+                fatal(&e);
                 gw.flush_audit();
                 return ExitCode::FAILURE;
             }
@@ -180,8 +327,7 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
             // SIGHUP: re-read the configuration and the certificate files.
             let gw = gw.clone();
             tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                let Ok(mut hup) = hup else {
                     return;
                 };
                 while hup.recv().await.is_some() {
@@ -196,34 +342,40 @@ fn run(loaded: config::Loaded, overrides: Overrides) -> ExitCode {
                 }
             });
         }
-        gw.run(listeners, shutdown_signal()).await;
+        gw.run(listeners, shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (inside the
+/// runtime), not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

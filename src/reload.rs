@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 
 use crate::cluster;
 use crate::config::{
-    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Forwarding, Headers, Health, JwtSource,
-    Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation, RouteConfig, Secret, Shutdown, Sticky,
-    Tls, Upstream,
+    self, Admin, BasePath, ByteSize, ConfigErrors, Cors, Durability, ExternalAuth, Forwarding,
+    Headers, Health, JwtSource, Limits, Listen, Loaded, Log, Mode, OnFailure, Rotation,
+    RouteConfig, Secret, Shutdown, Sticky, Tls, Upstream,
 };
 use crate::generation::{Generation, Shared};
 use crate::tls::{self, TlsError};
@@ -60,7 +60,8 @@ pub struct RestartOnly {
     pub admin: Admin,
 }
 
-/// The part of `[audit]` that needs a restart (the writer and the user resolver).
+/// The part of `[audit]` that needs a restart (the writer and the user resolver, which Botpress
+/// also builds once: its external-auth settings are memoized until it restarts).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RestartAudit {
     pub enabled: bool,
@@ -72,9 +73,11 @@ pub struct RestartAudit {
     pub on_failure: OnFailure,
     pub jwt_secret: Secret,
     pub jwt_source: JwtSource,
+    pub external_auth: ExternalAuth,
     pub queue: usize,
     #[serde(with = "humantime_serde")]
     pub flush_interval: std::time::Duration,
+    pub durability: Durability,
 }
 
 mod humantime_serde {
@@ -119,8 +122,10 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
         redact_query,
         jwt_secret,
         jwt_source,
+        external_auth,
         queue,
         flush_interval,
+        durability,
     } = audit;
     (
         Live {
@@ -153,8 +158,10 @@ pub fn split(c: config::Config) -> (Live, RestartOnly) {
                 on_failure,
                 jwt_secret,
                 jwt_source,
+                external_auth,
                 queue,
                 flush_interval,
+                durability,
             },
             admin,
         },
@@ -194,8 +201,10 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
                 on_failure,
                 jwt_secret,
                 jwt_source,
+                external_auth,
                 queue,
                 flush_interval,
+                durability,
             },
         admin,
     } = restart;
@@ -226,8 +235,10 @@ pub fn join(live: Live, restart: RestartOnly) -> config::Config {
             redact_query,
             jwt_secret,
             jwt_source,
+            external_auth,
             queue,
             flush_interval,
+            durability,
         },
         admin,
         routes,
@@ -486,6 +497,8 @@ impl Generations {
                 path: new.path,
                 origins: new.origins,
                 allow_insecure: new.allow_insecure,
+                file: new.file,
+                notes: new.notes,
             },
             applied,
             restart_required,

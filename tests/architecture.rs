@@ -195,3 +195,26 @@ fn readme_reload_lists_match_the_live_and_restart_only_types() {
         );
     }
 }
+
+#[test]
+fn readme_lists_exactly_the_user_sources() {
+    use bpgate::audit::{EndUserSource, UserSource};
+    let ours: Vec<String> = UserSource::ALL
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
+    assert_eq!(
+        readme_row("user_source"),
+        ours,
+        "README's user_source list and audit::UserSource differ"
+    );
+    let ours: Vec<String> = EndUserSource::ALL
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
+    assert_eq!(
+        readme_row("end_user_source"),
+        ours,
+        "README's end_user_source list and audit::EndUserSource differ"
+    );
+}

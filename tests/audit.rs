@@ -107,7 +107,7 @@ fn jwt(secret: &str, email: &str, exp: u64) -> String {
 }
 
 #[tokio::test]
-async fn users_from_bearer_and_cookie_and_tokens_never_written() {
+async fn users_from_bearer_and_tokens_never_written() {
     init();
     let node = Node::start("n", echo()).await;
     let gate = Gate::builder()
@@ -134,18 +134,18 @@ async fn users_from_bearer_and_cookie_and_tokens_never_written() {
             Some("evil@x.io"),
         ),
         (
-            "cookie",
-            format!("jwtToken={}", jwt("app-secret", "old@x.io", 1000)),
+            "authorization",
+            format!("Bearer {}", jwt("app-secret", "old@x.io", 1000)),
             "/c",
             None,
             "jwt_expired",
             Some("old@x.io"),
         ),
         (
-            "cookie",
-            format!("jwtToken={}; x=1", jwt("app-secret", "cookie@x.io", soon)),
+            "authorization",
+            format!("bearer {} x", jwt("app-secret", "lower@x.io", soon)),
             "/d",
-            Some("cookie@x.io"),
+            Some("lower@x.io"),
             "jwt",
             None,
         ),
@@ -178,8 +178,8 @@ async fn users_from_bearer_and_cookie_and_tokens_never_written() {
     for t in tokens {
         let token = t
             .trim_start_matches("Bearer ")
-            .trim_start_matches("jwtToken=")
-            .split(';')
+            .trim_start_matches("bearer ")
+            .split(' ')
             .next()
             .unwrap()
             .to_string();
@@ -424,6 +424,11 @@ async fn disk_full_blocks_requests_then_recovers_without_losing_a_line() {
         StatusCode::SERVICE_UNAVAILABLE,
         "on_failure = block refuses unaudited work"
     );
+    // A load balancer sees it too: not ready while requests are refused.
+    let (s, body) = gate.admin_get("/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["audit_blocked"], true, "{body}");
     let (_, m) = gate.admin_get("/metrics").await;
     let errors: f64 = m
         .lines()
@@ -444,6 +449,7 @@ async fn disk_full_blocks_requests_then_recovers_without_losing_a_line() {
             .healthy())
         .await
     );
+    assert_eq!(gate.admin_get("/readyz").await.0, StatusCode::OK);
     assert_eq!(c.get("/after").await.status, StatusCode::OK);
     let lines = gate.audit_lines();
     let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();

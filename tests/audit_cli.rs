@@ -826,6 +826,8 @@ fn output_closed_early_ends_quietly() {
 struct Follow {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
+    /// What it tells the operator on stderr (`… was truncated; …`).
+    notes: mpsc::Receiver<String>,
 }
 
 impl Follow {
@@ -835,20 +837,65 @@ impl Follow {
             .args(args)
             .arg(path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
+        let lines_of = |pipe: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(pipe).lines() {
+                    let Ok(l) = l else { break };
+                    if tx.send(l).is_err() {
+                        break;
+                    }
                 }
+            });
+            rx
+        };
+        let lines = lines_of(Box::new(child.stdout.take().unwrap()));
+        let notes = lines_of(Box::new(child.stderr.take().unwrap()));
+        Follow {
+            child,
+            lines,
+            notes,
+        }
+    }
+
+    /// Waits (15 s at most) for a note on stderr containing `needle`.
+    fn note(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.notes.recv_timeout(left) {
+                Ok(n) if n.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!("the follower never said {needle:?}"),
             }
-        });
-        Follow { child, lines }
+        }
+    }
+
+    /// Waits (15 s at most) until the follower has `path` open (Linux: `/proc/PID/fd`).
+    fn holds(&self, path: &Path) {
+        let fds = PathBuf::from(format!("/proc/{}/fd", self.child.id()));
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let open = std::fs::read_dir(&fds)
+                .map(|rd| {
+                    rd.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                        .any(|l| l == path)
+                })
+                .unwrap_or(false);
+            if open {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the follower never opened {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The `path` of each line received until `n` have arrived (or 15 s passed).
@@ -923,7 +970,8 @@ fn follow_across_rename_rotation_replacement_truncation_and_a_late_writer() {
     append(&cur, &h4[30..]);
     assert_eq!(tail.paths(1), ["/h4"]);
 
-    // A line written in two pieces is printed once, whole.
+    // A line written in two pieces is printed once, whole. (The pause gives the follower a
+    // chance to poll between the pieces; it is not needed for the outcome.)
     let l = at("/split");
     append(&cur, &l[..20]);
     std::thread::sleep(Duration::from_millis(300));
@@ -967,11 +1015,12 @@ fn follow_across_rename_rotation_replacement_truncation_and_a_late_writer() {
         .truncate(true)
         .open(&cur)
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    tail.note("was truncated");
     append(&cur, &at("/after-truncate"));
     assert_eq!(tail.paths(1), ["/after-truncate"]);
 
-    // Deleted, then created again later.
+    // Deleted, then created again later. (The pause lets the follower poll while the name is
+    // missing; it is not needed for the outcome: a new file is a new inode, or shorter.)
     std::fs::remove_file(&cur).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     append(&cur, &at("/recreated"));
@@ -986,7 +1035,7 @@ fn follow_across_rename_rotation_replacement_truncation_and_a_late_writer() {
 fn follow_applies_filters_and_waits_for_a_missing_file() {
     let d = tempfile::tempdir().unwrap();
     let tail = Follow::start(&["--status", "5xx"], d.path());
-    std::thread::sleep(Duration::from_millis(300));
+    tail.note("does not exist yet; waiting for it");
     let cur = d.path().join("audit.jsonl");
     append(&cur, &at("/ok"));
     append(
@@ -1018,7 +1067,15 @@ async fn follow_a_real_gate_through_admin_rotate_and_reopen() {
     let dir: PathBuf = gate.audit_dir.clone();
     let mut tail = Some(Follow::start(&[], &dir));
     // The follower has opened audit.jsonl (empty history) before traffic starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (t, file) = (tail.take().unwrap(), dir.join("audit.jsonl"));
+    tail = Some(
+        tokio::task::spawn_blocking(move || {
+            t.holds(&file);
+            t
+        })
+        .await
+        .unwrap(),
+    );
     let mut c = Client::h1(&gate).await;
     let mut sent = Vec::new();
     let mut got = Vec::new();

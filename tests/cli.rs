@@ -2,19 +2,59 @@
 
 use crate::support;
 
+use std::io::Read;
+use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bpgate::tls::{load_pair, TlsError};
+use support::binary::{bpgate, Proc};
 use support::Pki;
 
-fn bpgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bpgate"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BPGATE_") || k == "EXTERNAL_URL" || k == "BP_PRODUCTION" {
-            c.env_remove(k);
-        }
-    }
-    c
+/// How long a test waits for the binary to start or to exit before it kills it and fails
+/// (generous: the machine may be loaded; a healthy start takes well under a second).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// SIGTERM, then a bounded wait for a clean exit; returns what it printed.
+fn terminate(gate: Proc) -> support::binary::Ended {
+    gate.signal("TERM");
+    let end = gate.wait_exit(PATIENCE);
+    assert!(
+        end.status.success(),
+        "graceful exit on SIGTERM: {:?}\n{}",
+        end.status,
+        end.stderr
+    );
+    end
+}
+
+/// A plain HTTP/1.1 GET on an admin listener.
+fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// An admin answer that is JSON.
+fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = admin_get(admin, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 #[test]
@@ -27,6 +67,10 @@ fn config_command_prints_effective_settings_with_secrets_redacted() {
         .arg(&cfg)
         .env("BPGATE_LISTEN", "127.0.0.1:9443")
         .env("BPGATE_JWT_SECRET", "jwt-secret-abcdef")
+        .env(
+            "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY",
+            "external-auth-secret-xyz",
+        )
         .env("BPGATE_ADMIN_TOKEN", "admin-token-0123456789abcdef")
         .output()
         .unwrap();
@@ -43,6 +87,7 @@ fn config_command_prints_effective_settings_with_secrets_redacted() {
     assert!(
         !text.contains("file-secret-0123456789")
             && !text.contains("jwt-secret-abcdef")
+            && !text.contains("external-auth-secret-xyz")
             && !text.contains("admin-token-0123456789abcdef"),
         "{text}"
     );
@@ -51,6 +96,7 @@ fn config_command_prints_effective_settings_with_secrets_redacted() {
         "the admin token is set but not shown: {text}"
     );
     assert!(text.contains("<redacted>"));
+    assert!(text.contains("[audit.external_auth]"), "{text}");
 }
 
 #[test]
@@ -196,6 +242,7 @@ fn unwritable_audit_dir_refuses_to_start() {
 fn production_mode_refuses_posture_failures_unless_allow_insecure() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
+    let (n1, n2) = (support::Port::reserve(), support::Port::reserve());
     let base = |c: &mut Command| {
         c.current_dir(dir.path())
             .env("BP_PRODUCTION", "true")
@@ -203,7 +250,7 @@ fn production_mode_refuses_posture_failures_unless_allow_insecure() {
             .env("BPGATE_TLS_KEY", &pki.key)
             .env("BPGATE_LISTEN", "127.0.0.1:0")
             .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("BPGATE_UPSTREAMS", "http://127.0.0.1:9,http://127.0.0.1:10")
+            .env("BPGATE_UPSTREAMS", format!("http://{n1},http://{n2}"))
             .env("BPGATE_AUDIT_DIR", dir.path().join("audit"));
     };
     let mut c = bpgate();
@@ -219,29 +266,37 @@ fn production_mode_refuses_posture_failures_unless_allow_insecure() {
     // --allow-insecure starts anyway (loudly); stop it by its pid.
     let mut c = bpgate();
     base(&mut c);
-    let mut child = c
-        .arg("--allow-insecure")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "bpgate exited despite --allow-insecure"
-    );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "graceful exit on SIGTERM");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut gate = Proc::spawn(c.arg("--allow-insecure"));
+    gate.listening(PATIENCE);
+    assert!(gate.running(), "bpgate exited despite --allow-insecure");
+    let err = terminate(gate).stderr;
     assert!(err.contains("--allow-insecure"), "{err}");
 }
 
-#[test]
-fn development_certificate_is_generated_only_at_default_paths() {
+/// `bpgate run` in `dir` on the embedded default configuration (so the default certificate
+/// paths), every listener on port 0, the node a held dead port.
+fn run_with_defaults(dir: &std::path::Path, node: &support::Port) -> Proc {
+    Proc::spawn(
+        bpgate()
+            .current_dir(dir)
+            .env("BPGATE_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_UPSTREAMS", format!("http://{node}"))
+            .env("BPGATE_AUDIT_DIR", dir.join("audit")),
+    )
+}
+
+#[tokio::test]
+async fn development_certificate_is_generated_only_at_default_paths() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::init();
     let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        dir.path().join(bpgate::config::DEV_CERT_PATH),
+        dir.path().join(bpgate::config::DEV_KEY_PATH),
+    );
+    // `bpgate config` only reads: nothing is generated.
     let out = bpgate()
         .current_dir(dir.path())
         .arg("config")
@@ -249,49 +304,128 @@ fn development_certificate_is_generated_only_at_default_paths() {
         .unwrap();
     assert!(out.status.success());
     assert!(
-        bpgate::tls::ensure_dev_cert(&dir.path().join("x.pem"), &dir.path().join("y.pem"))
-            .map(|g| !g)
-            .unwrap()
+        !cert.exists() && !key.exists(),
+        "`bpgate config` wrote files"
     );
+
+    // The first start on the default paths generates the pair there.
+    let node = support::Port::reserve();
+    let mut gate = run_with_defaults(dir.path(), &node);
+    let (https, _) = gate.listening(PATIENCE);
+    assert!(
+        gate.stderr()
+            .contains("generated a self-signed DEVELOPMENT certificate"),
+        "{}",
+        gate.stderr()
+    );
+    assert!(cert.is_file(), "no certificate at {}", cert.display());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "the private key is readable by others: {mode:o}"
+    );
+    // It is the certificate bpgate serves, for localhost.
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            pem.as_bytes(),
+        )
+    {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the generated certificate is the one served");
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 50"),
+        "the dead node: a 50x, got {}",
+        String::from_utf8_lossy(&answer)
+    );
+    terminate(gate);
+
+    // A second start keeps the pair it finds.
+    let mut again = run_with_defaults(dir.path(), &node);
+    again.listening(PATIENCE);
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem, "regenerated");
+    assert!(!terminate(again).stderr.contains("generated a self-signed"));
+
+    // The library never generates at other paths (the binary's refusal: the test above).
+    let (x, y) = (dir.path().join("x.pem"), dir.path().join("y.pem"));
+    assert!(!bpgate::tls::ensure_dev_cert(&x, &y).unwrap());
+    assert!(!x.exists() && !y.exists());
 }
 
 #[test]
 fn sighup_reloads_instead_of_ending_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
-    let mut child = bpgate()
-        .current_dir(dir.path())
-        .env("BPGATE_TLS_CERT", &pki.cert)
-        .env("BPGATE_TLS_KEY", &pki.key)
-        .env("BPGATE_LISTEN", "127.0.0.1:0")
-        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    let _ = Command::new("kill")
-        .arg("-HUP")
-        .arg(child.id().to_string())
-        .status();
-    std::thread::sleep(std::time::Duration::from_millis(800));
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended bpgate");
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("SIGHUP handled"), "{err}");
-}
+    let (a, b) = (support::Port::reserve(), support::Port::reserve());
+    let cfg = dir.path().join("bpgate.toml");
+    let config = |nodes: &[(&str, &support::Port)]| {
+        let nodes: String = nodes
+            .iter()
+            .map(|(name, p)| {
+                format!("[[upstream.nodes]]\nname = \"{name}\"\nurl = \"http://{p}\"\n")
+            })
+            .collect();
+        format!(
+            "[listen]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {:?}\n[audit]\ndir = {:?}\n[health]\nenabled = false\n[upstream]\nurls = []\n{nodes}",
+            pki.cert,
+            pki.key,
+            dir.path().join("audit")
+        )
+    };
+    std::fs::write(&cfg, config(&[("a", &a)])).unwrap();
+    let mut gate = Proc::spawn(bpgate().current_dir(dir.path()).arg("--config").arg(&cfg));
+    let (_, admin) = gate.listening(PATIENCE);
+    let handled = |n: usize| move |_: &str, e: &str| e.matches("SIGHUP handled").count() >= n;
+    let generation = || admin_json(admin, "/readyz")["generation"].as_u64().unwrap();
+    let names = || -> Vec<String> {
+        admin_json(admin, "/upstreams")["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = generation();
+    assert_eq!(names(), ["a"]);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // A node is added to the file; SIGHUP applies it.
+    std::fs::write(&cfg, config(&[("a", &a), ("b", &b)])).unwrap();
+    gate.signal("HUP");
+    let (_, err) = gate.wait_for("a reload", PATIENCE, handled(1));
+    assert!(gate.running(), "SIGHUP ended bpgate");
+    let report = err.lines().find(|l| l.contains("SIGHUP handled")).unwrap();
+    assert!(
+        report.contains("upstream"),
+        "the report names what changed: {report}"
+    );
+    assert_eq!(generation(), first + 1, "a new generation is in service");
+    assert_eq!(names(), ["a", "b"]);
+
+    // An invalid file is refused and the running configuration kept.
+    std::fs::write(&cfg, "[limits]\nmax_bdy = 1\n").unwrap();
+    gate.signal("HUP");
+    gate.wait_for("a second reload", PATIENCE, handled(2));
+    assert!(gate.running(), "an invalid configuration ended bpgate");
+    assert_eq!(generation(), first + 1);
+    assert_eq!(names(), ["a", "b"]);
+    terminate(gate);
 }
 
 #[tokio::test]
@@ -306,76 +440,63 @@ async fn json_logs_and_audit_copy_on_stdout() {
         "[audit]\nstdout = true\nflush_interval = \"5ms\"\n[health]\nenabled = false\n",
     )
     .unwrap();
-    let port = free_port();
-    let mut child = bpgate()
-        .current_dir(dir.path())
-        .arg("--config")
-        .arg(&cfg)
-        .env("BPGATE_TLS_CERT", &pki.cert)
-        .env("BPGATE_TLS_KEY", &pki.key)
-        .env("BPGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("BPGATE_UPSTREAMS", "http://127.0.0.1:9")
-        .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
-        .env("BPGATE_LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let node = support::Port::reserve();
+    let mut gate = Proc::spawn(
+        bpgate()
+            .current_dir(dir.path())
+            .arg("--config")
+            .arg(&cfg)
+            .env("BPGATE_TLS_CERT", &pki.cert)
+            .env("BPGATE_TLS_KEY", &pki.key)
+            .env("BPGATE_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("BPGATE_UPSTREAMS", format!("http://{node}"))
+            .env("BPGATE_AUDIT_DIR", dir.path().join("audit"))
+            .env("BPGATE_LOG_FORMAT", "json"),
+    );
+    // JSON logs: the addresses are fields of the start-up line.
+    let (_, err) = gate.wait_for("bpgate listening", PATIENCE, |_, e| {
+        e.contains("bpgate listening")
+    });
+    let line = err
+        .lines()
+        .find(|l| l.contains("bpgate listening"))
         .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let https: SocketAddr = v["fields"]["https"]
+        .as_str()
+        .and_then(|a| a.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok())
+        .unwrap_or_else(|| panic!("https address in {line}"));
     // One request (the node is down: a 502, still audited).
-    let mut sent = false;
-    for _ in 0..50 {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-            continue;
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for c in
-            <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
-                pki.ca_pem.as_bytes(),
-            )
-        {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
-        tls.write_all(
-            b"GET /json-log-check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            pki.ca_pem.as_bytes(),
+        )
+    {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
         )
         .await
         .unwrap();
-        let mut out = Vec::new();
-        let _ = tls.read_to_end(&mut out).await;
-        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 502"));
-        sent = true;
-        break;
-    }
-    assert!(sent, "bpgate did not come up");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let out = tokio::task::spawn_blocking(move || {
-        let _ = child.wait();
-        let mut o = String::new();
-        let mut e = String::new();
-        use std::io::Read;
-        child.stdout.take().unwrap().read_to_string(&mut o).unwrap();
-        child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-        (o, e)
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = out;
+    tls.write_all(b"GET /json-log-check HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 502"));
+    // SIGTERM writes what is queued before the process ends.
+    let end = terminate(gate);
+    let (stdout, stderr) = (end.stdout, end.stderr);
     let audit: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -80,91 +80,156 @@ async fn raw_path_bytes_are_preserved() {
     gate.stop().await;
 }
 
-/// A node that reads request bodies slowly and streams large responses on demand, counting
-/// what it has produced, so the test sees whether bpgate buffers.
-fn slow_node(received: Arc<AtomicU64>, produced: Arc<AtomicU64>) -> Handler {
+/// The README's promise: bpgate itself holds at most this much of a body whose reader has
+/// stopped reading; the rest waits in the kernel's socket buffers and, beyond them, in the sender.
+const HOLDS_AT_MOST: u64 = 2 << 20;
+
+/// 20 MiB in 64 KiB chunks, counting what has been produced (pulled by the reader's side).
+fn twenty_mib(produced: Arc<AtomicU64>, byte: u8) -> BoxBody {
+    let chunk = Bytes::from(vec![byte; 64 * 1024]);
+    let stream = futures_util::stream::iter(0..320).map(move |_| {
+        produced.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.clone()))
+    });
+    BodyExt::boxed(http_body_util::StreamBody::new(stream))
+}
+
+/// Waits until `counter` has stopped moving (unchanged for 500 ms; up to 60 s) and returns it.
+async fn settled(counter: &AtomicU64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = counter.load(Ordering::SeqCst);
+    let mut since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = counter.load(Ordering::SeqCst);
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(500) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still moving after 60 s"
+        );
+    }
+}
+
+/// A node whose `/upload` reads nothing until `release`, then counts the body; other paths
+/// answer 20 MiB produced only as fast as it is pulled.
+fn stalling_node(
+    release: Arc<tokio::sync::Notify>,
+    received: Arc<AtomicU64>,
+    produced: Arc<AtomicU64>,
+) -> Handler {
     Arc::new(move |req: Request<Incoming>, _| {
-        let received = received.clone();
-        let produced = produced.clone();
+        let (release, received, produced) = (release.clone(), received.clone(), produced.clone());
         Box::pin(async move {
             if req.uri().path() == "/upload" {
+                release.notified().await;
                 let mut body = req.into_body();
-                tokio::time::sleep(Duration::from_millis(700)).await;
                 while let Some(f) = body.frame().await {
                     if let Ok(d) = f.unwrap().into_data() {
-                        received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        received.fetch_add(d.len() as u64, Ordering::SeqCst);
                     }
                 }
-                Response::new(full(received.load(Ordering::Relaxed).to_string()))
+                Response::new(full(received.load(Ordering::SeqCst).to_string()))
             } else {
-                // 20 MiB in 64 KiB chunks, produced only as fast as they are pulled.
-                let chunk = Bytes::from(vec![7u8; 64 * 1024]);
-                let stream = futures_util::stream::iter(0..320).map(move |_| {
-                    produced.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.clone()))
-                });
-                Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+                Response::new(twenty_mib(produced, 7))
             }
         })
     })
 }
 
+/// A TCP connection to the gate with a small socket buffer on the test's side (`send` or
+/// receive), so that most of what is in flight has to sit with bpgate or in its sockets.
+async fn small_buffer_tcp(gate: &Gate, send: bool) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    if send {
+        s.set_send_buffer_size(64 * 1024).unwrap();
+    } else {
+        s.set_recv_buffer_size(64 * 1024).unwrap();
+    }
+    s.connect(gate.https).await.unwrap()
+}
+
 #[tokio::test]
 async fn twenty_mib_upload_and_download_stream_with_back_pressure() {
     init();
+    let release = Arc::new(tokio::sync::Notify::new());
     let (received, produced) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let node = Node::start("slow", slow_node(received.clone(), produced.clone())).await;
-    let gate = gate_with(&node, "").await;
+    // The node's side of every connection reads into a small buffer as well.
+    let node_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    node_socket.set_recv_buffer_size(64 * 1024).unwrap();
+    node_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let node = Node::start_on(
+        "stall",
+        node_socket.listen(64).unwrap(),
+        stalling_node(release.clone(), received.clone(), produced.clone()),
+    )
+    .await;
+    let gate = gate_with(&node, "[health]\nenabled = false").await;
 
-    // Upload: while the node is not reading, bpgate must not swallow the body.
-    let sent = Arc::new(AtomicU64::new(0));
-    let s2 = sent.clone();
-    let chunk = Bytes::from(vec![1u8; 64 * 1024]);
-    let stream = futures_util::stream::iter(0..320).map(move |_| {
-        s2.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.clone()))
-    });
-    let mut c = Client::h1(&gate).await;
-    let req = post("/upload")
-        .body(BodyExt::boxed(http_body_util::StreamBody::new(stream)))
-        .unwrap();
-    let sent_probe = sent.clone();
-    let probe = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        sent_probe.load(Ordering::Relaxed)
-    });
-    let a = c.call(req).await;
-    let sent_while_node_slept = probe.await.unwrap();
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.text(), (20u64 << 20).to_string(), "every byte arrives");
-    assert!(
-        sent_while_node_slept < 12 << 20,
-        "bpgate buffered {sent_while_node_slept} bytes of an unread upload"
-    );
+    for h2 in [false, true] {
+        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        // Upload: the node reads nothing until released; the client must be held back.
+        received.store(0, Ordering::SeqCst);
+        let sent = Arc::new(AtomicU64::new(0));
+        let tcp = small_buffer_tcp(&gate, true).await;
+        let client_end = tcp.local_addr().unwrap();
+        let mut c = Client::over(tls_over(&gate, &[alpn], tcp).await).await;
+        let req = post("/upload").body(twenty_mib(sent.clone(), 1)).unwrap();
+        let upload = tokio::spawn(async move { c.call(req).await });
+        let was_sent = settled(&sent).await;
+        let in_kernel = kernel_queued(&[client_end, node.addr]);
+        let held = was_sent.saturating_sub(in_kernel);
+        assert!(
+            was_sent < 20 << 20,
+            "h2={h2}: the whole upload left the client while the node read nothing"
+        );
+        assert!(
+            held <= HOLDS_AT_MOST,
+            "h2={h2}: bpgate holds {held} bytes of an unread upload ({was_sent} sent, {in_kernel} in socket buffers)"
+        );
+        release.notify_one();
+        let a = upload.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.text(), (20u64 << 20).to_string(), "every byte arrives");
 
-    // Download: the client reads slowly; the node must not be drained ahead of it.
-    let mut c = Client::h2(&gate).await;
-    let resp = c
-        .send(get("/download").body(full(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let mut body = resp.into_body();
-    let mut got = 0u64;
-    let mut max_ahead = 0u64;
-    while let Some(f) = body.frame().await {
-        if let Ok(d) = f.unwrap().into_data() {
-            got += d.len() as u64;
-        }
-        if got % (2 << 20) < 16 * 1024 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            max_ahead = max_ahead.max(produced.load(Ordering::Relaxed) - got);
-        }
+        // Download: the client reads nothing; the node must be held back.
+        produced.store(0, Ordering::SeqCst);
+        let tcp = small_buffer_tcp(&gate, false).await;
+        let client_end = tcp.local_addr().unwrap();
+        let tls = tls_over(&gate, &[alpn], tcp).await;
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let req = get("/download").body(full(Bytes::new())).unwrap();
+        let resp = if h2 {
+            // A small HTTP/2 window too: the client's own buffer stays small.
+            let (mut tx, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .initial_stream_window_size(64 * 1024)
+                    .initial_connection_window_size(64 * 1024)
+                    .handshake(io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            tx.send_request(req).await.unwrap()
+        } else {
+            let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            tx.send_request(req).await.unwrap()
+        };
+        assert_eq!(resp.status(), StatusCode::OK);
+        let made = settled(&produced).await;
+        let in_kernel = kernel_queued(&[client_end, node.addr]);
+        let held = made.saturating_sub(in_kernel);
+        assert!(
+            held <= HOLDS_AT_MOST,
+            "h2={h2}: bpgate holds {held} bytes of a download the client does not read ({made} produced, {in_kernel} in socket buffers)"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 20 << 20);
+        assert!(body.iter().all(|b| *b == 7));
     }
-    assert_eq!(got, 20 << 20);
-    assert!(
-        max_ahead < 12 << 20,
-        "the node ran {max_ahead} bytes ahead of a slow client"
-    );
     gate.stop().await;
 }
 
@@ -381,11 +446,15 @@ async fn upstream_down_is_502_and_slow_upstream_is_504() {
     );
     gate.stop().await;
 
+    // Silent for good on /x; on /long, past the 300 ms default but well within its 5 s.
     let slow = Node::start(
         "slow",
-        Arc::new(|_req, _| {
+        Arc::new(|req: Request<Incoming>, _| {
             Box::pin(async move {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                if !req.uri().path().starts_with("/long") {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 Response::new(full("late"))
             })
         }),
@@ -483,43 +552,53 @@ async fn headers_too_large_is_431_and_malformed_is_400_and_both_are_audited() {
     gate.stop().await;
 }
 
-#[tokio::test]
-async fn slowloris_is_cut_by_the_header_read_timeout() {
-    let node = Node::start("n", echo()).await;
-    let gate = gate_with(&node, "[limits]\nheader_read_timeout = \"500ms\"").await;
-    let mut tls = tls_connect(&gate, &[b"http/1.1"]).await;
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
-        .await
-        .unwrap();
-    let start = std::time::Instant::now();
-    let mut buf = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
-    assert!(r.is_ok(), "connection still open after 5 s");
-    assert!(start.elapsed() < Duration::from_secs(3));
-    gate.stop().await;
-}
+// The slowloris guard (header_read_timeout, both bounds): tests/edge.rs.
 
 #[tokio::test]
-async fn connection_limit_holds_extra_connections_back() {
+async fn connection_limit_holds_extra_connections_back_and_serves_them_in_turn() {
     let node = Node::start("n", echo()).await;
-    let gate = gate_with(&node, "[limits]\nmax_connections = 1").await;
-    let mut first = Client::h1(&gate).await;
-    assert_eq!(first.get("/a").await.status, StatusCode::OK);
-    // The second connection waits in the backlog: its handshake cannot complete.
-    let second = tokio::time::timeout(
-        Duration::from_millis(500),
-        tls_connect(&gate, &[b"http/1.1"]),
+    let gate = gate_with(
+        &node,
+        "[limits]\nmax_connections = 1\n[health]\nenabled = false",
     )
     .await;
+    let mut first = Client::h1(&gate).await;
+    assert_eq!(first.get("/a").await.status, StatusCode::OK);
+    // Three more clients: the kernel completes their TCP handshakes (queued, not refused), and
+    // bpgate serves none of them while the first is open. It may take one off the backlog to
+    // hold while it waits for a slot; the others wait in its listener's accept queue.
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        waiting.push(tokio::net::TcpStream::connect(gate.https).await.unwrap());
+    }
     assert!(
-        second.is_err(),
-        "a second connection was served beyond max_connections"
+        eventually(Duration::from_secs(10), || accept_queue(gate.https) >= 2).await,
+        "the clients beyond the limit wait in the backlog (queue: {})",
+        accept_queue(gate.https)
     );
-    drop(first);
-    let mut third = tokio::time::timeout(Duration::from_secs(5), Client::h1(&gate))
+    // bpgate has run since (it answered), and it still has not taken them.
+    assert_eq!(first.get("/b").await.status, StatusCode::OK);
+    let (_, m) = gate.admin_get("/metrics").await;
+    assert!(
+        m.contains("bpgate_connections{protocol=\"h1\"} 1\n"),
+        "one open connection:\n{m}"
+    );
+    assert!(
+        accept_queue(gate.https) >= 2,
+        "taken beyond max_connections"
+    );
+    // Each closes in turn: the next waiting client is served, on the connection that waited.
+    let mut open = first;
+    for (i, tcp) in waiting.into_iter().enumerate() {
+        drop(open);
+        open = tokio::time::timeout(Duration::from_secs(10), async {
+            Client::over(tls_over(&gate, &[b"http/1.1"], tcp).await).await
+        })
         .await
-        .expect("served after the first closed");
-    assert_eq!(third.get("/b").await.status, StatusCode::OK);
+        .unwrap_or_else(|_| panic!("waiting client {i} not served once a slot was free"));
+        assert_eq!(open.get("/c").await.status, StatusCode::OK, "client {i}");
+    }
+    assert_eq!(accept_queue(gate.https), 0);
     gate.stop().await;
 }
 
@@ -559,31 +638,70 @@ async fn redirect_listener_sends_308_to_https() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_and_refuses_new() {
     init();
+    // The node answers only when the test says so: the request stays in flight, and the gate
+    // in its drain, for as long as the test needs.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
     let node = Node::start(
         "slow",
-        Arc::new(|_req, _| {
+        Arc::new(move |_req, _| {
+            let r = r.clone();
             Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(800)).await;
+                r.notified().await;
                 Response::new(full("done"))
             })
         }),
     )
     .await;
-    let mut gate = Gate::builder().upstream(node.url()).start().await;
+    let mut gate = Gate::builder()
+        .upstream(node.url())
+        .toml("[health]\nenabled = false")
+        .start()
+        .await;
     let mut c = Client::h1(&gate).await;
     let inflight = tokio::spawn(async move { c.get("/slow").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || node
+            .requests
+            .load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the request reached the node"
+    );
     gate.trigger_stop();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused = tokio::net::TcpStream::connect(gate.https).await;
+    // While the request runs, the gate drains: new connections are refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(gate.https),
+        )
+        .await;
+        // (A connect that races the listener's close may be reset instead.)
+        if matches!(&attempt, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new connections are still taken 10 s into the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, readyz) = gate.admin_get("/readyz").await;
+    let readyz: serde_json::Value = serde_json::from_str(&readyz).unwrap();
+    assert_eq!(readyz["draining"], true, "refused during the drain");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready while draining"
+    );
+    assert!(!inflight.is_finished(), "the request is still in flight");
+    release.notify_one();
     let a = inflight.await.unwrap();
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.text(), "done");
     gate.wait_stopped().await;
-    assert!(
-        refused.is_err() || tokio::net::TcpStream::connect(gate.https).await.is_err(),
-        "new connections refused"
-    );
+    assert!(tokio::net::TcpStream::connect(gate.https).await.is_err());
     let lines = read_audit_dir(&gate.audit_dir);
     assert!(
         lines
@@ -755,15 +873,20 @@ async fn h2_concurrent_streams_are_capped() {
     init();
     let now = Arc::new(AtomicU64::new(0));
     let max = Arc::new(AtomicU64::new(0));
-    let (n2, m2) = (now.clone(), max.clone());
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let (n2, m2, g2) = (now.clone(), max.clone(), go.clone());
     let node = Node::start(
         "n",
-        Arc::new(move |_req, _| {
-            let (now, max) = (n2.clone(), m2.clone());
+        Arc::new(move |req: Request<Incoming>, _| {
+            let (now, max, go) = (n2.clone(), m2.clone(), g2.clone());
             Box::pin(async move {
+                if req.uri().path() == "/warm" {
+                    return Response::new(full("ok"));
+                }
                 let c = now.fetch_add(1, Ordering::SeqCst) + 1;
                 max.fetch_max(c, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Held until the test lets one go.
+                go.acquire().await.unwrap().forget();
                 now.fetch_sub(1, Ordering::SeqCst);
                 Response::new(full("ok"))
             })
@@ -793,6 +916,17 @@ async fn h2_concurrent_streams_are_capped() {
             r.status()
         }));
     }
+    // Let the six go one at a time, each time once the cap is full again.
+    for left in (1..=6u64).rev() {
+        assert!(
+            eventually(Duration::from_secs(10), || now.load(Ordering::SeqCst)
+                >= left.min(2))
+            .await,
+            "{} streams running with {left} requests left",
+            now.load(Ordering::SeqCst)
+        );
+        go.add_permits(1);
+    }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
@@ -819,14 +953,24 @@ async fn failed_and_stalled_handshakes_do_not_block_others() {
     assert_eq!(c.get("/x").await.status, StatusCode::OK);
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), garbage.read_to_end(&mut sink)).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (_, m) = gate.admin_get("/metrics").await;
-    let failures: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("bpgate_tls_handshake_failures_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(failures >= 2.0, "both bad handshakes are counted:\n{m}");
+    // The silent one is cut at the 500 ms handshake timeout; both are then counted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = gate.admin_get("/metrics").await;
+        let failures: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("bpgate_tls_handshake_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if failures >= 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both bad handshakes are counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     gate.stop().await;
 }
 

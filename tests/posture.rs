@@ -1667,6 +1667,64 @@ fn check_evidence_for_cors_audit_identity_and_strip() {
 }
 
 #[test]
+fn check_compares_external_auth_with_botpress() {
+    let secret = "e".repeat(40) + &"x".repeat(100);
+    let botpress = serde_json::json!({
+        "enabled": true, "algorithms": ["HS256"], "issuer": "shop", "audience": "webchat",
+        "publicKey": secret
+    });
+    let with = |gate: &[(&str, toml::Value)], bp: Option<Value>| {
+        let mut fx = Fx::compliant();
+        fx.cfg("pro.externalAuth", bp);
+        for (k, v) in gate {
+            fx.gate(k, v.clone());
+        }
+        let f = fx.check();
+        let a = finding(&f, item::AUDIT_IDENTITY).clone();
+        (a, posture::render_json(&f))
+    };
+    let same = [
+        (
+            "audit.external_auth.public_key",
+            toml::Value::from(secret.as_str()),
+        ),
+        ("audit.external_auth.issuer", "shop".into()),
+        ("audit.external_auth.audience", "webchat".into()),
+    ];
+    let (a, all) = with(&same, Some(botpress.clone()));
+    assert_eq!(a.status, Status::Pass, "{a:?}");
+    assert!(
+        a.evidence.contains("matches Botpress's pro.externalAuth"),
+        "{a:?}"
+    );
+    assert!(!all.contains(&secret), "the key was printed");
+
+    let mut other = same.clone();
+    other[2].1 = "everyone".into();
+    other[0].1 = ("o".repeat(140)).into();
+    let (a, all) = with(&other, Some(botpress.clone()));
+    assert_eq!(a.status, Status::Fail, "{a:?}");
+    assert!(
+        a.evidence.contains("audience") && a.evidence.contains("key differs"),
+        "{a:?}"
+    );
+    assert!(!all.contains(&secret) && !all.contains(&"o".repeat(140)));
+
+    // Botpress verifies end users, bpgate does not: a warning.
+    let (a, _) = with(&[], Some(botpress.clone()));
+    assert_eq!(a.status, Status::Warn, "{a:?}");
+    assert!(a.fix.contains("[audit.external_auth]"), "{a:?}");
+    // bpgate verifies, Botpress does not.
+    let (a, _) = with(&same, None);
+    assert_eq!(a.status, Status::Warn, "{a:?}");
+    // An inline publicKey under 128 characters turns Botpress's external auth off.
+    let mut short = botpress.clone();
+    short["publicKey"] = "short-secret".into();
+    let (a, _) = with(&same, Some(short));
+    assert!(a.evidence.contains("shorter than 128"), "{a:?}");
+}
+
+#[test]
 fn production_mode_refuses_strip() {
     let mut fx = Fx::compliant();
     fx.gate("base_path.mode", "strip".into());

@@ -149,6 +149,21 @@ impl Reloadable {
     async fn until_healthy(&self, want: bool) -> bool {
         eventually_async(|| async { self.healthy().await == want }).await
     }
+
+    /// Waits for `n` more health rounds to have finished (`last_check` moves on).
+    async fn rounds(&self, n: usize) {
+        for _ in 0..n {
+            let seen = self.upstream().await["last_check"]["at_ms"].as_u64();
+            assert!(
+                eventually_async(|| async {
+                    self.upstream().await["last_check"]["at_ms"].as_u64() > seen
+                })
+                .await,
+                "no new health round: {}",
+                self.upstream().await
+            );
+        }
+    }
 }
 
 /// `base` with every key of `fragment` set to the fragment's value (tables merged key by key,
@@ -479,6 +494,8 @@ async fn observe(key: &str) {
         "health.enabled" => {
             knobs.status.store(503, Ordering::Relaxed);
             let r = Reloadable::start(&n.url(), HEALTH).await;
+            // A window of three intervals in which no check may run (only a regression could
+            // be missed on a slow machine; the outcome never depends on it).
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(r.healthy().await, "checks are off");
             r.apply(key, "[health]\nenabled = true").await;
@@ -487,7 +504,7 @@ async fn observe(key: &str) {
         "health.path" => {
             let r = Reloadable::start_with(&n.url(), &[HEALTH, "[health]\nenabled = true"]).await;
             assert!(r.until_healthy(true).await);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            r.rounds(2).await;
             assert!(r.healthy().await, "/status answers 200");
             r.apply(key, "[health]\npath = \"/bad\"").await;
             assert!(r.until_healthy(false).await);
@@ -506,6 +523,8 @@ async fn observe(key: &str) {
             .await;
             assert!(r.until_healthy(true).await);
             knobs.status.store(503, Ordering::Relaxed);
+            // A window in which the 60 s interval runs no round (only a regression could be
+            // missed on a slow machine; the outcome never depends on it).
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert!(r.healthy().await, "no round yet");
             r.apply(key, "[health]\ninterval = \"100ms\"").await;
@@ -519,7 +538,7 @@ async fn observe(key: &str) {
             )
             .await;
             assert!(r.until_healthy(true).await);
-            tokio::time::sleep(Duration::from_millis(1000)).await;
+            r.rounds(2).await;
             assert!(r.healthy().await, "400 ms < 2 s");
             r.apply(key, "[health]\ntimeout = \"100ms\"").await;
             assert!(r.until_healthy(false).await);
@@ -531,7 +550,13 @@ async fn observe(key: &str) {
                 &[HEALTH, "[health]\nenabled = true\nrise = 1000"],
             )
             .await;
-            assert!(r.until_healthy(false).await);
+            // A failed check first (before any, the node is pending, and a first check that
+            // passes would bring it in by itself).
+            assert!(
+                eventually_async(|| async { r.upstream().await["last_check"]["ok"] == false })
+                    .await
+            );
+            assert!(!r.healthy().await);
             knobs.status.store(200, Ordering::Relaxed);
             assert!(
                 eventually_async(|| async { r.upstream().await["last_check"]["ok"] == true }).await
@@ -552,13 +577,12 @@ async fn observe(key: &str) {
             )
             .await;
             assert!(r.until_healthy(true).await);
-            let addr = n.kill().await;
+            let port = n.kill().await;
             for _ in 0..3 {
                 assert_eq!(r.get("/x").await.status, StatusCode::BAD_GATEWAY);
             }
             assert!(r.healthy().await, "3 failures < fall 100");
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            let n = Node::start_on("n", listener, handler(knobs.clone())).await;
+            let n = Node::start_on("n", port.listen(), handler(knobs.clone())).await;
             assert_eq!(r.get("/x").await.status, StatusCode::OK);
             let reloaded_at = bpgate::cluster::unix_ms();
             r.apply(key, "[health]\nfall = 1").await;
@@ -600,19 +624,22 @@ async fn observe(key: &str) {
     drop(n);
 }
 
-/// Polls an async condition for up to 5 s.
+/// Polls an async condition for up to 20 s (every case runs at once on two threads).
 async fn eventually_async<F, Fut>(f: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..250 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
         if f().await {
             return true;
         }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
 }
 
 /// One case per key of `reload::Live`, concurrently (`RELOAD_KEY=health.fall` runs one).
@@ -714,8 +741,30 @@ fn restart_fragment(key: &str) -> &'static str {
         "audit.on_failure" => "[audit]\non_failure = \"continue\"",
         "audit.jwt_secret" => "[audit]\njwt_secret = \"another-app-secret\"",
         "audit.jwt_source" => "[audit]\njwt_source = \"cookie\"",
+        // External-auth settings are refused without a key, so each comes with one.
+        "audit.external_auth.public_key" => {
+            "[audit.external_auth]\npublic_key = \"end-user-secret\""
+        }
+        "audit.external_auth.public_key_file" => concat!(
+            "[audit.external_auth]\npublic_key_file = \"",
+            env!("CARGO_MANIFEST_DIR"),
+            "/Cargo.toml\""
+        ),
+        "audit.external_auth.algorithms" => {
+            "[audit.external_auth]\npublic_key = \"k\"\nalgorithms = [\"HS512\"]"
+        }
+        "audit.external_auth.issuer" => {
+            "[audit.external_auth]\npublic_key = \"k\"\nissuer = \"shop\""
+        }
+        "audit.external_auth.audience" => {
+            "[audit.external_auth]\npublic_key = \"k\"\naudience = \"webchat\""
+        }
+        "audit.external_auth.user_claims" => {
+            "[audit.external_auth]\npublic_key = \"k\"\nuser_claims = [\"userId\"]"
+        }
         "audit.queue" => "[audit]\nqueue = 2048",
         "audit.flush_interval" => "[audit]\nflush_interval = \"10ms\"",
+        "audit.durability" => "[audit]\ndurability = \"batched\"",
         "admin.token" => "[admin]\ntoken = \"a-new-admin-token-0123456789\"",
         "admin.drain_idle_after" => "[admin]\ndrain_idle_after = \"30s\"",
         other => panic!(

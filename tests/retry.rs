@@ -131,11 +131,12 @@ async fn a_pooled_connection_the_node_closed_is_not_used() {
 async fn bpgate_stops_reusing_a_connection_before_the_node_closes_it() {
     init();
     // Botpress's default: Node closes after 5 s idle. bpgate's idle_timeout (4 s by default) is
-    // below it; here 200 ms against the node's 5 s, the same order.
+    // below it; here 1 s against the node's 5 s (long enough that two requests in a row on a
+    // loaded machine stay well within it).
     let node = Botpress::start("n").await;
     let gate = Gate::builder()
         .upstream(node.url())
-        .toml("[health]\nenabled = false\n[upstream]\nidle_timeout = \"200ms\"")
+        .toml("[health]\nenabled = false\n[upstream]\nidle_timeout = \"1s\"")
         .start()
         .await;
     let mut c = Client::h1(&gate).await;
@@ -146,7 +147,9 @@ async fn bpgate_stops_reusing_a_connection_before_the_node_closes_it() {
         1,
         "a fresh idle connection is reused"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Idle past idle_timeout (the pause is the idleness under test; longer only helps), well
+    // before the node's own 5 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(c.get("/api/v1/x").await.status, StatusCode::OK);
     assert_eq!(
         node.accepted.load(Ordering::SeqCst),

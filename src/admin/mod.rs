@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /` | the status page (HTML, no script; see [`page`]) |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when serving and a node is up (or in panic mode once one was), else 503 |
+//! | `GET /readyz` | 200 when serving, a node is up (or in panic mode once one was) and the audit trail takes new work, else 503 |
 //! | `GET /metrics` | Prometheus (OpenMetrics) text |
 //! | `GET /upstreams` | panic mode, every node's state, rates and drain idleness as JSON |
 //! | `POST /upstreams/{name}/drain`, `/undrain` | stop / resume new sessions to a node |
@@ -164,6 +164,7 @@ async fn handle(
                 "healthy_nodes": current.nodes.nodes.iter().filter(|n| n.is_healthy()).count(),
                 "panic": current.nodes.panic(),
                 "audit_writable": shared.audit.as_ref().map(|a| a.healthy()),
+                "audit_blocked": shared.audit.as_ref().map(|a| a.blocked()),
                 "generation": current.number,
                 "generation_loaded_at": crate::tls::rfc3339_secs((current.loaded_at_ms / 1000) as i64),
             });

@@ -24,8 +24,11 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
 pub use record::{encode, now_ms, redact_query, Event, Record};
-pub use user::{visitor_id, UserInfo, UserResolver};
-pub use writer::{AuditError, AuditGuard, AuditSink, AuditStats, WriterSettings, CURRENT_FILE};
+pub use user::{visitor_id, EndUser, EndUserSource, UserInfo, UserKind, UserResolver, UserSource};
+pub use writer::{
+    system_clock, AuditError, AuditGuard, AuditSink, AuditStats, Clock, WriterSettings,
+    CURRENT_FILE, STALL,
+};
 
 use crate::counters::Counters;
 use crate::exchange::{self, BodyEnd, Exchange, Note, Outcome, Refusal, Req, Resp, RespBody};
@@ -35,7 +38,8 @@ use crate::proxy::{TunnelHook, TunnelReport, X_REQUEST_ID};
 pub struct AuditContext {
     /// `None` when `audit.enabled = false`.
     pub sink: Option<AuditSink>,
-    pub users: UserResolver,
+    /// Built once at start (its settings are restart-only).
+    pub users: Arc<UserResolver>,
     /// Per-request counters, recorded at the same moment as the line.
     pub counters: Arc<Counters>,
 }
@@ -68,9 +72,31 @@ pub struct Audit<S> {
 type AuditFut =
     Pin<Box<dyn std::future::Future<Output = Result<Response<AuditBody>, Infallible>> + Send>>;
 
+/// How much of an answer is taken ahead of hyper so that its line can be written before the
+/// response head goes out (with `durability` other than `batched`). Only what the body has ready
+/// at once is taken: a small answer is usually complete by then (a node's response read together
+/// with its head, bpgate's own answers), a longer one streams as before and only its last frame
+/// waits for the line.
+const PREFETCH: usize = 64 << 10;
+
+/// How a request starts.
+enum Start {
+    /// At once: the inner service's future, or bpgate's own answer.
+    Now(exchange::BoxFut),
+    /// The audit queue is full: wait (without holding a thread) for room first.
+    AfterRoom(
+        AuditSink,
+        Option<HeaderValue>,
+        Box<dyn FnOnce() -> exchange::BoxFut + Send>,
+    ),
+}
+
 impl<S> Service<Req> for Audit<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = exchange::BoxFut>,
+    S: Service<Req, Response = Resp, Error = Infallible, Future = exchange::BoxFut>
+        + Clone
+        + Send
+        + 'static,
 {
     type Response = Response<AuditBody>;
     type Error = Infallible;
@@ -84,25 +110,46 @@ where
         let x = exchange::exchange(&req).cloned();
         let id = x.as_ref().map(|x| x.id.clone());
         let sink = self.cx.sink.clone();
-        let counters = self.cx.counters.clone();
-        let pending = x.map(|x| Pending::capture(&req, x, &self.cx.users));
-        let edge_refusal = pending.as_ref().and_then(|p| p.exchange.refusal);
-        // Fail closed: while the trail cannot be written, nothing goes unaudited.
-        let fut = if let Some(r) = edge_refusal {
-            exchange::ready(r.response(id.as_ref()))
-        } else if sink.as_ref().is_some_and(|s| s.refusing()) {
-            exchange::ready(Refusal::AuditUnavailable.response(id.as_ref()))
-        } else {
-            self.inner.call(req)
+        // From here on the exchange has a line, however it ends.
+        let mut guard = Unanswered(x.map(|x| {
+            Box::new(Pending::capture(
+                &req,
+                x,
+                &self.cx.users,
+                sink.clone(),
+                self.cx.counters.clone(),
+            ))
+        }));
+        let edge_refusal = guard.0.as_ref().and_then(|p| p.exchange.refusal);
+        let refusal =
+            |id: Option<&HeaderValue>| exchange::ready(Refusal::AuditUnavailable.response(id));
+        let start = match (&sink, edge_refusal) {
+            // The connection edge refused it (ambiguous framing, Host against :authority).
+            (_, Some(r)) => Start::Now(exchange::ready(r.response(id.as_ref()))),
+            // Fail closed: while the trail cannot be written, nothing goes unaudited.
+            (Some(s), None) if s.has_room() && s.refusing() => Start::Now(refusal(id.as_ref())),
+            (Some(s), None) if !s.has_room() => {
+                let mut inner = self.inner.clone();
+                Start::AfterRoom(s.clone(), id.clone(), Box::new(move || inner.call(req)))
+            }
+            _ => Start::Now(self.inner.call(req)),
         };
         Box::pin(async move {
+            let fut = match start {
+                Start::Now(f) => f,
+                Start::AfterRoom(s, id, call) => {
+                    std::future::poll_fn(|cx| s.poll_room(cx)).await;
+                    if s.refusing() {
+                        refusal(id.as_ref())
+                    } else {
+                        call()
+                    }
+                }
+            };
             let mut resp = fut.await?;
             set_request_id(&mut resp, id);
-            let Some(mut p) = pending else {
-                return Ok(resp.map(|b| AuditBody {
-                    inner: b,
-                    pending: None,
-                }));
+            let Some(mut p) = guard.0.take() else {
+                return Ok(resp.map(AuditBody::unrecorded));
             };
             let status = resp.status();
             let note = resp.extensions().get::<Note>().cloned().unwrap_or_default();
@@ -112,7 +159,6 @@ where
             p.record.outcome = note.outcome.unwrap_or(Outcome::Ok);
             p.record.reason = note.reason;
             p.upstream_us = note.upstream_us;
-            p.counters = Some(counters);
             p.bodiless = p.bodiless
                 || status.is_informational()
                 || status == StatusCode::NO_CONTENT
@@ -139,17 +185,23 @@ where
                     });
                 }
             }
-            p.sink = sink;
-            Ok(resp.map(|b| {
-                let mut body = AuditBody {
-                    inner: b,
-                    pending: Some(Box::new(p)),
-                };
-                if body.inner.is_end_stream() {
-                    body.finish(None);
+            let write_ahead = sink.as_ref().is_some_and(|s| s.answers_wait());
+            let (parts, body) = resp.into_parts();
+            let mut body = AuditBody::new(body, p);
+            if write_ahead && !body.bodiless() {
+                std::future::poll_fn(|cx| {
+                    body.prefetch(cx);
+                    Poll::Ready(())
+                })
+                .await;
+            }
+            if body.complete() {
+                // The whole answer is known: its line goes in before any of it goes out.
+                if let Some((sink, seq)) = body.finish(None) {
+                    sink.committed(seq).await;
                 }
-                body
-            }))
+            }
+            Ok(Response::from_parts(parts, body))
         })
     }
 }
@@ -160,19 +212,38 @@ fn set_request_id<B>(resp: &mut Response<B>, id: Option<HeaderValue>) {
     }
 }
 
-/// A record waiting for its response body to end.
+/// The record of an exchange that has no response yet. Dropped with it (the client went away
+/// before the response head: HTTP/1.1 connection closed, HTTP/2 stream reset), it still writes
+/// the line, as `client_abort`, with the node the request was sent to.
+struct Unanswered(Option<Box<Pending>>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.finish(Some(Outcome::ClientAbort));
+        }
+    }
+}
+
+/// A record waiting for its exchange to end.
 struct Pending {
     record: Record,
     exchange: Arc<Exchange>,
     sink: Option<AuditSink>,
-    counters: Option<Arc<Counters>>,
+    counters: Arc<Counters>,
     upstream_us: Option<u64>,
     /// HEAD and 1xx/204/304 answers have no body for hyper to read.
     bodiless: bool,
 }
 
 impl Pending {
-    fn capture(req: &Req, x: Arc<Exchange>, users: &UserResolver) -> Pending {
+    fn capture(
+        req: &Req,
+        x: Arc<Exchange>,
+        users: &UserResolver,
+        sink: Option<AuditSink>,
+        counters: Arc<Counters>,
+    ) -> Pending {
         let h = req.headers();
         let host = h.get(HOST).cloned().or_else(|| {
             req.uri()
@@ -186,7 +257,8 @@ impl Pending {
             client_ip: x.client_ip,
             peer_ip: crate::proxy::canonical(x.conn.peer.ip()),
             forwarded_for: crate::proxy::received_chain(h),
-            user: users.resolve(h),
+            user: users.resolve(req.uri().path(), h),
+            end_user: users.end_user(req.uri().path(), h),
             visitor_id: visitor_id(req.uri().path(), req.uri().query()),
             method: Some(req.method().clone()),
             host,
@@ -210,23 +282,15 @@ impl Pending {
             record,
             bodiless: req.method() == Method::HEAD,
             exchange: x,
-            sink: None,
-            counters: None,
+            sink,
+            counters,
             upstream_us: None,
         }
     }
-}
 
-/// The response body, counted; writes the record when it ends.
-pub struct AuditBody {
-    inner: RespBody,
-    pending: Option<Box<Pending>>,
-}
-
-impl AuditBody {
-    /// `error`: the outcome when the body failed, `None` when it ended normally.
-    fn finish(&mut self, error: Option<Outcome>) {
-        let Some(p) = self.pending.take() else { return };
+    /// Writes the line. `error`: the outcome when the exchange failed, `None` when it ended
+    /// normally. Returns the line's sequence number when the answer should wait for it.
+    fn finish(self: Box<Self>, error: Option<Outcome>) -> Option<(AuditSink, u64)> {
         let Pending {
             mut record,
             exchange,
@@ -234,12 +298,19 @@ impl AuditBody {
             counters,
             upstream_us,
             ..
-        } = *p;
+        } = *self;
         record.ts_ms = now_ms();
         record.duration_us = exchange.start.elapsed().as_micros() as u64;
         record.bytes_in = exchange.bytes_in.load(Ordering::Relaxed);
+        if record.upstream.is_none() {
+            record.upstream = exchange.node.get();
+        }
         if let Some(o) = error {
             record.outcome = o;
+            if o == Outcome::ClientAbort && exchange.conn.was_cut() {
+                record.reason =
+                    Some("cut by bpgate at the drain deadline (shutdown.drain_timeout)");
+            }
         } else if record.outcome == Outcome::Ok {
             match exchange.body_end() {
                 BodyEnd::ClientAbort => record.outcome = Outcome::ClientAbort,
@@ -247,8 +318,10 @@ impl AuditBody {
                 BodyEnd::Normal => {}
             }
         }
-        if let (Some(c), Some(method)) = (&counters, &record.method) {
-            c.requests.record(
+        // Response counters count responses: an exchange the client left before its response
+        // head has none.
+        if let (true, Some(method)) = (record.status != 0, &record.method) {
+            counters.requests.record(
                 record.status,
                 method.as_str(),
                 record.duration_us,
@@ -257,15 +330,154 @@ impl AuditBody {
                 record.bytes_out,
             );
         }
-        if let Some(s) = sink {
-            s.write(record);
+        let sink = sink?;
+        let wait = error.is_none() && sink.answers_wait();
+        let seq = sink.write(record);
+        wait.then_some((sink, seq))
+    }
+}
+
+/// The response body, counted; writes the record when it ends. With `durability` other than
+/// `batched`, the end of the answer (its last frame, or the end of the stream) is held until the
+/// line is written, so a client never has a whole answer whose line is not in the file.
+pub struct AuditBody {
+    inner: RespBody,
+    /// `inner` returned its end during the prefetch.
+    inner_ended: bool,
+    /// Data taken ahead of hyper, given out first.
+    early: Option<Bytes>,
+    /// A frame that is not data (trailers) or an error that stopped the prefetch; after `early`.
+    early_tail: Option<Result<Frame<Bytes>, hyper::Error>>,
+    pending: Option<Box<Pending>>,
+    /// The answer's last frame (`None`: the end of the stream), until its line is written.
+    hold: Option<Hold>,
+}
+
+struct Hold {
+    sink: AuditSink,
+    seq: u64,
+    frame: Option<Frame<Bytes>>,
+}
+
+impl AuditBody {
+    fn new(inner: RespBody, p: Box<Pending>) -> AuditBody {
+        let mut b = AuditBody::unrecorded(inner);
+        b.pending = Some(p);
+        b
+    }
+
+    /// A body whose exchange has no line (no `Exchange`: not a request from the edge).
+    fn unrecorded(inner: RespBody) -> AuditBody {
+        AuditBody {
+            inner,
+            inner_ended: false,
+            early: None,
+            early_tail: None,
+            pending: None,
+            hold: None,
         }
+    }
+
+    fn bodiless(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.bodiless)
+    }
+
+    /// Nothing more will come from the node (or bpgate's own answer).
+    fn source_done(&self) -> bool {
+        self.inner_ended || self.inner.is_end_stream()
+    }
+
+    /// The whole answer is known: bodiless, or every frame has been taken.
+    fn complete(&self) -> bool {
+        self.bodiless() || (self.source_done() && !matches!(self.early_tail, Some(Err(_))))
+    }
+
+    /// Takes the frames the body has ready now, up to [`PREFETCH`] bytes.
+    fn prefetch(&mut self, cx: &mut Context<'_>) {
+        let mut first: Option<Bytes> = None;
+        let mut more: Option<bytes::BytesMut> = None;
+        let mut len = 0;
+        while !self.source_done() && len < PREFETCH {
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(d) => {
+                        self.count(d.len());
+                        len += d.len();
+                        match (&mut more, first.take()) {
+                            (Some(m), _) => m.extend_from_slice(&d),
+                            (None, None) => first = Some(d),
+                            (None, Some(f)) => {
+                                let mut m = bytes::BytesMut::with_capacity(f.len() + d.len());
+                                m.extend_from_slice(&f);
+                                m.extend_from_slice(&d);
+                                more = Some(m);
+                            }
+                        }
+                    }
+                    Err(f) => {
+                        self.early_tail = Some(Ok(f));
+                        break;
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    self.early_tail = Some(Err(e));
+                    self.inner_ended = true;
+                    break;
+                }
+                Poll::Ready(None) => self.inner_ended = true,
+                Poll::Pending => break,
+            }
+        }
+        self.early = more.map(bytes::BytesMut::freeze).or(first);
+    }
+
+    /// `error`: the outcome when the body failed, `None` when it ended normally.
+    fn finish(&mut self, error: Option<Outcome>) -> Option<(AuditSink, u64)> {
+        self.pending.take()?.finish(error)
+    }
+
+    /// The answer ends with `last` (`None`: the end of the stream): write the line, and give
+    /// `last` out once it is committed.
+    fn end(
+        &mut self,
+        last: Option<Frame<Bytes>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.finish(None) {
+            Some((sink, seq)) => {
+                self.hold = Some(Hold {
+                    sink,
+                    seq,
+                    frame: last,
+                });
+                self.poll_hold(cx)
+            }
+            None => Poll::Ready(last.map(Ok)),
+        }
+    }
+
+    fn poll_hold(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(h) = &self.hold else {
+            return Poll::Ready(None);
+        };
+        if h.sink.poll_committed(h.seq, cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(self.hold.take().and_then(|h| h.frame).map(Ok))
     }
 
     fn count(&mut self, n: usize) {
         if let Some(p) = self.pending.as_mut() {
             p.record.bytes_out += n as u64;
         }
+    }
+
+    /// Nothing after the next frame.
+    fn last_after_early(&self) -> bool {
+        self.early_tail.is_none() && self.source_done()
     }
 }
 
@@ -277,38 +489,94 @@ impl Body for AuditBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
+        let this = &mut *self;
+        if this.hold.is_some() {
+            return this.poll_hold(cx);
+        }
+        if let Some(d) = this.early.take() {
+            let f = Frame::data(d);
+            return if this.last_after_early() {
+                this.end(Some(f), cx)
+            } else {
+                Poll::Ready(Some(Ok(f)))
+            };
+        }
+        if let Some(t) = this.early_tail.take() {
+            return match t {
+                Ok(f) if this.source_done() => this.end(Some(f), cx),
+                Ok(f) => Poll::Ready(Some(Ok(f))),
+                Err(e) => {
+                    this.finish(Some(Outcome::UpstreamError));
+                    Poll::Ready(Some(Err(e)))
+                }
+            };
+        }
+        if this.inner_ended {
+            return this.end(None, cx);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     let n = d.len();
-                    self.count(n);
+                    this.count(n);
                 }
-                if self.inner.is_end_stream() {
-                    self.finish(None);
+                if this.inner.is_end_stream() {
+                    this.inner_ended = true;
+                    this.end(Some(f), cx)
+                } else {
+                    Poll::Ready(Some(Ok(f)))
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.finish(Some(Outcome::UpstreamError)),
-            Poll::Ready(None) => self.finish(None),
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(Some(Outcome::UpstreamError));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.inner_ended = true;
+                this.end(None, cx)
+            }
+            Poll::Pending => Poll::Pending,
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.hold.is_none()
+            && self.early.is_none()
+            && self.early_tail.is_none()
+            && self.pending.is_none()
+            && self.source_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let extra = self.early.as_ref().map_or(0, |b| b.len() as u64)
+            + self
+                .hold
+                .as_ref()
+                .and_then(|h| h.frame.as_ref())
+                .and_then(|f| f.data_ref())
+                .map_or(0, |b| b.len() as u64);
+        let inner = if self.source_done() {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        };
+        let mut h = SizeHint::new();
+        if let Some(u) = inner.upper() {
+            h.set_upper(u + extra);
+        }
+        h.set_lower(inner.lower() + extra);
+        h
     }
 }
 
 impl Drop for AuditBody {
     fn drop(&mut self) {
         if self.pending.is_some() {
-            let bodiless = self.pending.as_ref().is_some_and(|p| p.bodiless);
-            self.finish(if bodiless || self.inner.is_end_stream() {
+            // hyper drops the body of a bodiless answer without reading it; any other body
+            // dropped before its end is a client that went away.
+            let whole = self.bodiless()
+                || (self.early.is_none() && self.early_tail.is_none() && self.source_done());
+            self.finish(if whole {
                 None
             } else {
                 Some(Outcome::ClientAbort)
@@ -328,5 +596,7 @@ pub fn writer_settings(c: &crate::config::Audit) -> WriterSettings {
         queue: c.queue,
         flush_interval: c.flush_interval,
         on_failure: c.on_failure,
+        durability: c.durability,
+        clock: writer::system_clock(),
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Uri, Version};
 
-use super::user::UserInfo;
+use super::user::{EndUser, UserInfo};
 use crate::exchange::{Outcome, Refusal};
 
 /// What a line records.
@@ -33,10 +33,13 @@ pub struct Record {
     /// The `X-Forwarded-For` chain as received (the node only gets `client_ip`).
     pub forwarded_for: Option<HeaderValue>,
     pub user: UserInfo,
+    /// The webchat or API end user, where the request carries one.
+    pub end_user: Option<EndUser>,
     pub visitor_id: Option<String>,
     pub method: Option<Method>,
     pub host: Option<HeaderValue>,
     pub uri: Option<Uri>,
+    /// 0 (written as `null`) when no response head was sent.
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -78,6 +81,7 @@ impl Record {
             peer_ip: peer,
             forwarded_for: None,
             user: UserInfo::default(),
+            end_user: None,
             visitor_id: None,
             method: None,
             host: None,
@@ -125,9 +129,26 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     out.push(b'"');
     field_hv(out, "forwarded_for", r.forwarded_for.as_ref());
     field_str(out, "user", r.user.user.as_deref());
-    field_str(out, "user_source", r.user.source);
+    field_str(out, "user_source", r.user.source.map(|s| s.as_str()));
     if let Some(c) = &r.user.claimed {
         field_str(out, "claimed_user", Some(c));
+    }
+    if let Some(k) = r.user.kind {
+        field_str(out, "user_kind", Some(k.as_str()));
+    }
+    if let Some(s) = &r.user.strategy {
+        field_str(out, "user_strategy", Some(s));
+    }
+    if let Some(b) = r.user.super_admin {
+        key(out, "user_super_admin");
+        out.extend_from_slice(if b { b"true" } else { b"false" });
+    }
+    if let Some(e) = &r.end_user {
+        field_str(out, "end_user", e.id.as_deref());
+        field_str(out, "end_user_source", Some(e.source.as_str()));
+        if let Some(c) = &e.claimed {
+            field_str(out, "claimed_end_user", Some(c));
+        }
     }
     if let Some(v) = &r.visitor_id {
         field_str(out, "visitor_id", Some(v));
@@ -141,7 +162,12 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     }
     let mut n = itoa::Buffer::new();
     out.extend_from_slice(b",\"status\":");
-    out.extend_from_slice(n.format(r.status).as_bytes());
+    if r.status == 0 {
+        // No response head was sent (the client went away first).
+        out.extend_from_slice(b"null");
+    } else {
+        out.extend_from_slice(n.format(r.status).as_bytes());
+    }
     out.extend_from_slice(b",\"bytes_in\":");
     out.extend_from_slice(n.format(r.bytes_in).as_bytes());
     out.extend_from_slice(b",\"bytes_out\":");
@@ -165,7 +191,16 @@ pub fn encode(r: &Record, redact: &[String], out: &mut Vec<u8>) {
     field_str(out, "tls_version", r.tls_version);
     field_hv(out, "user_agent", r.user_agent.as_ref());
     field_hv(out, "origin", r.origin.as_ref());
-    field_hv(out, "referer", r.referer.as_ref());
+    match r.referer.as_ref() {
+        // The webchat iframe's URL (and its `options`) comes back as the Referer of every
+        // request the iframe makes.
+        Some(v) if v.as_bytes().contains(&b'?') => field_string(
+            out,
+            "referer",
+            &redact_url(&String::from_utf8_lossy(v.as_bytes()), redact),
+        ),
+        v => field_hv(out, "referer", v),
+    }
     field_str(out, "outcome", Some(r.outcome.as_str()));
     if let Some(reason) = r.reason {
         field_str(out, "reason", Some(reason));
@@ -270,7 +305,9 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
 }
 
 /// The query with the values of sensitive parameters replaced by `REDACTED`. Parameter names
-/// compare case-insensitively after percent-decoding, so `%74oken=` is caught too.
+/// compare case-insensitively after percent-decoding, so `%74oken=` is caught too. A value that
+/// carries the webchat's `externalAuthToken` (inside `options` of the iframe URL, or anywhere
+/// else) is redacted whatever its parameter's name.
 pub fn redact_query(q: &str, redact: &[String]) -> String {
     let mut out = String::with_capacity(q.len());
     for (i, pair) in q.split('&').enumerate() {
@@ -286,10 +323,40 @@ pub fn redact_query(q: &str, redact: &[String]) -> String {
         out.push_str(k);
         if let Some(v) = v {
             out.push('=');
-            out.push_str(if sensitive { "REDACTED" } else { v });
+            out.push_str(if sensitive || carries_external_token(v) {
+                "REDACTED"
+            } else {
+                v
+            });
         }
     }
     out
+}
+
+/// `externalAuthToken` in a value, as sent (inject.js's `encodeURIComponent` leaves letters as
+/// they are) or with any of its letters percent-encoded.
+fn carries_external_token(v: &str) -> bool {
+    const NAME: &[u8] = b"externalauthtoken";
+    if memchr::memmem::find(v.as_bytes(), b"externalAuthToken").is_some() {
+        return true;
+    }
+    if !v.contains('%') {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(v).collect();
+    decoded
+        .windows(NAME.len())
+        .any(|w| w.eq_ignore_ascii_case(NAME))
+}
+
+/// A URL with its query redacted as [`redact_query`] does (the fragment, if any, is dropped:
+/// browsers never send one in `Referer`).
+fn redact_url(u: &str, redact: &[String]) -> String {
+    let u = u.split_once('#').map_or(u, |(a, _)| a);
+    match u.split_once('?') {
+        Some((base, q)) => format!("{base}?{}", redact_query(q, redact)),
+        None => u.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -326,5 +393,104 @@ mod tests {
         assert_eq!(v["user_agent"], "evil\"\u{fffd}agent\t");
         assert_eq!(v["path"], "/a/b");
         assert!(!s.contains("abc"));
+    }
+
+    /// The iframe URL inject.js builds: `'/lite/' + botId + '/?m=channel-web&v=' + viewMode +
+    /// '&options=' + encodeURIComponent(JSON.stringify({ config }))`.
+    fn inject_js_url(token: &str) -> String {
+        const URI_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'!')
+            .remove(b'~')
+            .remove(b'*')
+            .remove(b'\'')
+            .remove(b'(')
+            .remove(b')');
+        let config = serde_json::json!({"config": {
+            "host": "https://bot.example.com", "botId": "welcome-bot",
+            "externalAuthToken": token, "showConversationsButton": false
+        }});
+        format!(
+            "/lite/welcome-bot/?m=channel-web&v=Fullscreen&options={}",
+            percent_encoding::utf8_percent_encode(&config.to_string(), URI_COMPONENT)
+        )
+    }
+
+    #[test]
+    fn the_webchat_external_token_never_reaches_the_trail() {
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTcifQ.c2lnbmF0dXJl";
+        let url = inject_js_url(token);
+        let defaults = crate::config::Audit::default().redact_query;
+        // With `options` in the list (the default) and without it (the value is still seen to
+        // carry the token).
+        for redact in [defaults, vec!["token".to_string()]] {
+            let mut r = record();
+            r.uri = Some(url.parse().unwrap());
+            r.referer =
+                Some(HeaderValue::from_str(&format!("https://bot.example.com{url}")).unwrap());
+            let mut out = Vec::new();
+            encode(&r, &redact, &mut out);
+            let line = String::from_utf8(out).unwrap();
+            assert!(!line.contains(token) && !line.contains("eyJ"), "{line}");
+            let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+            assert_eq!(v["query"], "m=channel-web&v=Fullscreen&options=REDACTED");
+            assert_eq!(
+                v["referer"],
+                "https://bot.example.com/lite/welcome-bot/?m=channel-web&v=Fullscreen&options=REDACTED"
+            );
+        }
+        // Encoded letters do not hide it.
+        assert_eq!(
+            redact_query("o=%7B%22%65xternalAuthToken%22%3A%22x%22%7D&a=1", &[]),
+            "o=REDACTED&a=1"
+        );
+        assert_eq!(redact_query("options=%7B%7D", &[]), "options=%7B%7D");
+    }
+
+    #[test]
+    fn user_and_end_user_fields() {
+        use super::super::user::{EndUserSource, UserKind, UserSource};
+        let mut r = record();
+        r.user = UserInfo {
+            user: None,
+            source: Some(UserSource::JwtNoCsrf),
+            claimed: Some("a@x.io".into()),
+            kind: Some(UserKind::ChatUser),
+            strategy: Some("ldap".into()),
+            super_admin: Some(false),
+        };
+        r.end_user = Some(EndUser {
+            id: None,
+            source: EndUserSource::ExternalAuthExpired,
+            claimed: Some("u-7".into()),
+        });
+        let mut out = Vec::new();
+        encode(&r, &[], &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["user"], serde_json::Value::Null);
+        assert_eq!(v["user_source"], "jwt_no_csrf");
+        assert_eq!(v["claimed_user"], "a@x.io");
+        assert_eq!(v["user_kind"], "chat_user");
+        assert_eq!(v["user_strategy"], "ldap");
+        assert_eq!(v["user_super_admin"], false);
+        assert_eq!(v["end_user"], serde_json::Value::Null);
+        assert_eq!(v["end_user_source"], "external_auth_expired");
+        assert_eq!(v["claimed_end_user"], "u-7");
+        // Absent: the optional fields are left out.
+        let mut out = Vec::new();
+        encode(&record(), &[], &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        for k in [
+            "user_kind",
+            "user_strategy",
+            "user_super_admin",
+            "end_user",
+            "end_user_source",
+        ] {
+            assert!(v.get(k).is_none(), "{k}");
+        }
+        assert!(v["user"].is_null() && v["user_source"].is_null());
     }
 }

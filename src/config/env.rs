@@ -2,7 +2,7 @@
 //! how its text becomes a TOML value. The value is written into the parsed file before typed
 //! deserialisation, so the same parser and validation apply whatever the source.
 
-use super::{ConfigError, Origins};
+use super::{ConfigError, Note, Origins};
 
 /// How an environment variable's text is turned into a TOML value.
 #[derive(Debug, Clone, Copy)]
@@ -53,15 +53,47 @@ pub const ENV_VARS: &[EnvVar] = &[
     var("BPGATE_CORS_ORIGINS", "cors.origins", Kind::List),
     var("BPGATE_BASE_PATH_MODE", "base_path.mode", Kind::Str),
     var("BPGATE_AUDIT_DIR", "audit.dir", Kind::Str),
+    var("BPGATE_AUDIT_STDOUT", "audit.stdout", Kind::Bool),
     var("BPGATE_STICKY_SECRET", "sticky.secret", Kind::Str),
     var("BPGATE_JWT_SECRET", "audit.jwt_secret", Kind::Str),
     var("BPGATE_AUDIT_JWT_SOURCE", "audit.jwt_source", Kind::Str),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY",
+        "audit.external_auth.public_key",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY_FILE",
+        "audit.external_auth.public_key_file",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_ALGORITHMS",
+        "audit.external_auth.algorithms",
+        Kind::List,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER",
+        "audit.external_auth.issuer",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_AUDIENCE",
+        "audit.external_auth.audience",
+        Kind::Str,
+    ),
+    var(
+        "BPGATE_AUDIT_EXTERNAL_AUTH_USER_CLAIMS",
+        "audit.external_auth.user_claims",
+        Kind::List,
+    ),
 ];
 
 pub(super) fn apply_env(
     table: &mut toml::Table,
     env: &dyn Fn(&str) -> Option<String>,
     origins: &mut Origins,
+    notes: &mut Vec<Note>,
     errors: &mut Vec<ConfigError>,
 ) {
     for v in ENV_VARS {
@@ -76,6 +108,8 @@ pub(super) fn apply_env(
                 continue;
             }
         };
+        let by = format!("env {}", v.name);
+        note_override(table, v.key, &value, &by, origins, notes);
         if let Err(p) = set_path(table, v.key, value) {
             errors.push(ConfigError::new(
                 v.key,
@@ -83,17 +117,77 @@ pub(super) fn apply_env(
                 format!("correct or unset {}", v.name),
             ));
         }
-        origins
-            .0
-            .insert(v.key.to_string(), format!("env {}", v.name));
+        origins.0.insert(v.key.to_string(), by);
     }
-    // BP_PRODUCTION is Botpress's own switch; bpgate honours it too (posture issue).
+    // BP_PRODUCTION is Botpress's own switch; bpgate honours it too, over the file (environment
+    // beats the file) but not over bpgate's own BPGATE_MODE.
     if let Some(p) = env("BP_PRODUCTION") {
-        if matches!(parse_bool(&p), Ok(true)) && !origins.0.contains_key("mode") {
-            let _ = set_path(table, "mode", toml::Value::String("production".into()));
-            origins.0.insert("mode".into(), "env BP_PRODUCTION".into());
+        if matches!(parse_bool(&p), Ok(true)) {
+            match env("BPGATE_MODE") {
+                Some(m) if m.trim() != "production" => notes.push(Note::Warn(format!(
+                    "mode: BPGATE_MODE={} wins over BP_PRODUCTION=true; bpgate runs in {} mode",
+                    m.trim(),
+                    m.trim()
+                ))),
+                Some(_) => {}
+                None => {
+                    let value = toml::Value::String("production".into());
+                    let by = "env BP_PRODUCTION=true";
+                    note_override(table, "mode", &value, by, origins, notes);
+                    let _ = set_path(table, "mode", value);
+                    origins.0.insert("mode".into(), by.into());
+                }
+            }
         }
     }
+}
+
+/// Keys whose values never appear in notes.
+const SECRET_KEYS: [&str; 4] = [
+    "sticky.secret",
+    "sticky.previous_secret",
+    "audit.jwt_secret",
+    "admin.token",
+];
+
+/// Records that `by` replaces a different value already in `table` at `key` (from the file, or
+/// from the environment when `by` is a flag). A changed `mode` is a warning: it decides whether
+/// posture failures stop bpgate.
+pub(super) fn note_override(
+    table: &toml::Table,
+    key: &str,
+    value: &toml::Value,
+    by: &str,
+    origins: &Origins,
+    notes: &mut Vec<Note>,
+) {
+    let Some(old) = get_path(table, key) else {
+        return;
+    };
+    if old == value {
+        return;
+    }
+    let from = origins.of(key).unwrap_or("the file");
+    let text = if SECRET_KEYS.contains(&key) {
+        format!("{key}: {by} overrides the value from {from}")
+    } else {
+        format!("{key}: {by} ({value}) overrides {old} from {from}")
+    };
+    notes.push(if key == "mode" {
+        Note::Warn(text)
+    } else {
+        Note::Info(text)
+    });
+}
+
+/// The value at `a.b.c`, if the table has one.
+pub(super) fn get_path<'t>(table: &'t toml::Table, key: &str) -> Option<&'t toml::Value> {
+    let mut parts = key.split('.');
+    let mut cur = table.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_table()?.get(p)?;
+    }
+    Some(cur)
 }
 
 fn convert(v: &EnvVar, raw: &str) -> Result<toml::Value, String> {

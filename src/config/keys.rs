@@ -3,8 +3,9 @@
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::{
-    Audit, Config, ConfigError, ConfigErrors, Cors, Forwarding, Headers, Health, Limits, Listen,
-    Log, NodeConfig, Origins, PrefixTimeout, RouteConfig, Shutdown, Sticky, Tls, Upstream,
+    Audit, Config, ConfigError, ConfigErrors, Cors, ExternalAuth, Forwarding, Headers, Health,
+    Limits, Listen, Log, NodeConfig, Origins, PrefixTimeout, RouteConfig, Shutdown, Sticky, Tls,
+    Upstream,
 };
 
 /// Deserialises the merged table into [`Config`], reporting unknown keys and type errors by path.
@@ -93,6 +94,7 @@ pub(super) fn known_keys(section: &str) -> &'static [&'static str] {
         "sticky" => fields::<Sticky>(),
         "health" => fields::<Health>(),
         "audit" => fields::<Audit>(),
+        "audit.external_auth" => fields::<ExternalAuth>(),
         "routes" => fields::<RouteConfig>(),
         _ => &[],
     }

@@ -8,6 +8,7 @@
 //! from ("listen.https (from env BPGATE_LISTEN)").
 
 mod env;
+mod external_auth;
 mod keys;
 mod origin;
 mod types;
@@ -22,6 +23,7 @@ use http::Uri;
 use serde::{Deserialize, Serialize};
 
 pub use env::{EnvVar, ENV_VARS};
+pub use external_auth::{ExternalAuth, ExternalKey};
 pub use origin::OriginSpec;
 pub use types::{ByteSize, Cidr, Secret};
 
@@ -454,11 +456,42 @@ pub struct Audit {
     /// Where Botpress reads the admin JWT: `header` (`Authorization: Bearer`, Botpress's default)
     /// or `cookie` (the `jwtToken` cookie, when `jwtToken.useCookieStorage` is on).
     pub jwt_source: JwtSource,
-    /// Lines buffered between the request path and the writer thread.
+    /// Botpress's `pro.externalAuth`, to name webchat end users from `X-BP-ExternalAuth`.
+    pub external_auth: ExternalAuth,
+    /// Lines held in memory (queued or being written) before new requests wait for room.
     pub queue: usize,
-    /// Longest time a line waits in memory before it is written.
+    /// With `durability = "batched"`: longest time a line waits in memory before it is written.
     #[serde(with = "types::duration")]
     pub flush_interval: Duration,
+    /// Where a request's line is when its answer completes; see [`Durability`].
+    pub durability: Durability,
+}
+
+/// How far a request's audit line has got when the client receives the end of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Queued: written within `flush_interval` after the answer (a process crash loses the
+    /// lines of up to `flush_interval` of answered requests).
+    Batched,
+    /// Written to the file (the kernel has it) before the answer completes: a process crash
+    /// loses no answered request's line; a power loss can lose what the kernel had not yet
+    /// written to disk.
+    #[default]
+    Written,
+    /// Written and synced to disk (`fdatasync`) before the answer completes: a power loss loses
+    /// no answered request's line either, on a disk that honours cache flushes.
+    Synced,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Batched => "batched",
+            Durability::Written => "written",
+            Durability::Synced => "synced",
+        }
+    }
 }
 
 /// The one place Botpress reads the admin JWT from (`router-security.ts`).
@@ -706,14 +739,24 @@ impl Default for Audit {
             max_files: 30,
             stdout: false,
             on_failure: OnFailure::Block,
-            redact_query: ["token", "access_token", "password", "secret", "code"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            // `options`: the webchat iframe URL carries `externalAuthToken` inside it.
+            redact_query: [
+                "token",
+                "access_token",
+                "password",
+                "secret",
+                "code",
+                "options",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             jwt_secret: Secret::default(),
             jwt_source: JwtSource::Header,
+            external_auth: ExternalAuth::default(),
             queue: 4_096,
             flush_interval: Duration::from_millis(5),
+            durability: Durability::default(),
         }
     }
 }
@@ -849,6 +892,81 @@ pub struct Loaded {
     pub derived: Derived,
     pub path: PathBuf,
     pub origins: Origins,
+    /// Whether `path` was read, or missing so that the built-in defaults apply.
+    pub file: ConfigFile,
+    /// What the sources said that an operator should know: a value of the file replaced by the
+    /// environment or a flag, a switch that lost to a more specific one.
+    pub notes: Vec<Note>,
+}
+
+/// The configuration file bpgate read, or the default path it looked at and did not find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// Read from this path (absolute).
+    Read(PathBuf),
+    /// Nothing at the default path (absolute): the built-in defaults apply.
+    Missing(PathBuf),
+}
+
+/// A remark about how the sources combined, logged at start and printed by `bpgate config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    Info(String),
+    /// Something that changes bpgate's safety posture (e.g. `mode`).
+    Warn(String),
+}
+
+impl Note {
+    pub fn text(&self) -> &str {
+        match self {
+            Note::Info(t) | Note::Warn(t) => t,
+        }
+    }
+}
+
+/// `p` as an absolute path (relative paths resolve against the working directory), for
+/// messages that must say where a file really is.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+impl Loaded {
+    /// Where the settings and the files bpgate writes come from, one line each, with absolute
+    /// paths: the configuration file (or that none was found), the certificate, the audit trail.
+    pub fn source_lines(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        match &self.file {
+            ConfigFile::Read(p) => out.push(format!(
+                "configuration file {} (then environment and flags)",
+                p.display()
+            )),
+            ConfigFile::Missing(p) => out.push(format!(
+                "no configuration file at {} (the default path, relative to the working directory): built-in defaults apply (then environment and flags)",
+                p.display()
+            )),
+        }
+        let dev = c.tls.cert == Path::new(DEV_CERT_PATH) && c.tls.key == Path::new(DEV_KEY_PATH);
+        let (cert, key) = (absolute(&c.tls.cert), absolute(&c.tls.key));
+        out.push(if dev && c.mode == Mode::Development {
+            format!(
+                "TLS certificate {} and key {} (the development certificate, generated there when missing)",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            format!("TLS certificate {} and key {}", cert.display(), key.display())
+        });
+        out.push(if c.audit.enabled {
+            format!(
+                "audit trail {}",
+                absolute(&c.audit.dir).join("audit.jsonl").display()
+            )
+        } else {
+            "audit trail off (audit.enabled = false)".to_string()
+        });
+        out
+    }
 }
 
 /// Values computed once from the config, so no request recomputes them.
@@ -863,6 +981,8 @@ pub struct Derived {
     /// All nodes, from `upstream.urls` and `upstream.nodes`, with names filled in.
     pub nodes: Vec<NodeSpec>,
     pub workers: usize,
+    /// `audit.external_auth`'s key, read and parsed; `None` when external auth is off.
+    pub external_auth: Option<ExternalKey>,
     /// The route table in effect: the built-in routes, the deprecated `upstream.timeouts` and
     /// `[[routes]]` laid over them in that order (an entry with an existing prefix changes only
     /// the fields it sets).
@@ -888,12 +1008,14 @@ pub fn load(
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigErrors> {
     let mut origins = Origins::default();
+    let mut file = ConfigFile::Read(absolute(path));
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
                 && path == Path::new(DEFAULT_CONFIG_PATH) =>
         {
+            file = ConfigFile::Missing(absolute(path));
             String::new()
         }
         Err(e) => {
@@ -917,13 +1039,17 @@ pub fn load(
         origins.0.insert(k, file_origin.clone());
     }
     let mut errors = Vec::new();
-    env::apply_env(&mut table, env, &mut origins, &mut errors);
+    let mut notes = Vec::new();
+    env::apply_env(&mut table, env, &mut origins, &mut notes, &mut errors);
     for (key, value, flag) in &overrides.values {
+        let by = format!("flag {flag}");
+        env::note_override(&table, key, value, &by, &origins, &mut notes);
         if let Err(e) = env::set_path(&mut table, key, value.clone()) {
             errors.push(ConfigError::new(key.clone(), e, format!("check {flag}")));
         }
-        origins.0.insert(key.clone(), format!("flag {flag}"));
+        origins.0.insert(key.clone(), by);
     }
+    one_node_list(&mut table, &origins, &mut notes, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -935,7 +1061,58 @@ pub fn load(
         path: path.to_path_buf(),
         origins,
         allow_insecure: false,
+        file,
+        notes,
     })
+}
+
+/// The node list is one setting with two spellings, `upstream.urls` and `[[upstream.nodes]]`:
+/// - the built-in default node (`http://127.0.0.1:3000`) applies only when neither is given;
+/// - a file that gives both is refused (they would silently add up);
+/// - `BPGATE_UPSTREAMS` or `--upstreams` replace the file's whole list, nodes included, as the
+///   environment beats the file.
+fn one_node_list(
+    table: &mut toml::Table,
+    origins: &Origins,
+    notes: &mut Vec<Note>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let Some(toml::Value::Table(up)) = table.get_mut("upstream") else {
+        return;
+    };
+    let urls_by = origins
+        .0
+        .get("upstream.urls")
+        .filter(|o| o.starts_with("env ") || o.starts_with("flag "));
+    if let Some(by) = urls_by {
+        if up.remove("nodes").is_some() {
+            notes.push(Note::Info(format!(
+                "upstream: {by} replaces the nodes of the file's [[upstream.nodes]]"
+            )));
+        }
+        return;
+    }
+    let given = |k: &str| {
+        up.get(k)
+            .and_then(toml::Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    match (given("urls"), given("nodes")) {
+        (true, true) => {
+            let mut e = ConfigError::new(
+                "upstream.urls",
+                "the file sets both upstream.urls and [[upstream.nodes]]; they are two spellings of one node list and would add up",
+                "keep one: name every node in [[upstream.nodes]] and remove upstream.urls (or the reverse); BPGATE_UPSTREAMS replaces both",
+            );
+            e.origin = origins.of("upstream.urls").map(str::to_string);
+            errors.push(e);
+        }
+        (false, true) => {
+            // Nodes alone: no built-in default node beside them.
+            up.insert("urls".into(), toml::Value::Array(Vec::new()));
+        }
+        _ => {}
+    }
 }
 
 /// Cross-field validation and derivation. Every error names its key and a fix.
@@ -1351,6 +1528,24 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             "use at least 1024 (default 4096)".into(),
         );
     }
+    let external_auth = if c.audit.external_auth.enabled() {
+        external_auth::load(&c.audit.external_auth, &mut err)
+    } else {
+        // Settings that differ from the defaults without a key would verify nothing. (The
+        // defaults themselves are fine: `bpgate config` prints them and must read back.)
+        if let Some(k) = external_auth::set_without_key(&c.audit.external_auth) {
+            let from = origins
+                .of(k)
+                .map(|o| format!(" (from {o})"))
+                .unwrap_or_default();
+            err(
+                "audit.external_auth.public_key",
+                format!("{k} is set{from} but no key is: external auth would verify nothing"),
+                "set public_key or public_key_file to Botpress's pro.externalAuth key, or remove the [audit.external_auth] settings".into(),
+            );
+        }
+        None
+    };
 
     let workers = if c.workers == 0 {
         std::thread::available_parallelism()
@@ -1377,6 +1572,7 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
             base_path,
             nodes,
             workers,
+            external_auth,
             routes,
             warnings,
         })
@@ -1545,6 +1741,7 @@ impl Config {
         c.sticky.secret = c.sticky.secret.redacted();
         c.sticky.previous_secret = c.sticky.previous_secret.redacted();
         c.audit.jwt_secret = c.audit.jwt_secret.redacted();
+        c.audit.external_auth.public_key = c.audit.external_auth.public_key.redacted();
         c.admin.token = c.admin.token.redacted();
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

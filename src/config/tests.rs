@@ -416,3 +416,319 @@ fn admin_token_from_env_checked_and_redacted() {
     let e = err("[admin]\ndrain_idle_after = \"0s\"\n", &[]);
     assert!(e.contains("admin.drain_idle_after"), "{e}");
 }
+
+#[test]
+fn external_auth_is_off_by_default_and_options_is_redacted() {
+    let l = load_str("", &[]).unwrap();
+    assert!(!l.config.audit.external_auth.enabled());
+    assert!(l.derived.external_auth.is_none());
+    assert!(l.config.audit.redact_query.iter().any(|q| q == "options"));
+}
+
+#[test]
+fn external_auth_from_env_hmac_and_redacted_in_config_output() {
+    let l = load_str(
+        "",
+        &[
+            (
+                "BPGATE_AUDIT_EXTERNAL_AUTH_PUBLIC_KEY",
+                "end-user-hmac-secret",
+            ),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_ALGORITHMS", "HS256,HS512"),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER", "my-site"),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_AUDIENCE", "webchat"),
+            ("BPGATE_AUDIT_EXTERNAL_AUTH_USER_CLAIMS", "userId,sub"),
+        ],
+    )
+    .unwrap();
+    let ea = &l.config.audit.external_auth;
+    assert_eq!(ea.algorithms, ["HS256", "HS512"]);
+    assert_eq!(ea.issuer.as_deref(), Some("my-site"));
+    assert_eq!(ea.audience.as_deref(), Some("webchat"));
+    assert_eq!(ea.user_claims, ["userId", "sub"]);
+    assert_eq!(
+        l.derived.external_auth,
+        Some(ExternalKey::Hmac(b"end-user-hmac-secret".to_vec()))
+    );
+    let out = l.config.redacted_toml();
+    assert!(!out.contains("end-user-hmac-secret"), "{out}");
+    assert!(out.contains("[audit.external_auth]"), "{out}");
+    assert!(!format!("{:?}", l.derived).contains("end-user-hmac-secret"));
+}
+
+#[test]
+fn external_auth_public_keys_from_pem_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let rsa_pem = dir.path().join("rsa.pub");
+    std::fs::write(&rsa_pem, rsa.public_key_pem()).unwrap();
+    let ec_pem = dir.path().join("ec.pub");
+    std::fs::write(&ec_pem, ec.public_key_pem()).unwrap();
+    // A certificate works too (jsonwebtoken 8.5.1 takes one), its public key is used.
+    let cert = rcgen::CertificateParams::new(vec!["issuer.example".into()])
+        .unwrap()
+        .self_signed(&rsa)
+        .unwrap();
+    let cert_pem = dir.path().join("cert.pem");
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    let file = |p: &std::path::Path, algs: &str| {
+        format!(
+            "[audit.external_auth]\npublic_key_file = {:?}\nalgorithms = [{algs}]\n",
+            p.display().to_string()
+        )
+    };
+    let l = load_str(&file(&rsa_pem, "\"RS256\", \"PS256\""), &[]).unwrap();
+    assert!(matches!(l.derived.external_auth, Some(ExternalKey::Rsa(_))));
+    let l = load_str(&file(&cert_pem, "\"RS256\""), &[]).unwrap();
+    assert!(matches!(l.derived.external_auth, Some(ExternalKey::Rsa(_))));
+    let l = load_str(&file(&ec_pem, "\"ES256\""), &[]).unwrap();
+    assert!(matches!(l.derived.external_auth, Some(ExternalKey::Ec(_))));
+    // The key inline, as in pro.externalAuth.publicKey.
+    let inline = format!(
+        "[audit.external_auth]\npublic_key = '''{}'''\nalgorithms = [\"ES256\"]\n",
+        ec.public_key_pem()
+    );
+    assert!(load_str(&inline, &[])
+        .unwrap()
+        .derived
+        .external_auth
+        .is_some());
+    // A file read as it is: a trailing newline is part of an HMAC secret, as in Botpress.
+    let hs = dir.path().join("hs.key");
+    std::fs::write(&hs, "s3cret\n").unwrap();
+    let l = load_str(&file(&hs, "\"HS256\""), &[]).unwrap();
+    assert_eq!(
+        l.derived.external_auth,
+        Some(ExternalKey::Hmac(b"s3cret\n".to_vec()))
+    );
+
+    // Wrong key types, curves and formats are named with their key.
+    let e = err(&file(&ec_pem, "\"RS256\""), &[]);
+    assert!(
+        e.contains("audit.external_auth.public_key_file") && e.contains("not an RSA key"),
+        "{e}"
+    );
+    let e = err(&file(&rsa_pem, "\"ES256\""), &[]);
+    assert!(e.contains("not an EC key"), "{e}");
+    let e = err(&file(&ec_pem, "\"ES384\""), &[]);
+    assert!(e.contains("curve"), "{e}");
+    let e = err(&file(&hs, "\"RS256\""), &[]);
+    assert!(
+        e.contains("audit.external_auth.public_key_file") && e.contains("PUBLIC KEY"),
+        "{e}"
+    );
+    let e = err(&file(&dir.path().join("missing.pub"), "\"RS256\""), &[]);
+    assert!(
+        e.contains("cannot read") && e.contains("missing.pub"),
+        "{e}"
+    );
+}
+
+#[test]
+fn external_auth_bad_settings_are_named() {
+    let key = "[audit.external_auth]\npublic_key = \"k\"\n";
+    let e = err(&format!("{key}algorithms = [\"HS256\", \"RS256\"]\n"), &[]);
+    assert!(
+        e.contains("audit.external_auth.algorithms") && e.contains("mixes"),
+        "{e}"
+    );
+    let e = err(&format!("{key}algorithms = [\"hs256\"]\n"), &[]);
+    assert!(e.contains("audit.external_auth.algorithms.0"), "{e}");
+    let e = err(&format!("{key}algorithms = [\"ES512\"]\n"), &[]);
+    assert!(e.contains("ES512"), "{e}");
+    let e = err(&format!("{key}algorithms = []\n"), &[]);
+    assert!(e.contains("audit.external_auth.algorithms"), "{e}");
+    let e = err(&format!("{key}user_claims = []\n"), &[]);
+    assert!(e.contains("audit.external_auth.user_claims"), "{e}");
+    let e = err(&format!("{key}public_key_file = \"/x\"\n"), &[]);
+    assert!(e.contains("both"), "{e}");
+    let e = err("[audit.external_auth]\npublic_kye = \"k\"\n", &[]);
+    assert!(
+        e.contains("did you mean `audit.external_auth.public_key`"),
+        "{e}"
+    );
+    // Settings without a key would silently verify nothing.
+    let e = err("", &[("BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER", "my-site")]);
+    assert!(
+        e.contains("audit.external_auth.public_key")
+            && e.contains("BPGATE_AUDIT_EXTERNAL_AUTH_ISSUER"),
+        "{e}"
+    );
+}
+
+#[test]
+fn nodes_alone_replace_the_built_in_default_node() {
+    let two = "[[upstream.nodes]]\nurl = \"http://10.0.0.5:3000\"\nname = \"node-1\"\n\
+               [[upstream.nodes]]\nurl = \"http://10.0.0.6:3000\"\nname = \"node-2\"\n";
+    let l = load_str(two, &[]).unwrap();
+    let names: Vec<&str> = l.derived.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2"], "no phantom 127.0.0.1:3000");
+    // Neither given: the built-in default node.
+    let l = load_str("", &[]).unwrap();
+    assert_eq!(l.derived.nodes.len(), 1);
+    assert_eq!(l.derived.nodes[0].authority, "127.0.0.1:3000");
+}
+
+#[test]
+fn a_file_with_urls_and_nodes_is_refused_naming_both() {
+    let e = err(
+        "[upstream]\nurls = [\"http://10.0.0.4:3000\"]\n[[upstream.nodes]]\nurl = \"http://10.0.0.5:3000\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("upstream.urls")
+            && e.contains("[[upstream.nodes]]")
+            && e.contains("keep one")
+            && e.contains("(from file "),
+        "{e}"
+    );
+    // The shipped file with its node example uncommented is refused the same way, not run with
+    // a phantom node.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bpgate.toml"))
+            .unwrap();
+    let uncommented = shipped
+        .replace("# [[upstream.nodes]]", "[[upstream.nodes]]")
+        .replace(
+            "# url = \"http://10.0.0.5:3000\"",
+            "url = \"http://10.0.0.5:3000\"",
+        );
+    assert_ne!(uncommented, shipped, "the example is in the shipped file");
+    let e = err(&uncommented, &[]);
+    assert!(e.contains("upstream.urls") && e.contains("keep one"), "{e}");
+}
+
+#[test]
+fn env_and_flag_upstreams_replace_the_files_whole_node_list() {
+    let file = "[[upstream.nodes]]\nurl = \"http://10.0.0.5:3000\"\nname = \"node-1\"\n";
+    let l = load_str(
+        file,
+        &[(
+            "BPGATE_UPSTREAMS",
+            "http://10.0.0.7:3000,http://10.0.0.8:3000",
+        )],
+    )
+    .unwrap();
+    let auth: Vec<&str> = l
+        .derived
+        .nodes
+        .iter()
+        .map(|n| n.authority.as_str())
+        .collect();
+    assert_eq!(auth, ["10.0.0.7:3000", "10.0.0.8:3000"]);
+    assert!(
+        l.notes
+            .iter()
+            .any(|n| n.text().contains("env BPGATE_UPSTREAMS")
+                && n.text().contains("[[upstream.nodes]]")),
+        "{:?}",
+        l.notes
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, file).unwrap();
+    let flags = Overrides {
+        values: vec![(
+            "upstream.urls".into(),
+            toml::Value::Array(vec![toml::Value::String("http://10.0.0.9:3000".into())]),
+            "--upstreams".into(),
+        )],
+    };
+    let l = load(&p, &|_| None, &flags).unwrap();
+    assert_eq!(l.derived.nodes.len(), 1);
+    assert_eq!(l.derived.nodes[0].authority, "10.0.0.9:3000");
+}
+
+#[test]
+fn the_environment_beats_the_files_mode_and_the_conflict_is_noted() {
+    let warned = |l: &Loaded, what: &str| {
+        l.notes
+            .iter()
+            .any(|n| matches!(n, Note::Warn(t) if t.starts_with("mode:") && t.contains(what)))
+    };
+    let file = "mode = \"development\"\n";
+    let l = load_str(file, &[("BP_PRODUCTION", "true")]).unwrap();
+    assert_eq!(
+        l.config.mode,
+        Mode::Production,
+        "BP_PRODUCTION beats the file"
+    );
+    assert!(warned(&l, "BP_PRODUCTION"), "{:?}", l.notes);
+    assert_eq!(l.origins.of("mode"), Some("env BP_PRODUCTION=true"));
+    let l = load_str(file, &[("BPGATE_MODE", "production")]).unwrap();
+    assert_eq!(l.config.mode, Mode::Production);
+    assert!(warned(&l, "BPGATE_MODE"), "{:?}", l.notes);
+    // bpgate's own variable beats Botpress's switch, loudly.
+    let l = load_str(
+        "",
+        &[("BP_PRODUCTION", "true"), ("BPGATE_MODE", "development")],
+    )
+    .unwrap();
+    assert_eq!(l.config.mode, Mode::Development);
+    assert!(warned(&l, "wins over BP_PRODUCTION"), "{:?}", l.notes);
+    // BP_PRODUCTION only switches production on.
+    let l = load_str("mode = \"production\"\n", &[("BP_PRODUCTION", "false")]);
+    assert_eq!(l.unwrap().config.mode, Mode::Production);
+    // The shipped file leaves the mode to the environment.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/bpgate.toml"))
+            .unwrap();
+    let l = load_str(&shipped, &[("BP_PRODUCTION", "true")]).unwrap();
+    assert_eq!(l.config.mode, Mode::Production);
+    // No conflict, no note.
+    let l = load_str(
+        "[listen]\nhttps = \"127.0.0.1:8443\"\n",
+        &[("BPGATE_LISTEN", "127.0.0.1:8443")],
+    );
+    assert!(l.unwrap().notes.is_empty());
+}
+
+#[test]
+fn override_notes_never_show_secrets() {
+    let l = load_str(
+        "[sticky]\nsecret = \"file-secret-0123456789\"\n",
+        &[("BPGATE_STICKY_SECRET", "env-secret-0123456789")],
+    )
+    .unwrap();
+    let all: Vec<&str> = l.notes.iter().map(Note::text).collect();
+    assert!(
+        all.iter().any(|t| t.contains("sticky.secret"))
+            && !all.iter().any(|t| t.contains("secret-0123456789")),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn audit_stdout_from_the_environment() {
+    let l = load_str("", &[("BPGATE_AUDIT_STDOUT", "true")]).unwrap();
+    assert!(l.config.audit.stdout);
+    let l = load_str("[audit]\nstdout = true\n", &[("BPGATE_AUDIT_STDOUT", "0")]).unwrap();
+    assert!(!l.config.audit.stdout);
+    let e = err("", &[("BPGATE_AUDIT_STDOUT", "maybe")]);
+    assert!(
+        e.contains("audit.stdout") && e.contains("BPGATE_AUDIT_STDOUT"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_file_read_is_reported_with_an_absolute_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "").unwrap();
+    let l = load(&p, &|_| None, &Overrides::default()).unwrap();
+    assert_eq!(l.file, ConfigFile::Read(p.clone()));
+    let lines = l.source_lines();
+    assert!(lines[0].contains(&p.display().to_string()), "{lines:?}");
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        lines[1].contains(&cwd.join(DEV_CERT_PATH).display().to_string())
+            && lines[1].contains("development certificate"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].contains(&cwd.join("logs/audit/audit.jsonl").display().to_string()),
+        "{lines:?}"
+    );
+}

@@ -252,3 +252,24 @@ pub mod opt_addr {
         s.serialize_str(&v.map(|a| a.to_string()).unwrap_or_default())
     }
 }
+
+/// Optional paths where an empty string means unset.
+pub mod opt_path {
+    use super::*;
+    use std::path::PathBuf;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        Ok(s.map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(
+            &v.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )
+    }
+}

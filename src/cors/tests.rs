@@ -25,6 +25,7 @@ fn xchg() -> Arc<Exchange> {
         bytes_in: AtomicU64::new(0),
         body_end: AtomicU8::new(0),
         refusal: None,
+        node: Default::default(),
     })
 }
 

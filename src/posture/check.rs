@@ -6,7 +6,9 @@ use serde_json::Value;
 use super::botpress::{js_truthy, yn_opt, yn_value, ConfigSource, EnvFrom};
 use super::obfuscate::url_secrets;
 use super::{Finding, Inputs, Status};
-use crate::config::{parse_external_url, BasePathMode, JwtSource, StickyFallback};
+use crate::config::{
+    parse_external_url, BasePathMode, ExternalAuth, ExternalKey, JwtSource, StickyFallback,
+};
 
 /// Item names, in output order. Tests and the README refer to them.
 pub mod item {
@@ -1200,7 +1202,119 @@ fn audit_identity(i: &Inputs<'_>) -> Finding {
             format!("set BPGATE_AUDIT_JWT_SOURCE={} (audit.jwt_source)", want.as_str()),
         );
     }
+    external_auth(i, &mut a);
     a.done()
+}
+
+/// `audit.external_auth` against Botpress's `pro.externalAuth` (`core/app/server.ts`,
+/// `_getExternalAuthConfig`, `decodeExternalToken`). Keys are compared, never printed.
+fn external_auth(i: &Inputs<'_>, a: &mut Acc) {
+    let ea = &i.loaded.config.audit.external_auth;
+    let bp = &i.bp;
+    let on = js_truthy(bp.cfg("pro.externalAuth.enabled"));
+    const COPY: &str = "copy pro.externalAuth's publicKey (or data/global/end_users_auth.pub), algorithms, issuer and audience to [audit.external_auth]";
+    match (on, ea.enabled()) {
+        (false, false) => return,
+        (true, false) => {
+            a.bad(
+                Status::Warn,
+                "Botpress verifies webchat end-user tokens (pro.externalAuth.enabled) but audit.external_auth has no key: end users are not named",
+                COPY,
+            );
+            return;
+        }
+        (false, true) if bp.config_given => {
+            a.bad(
+                Status::Warn,
+                "audit.external_auth is set but Botpress's pro.externalAuth is not enabled: Botpress ignores X-BP-ExternalAuth, so the trail would name end users Botpress does not",
+                "enable pro.externalAuth in Botpress, or remove [audit.external_auth]",
+            );
+            return;
+        }
+        (false, true) => {
+            a.note("audit.external_auth is set; not compared (no --botpress-config)");
+            return;
+        }
+        (true, true) => {}
+    }
+    if js_truthy(bp.cfg("pro.externalAuth.jwksClient")) {
+        a.bad(
+            Status::Warn,
+            "Botpress takes the end-user key from pro.externalAuth.jwksClient, which bpgate does not fetch",
+            "give [audit.external_auth] the PEM of the JWKS key Botpress uses (keyId)",
+        );
+    }
+    let mut differs = Vec::new();
+    match bp.cfg("pro.externalAuth.algorithms") {
+        Some(Value::Array(list)) => {
+            let mut theirs: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+            let mut ours: Vec<&str> = ea.algorithms.iter().map(String::as_str).collect();
+            theirs.sort_unstable();
+            ours.sort_unstable();
+            if theirs != ours {
+                differs.push(format!("algorithms {ours:?} vs Botpress's {theirs:?}"));
+            }
+        }
+        _ => {
+            a.note("Botpress sets no pro.externalAuth.algorithms (jsonwebtoken then picks them from the key): algorithms not compared");
+        }
+    }
+    for (key, ours) in [("issuer", &ea.issuer), ("audience", &ea.audience)] {
+        let theirs = bp.cfg(&format!("pro.externalAuth.{key}"));
+        let same = match theirs {
+            None | Some(Value::Null) => ours.is_none(),
+            Some(Value::String(t)) if t.is_empty() => ours.is_none(),
+            Some(Value::String(t)) => ours.as_deref() == Some(t.as_str()),
+            Some(_) => false,
+        };
+        if !same {
+            differs.push(format!(
+                "{key} {ours:?} vs Botpress's {}",
+                theirs.map_or("unset".into(), Value::to_string)
+            ));
+        }
+    }
+    match bp.cfg_str("pro.externalAuth.publicKey") {
+        // Botpress refuses it and turns external auth off (`_getExternalAuthConfig`).
+        Some(k) if !k.is_empty() && k.len() < 128 => {
+            a.bad(
+                Status::Warn,
+                "Botpress's pro.externalAuth.publicKey is shorter than 128 characters, which Botpress refuses: its external auth is off",
+                "put the key in data/global/end_users_auth.pub and remove publicKey, or use a longer key",
+            );
+        }
+        Some(k) if !k.is_empty() => {
+            let valid = ea
+                .algorithms
+                .iter()
+                .all(|x| ExternalAuth::ALGORITHMS.contains(&x.as_str()));
+            let theirs = valid
+                .then(|| ExternalKey::parse(k.as_bytes(), &ea.algorithms).ok())
+                .flatten();
+            if theirs.is_none() || theirs != i.loaded.derived.external_auth {
+                differs.push(
+                    "the key differs from pro.externalAuth.publicKey (neither printed)".into(),
+                );
+            } else {
+                a.note("audit.external_auth's key equals Botpress's pro.externalAuth.publicKey");
+            }
+        }
+        _ => {
+            a.note("Botpress reads its end-user key from data/global/end_users_auth.pub: key not compared");
+        }
+    }
+    if differs.is_empty() {
+        a.note("audit.external_auth matches Botpress's pro.externalAuth");
+    } else {
+        a.bad(
+            Status::Fail,
+            format!(
+                "audit.external_auth differs from Botpress's pro.externalAuth: {}; end users would be named where Botpress refuses them, or not where it accepts them",
+                differs.join(", ")
+            ),
+            COPY,
+        );
+    }
 }
 
 fn config_source(i: &Inputs<'_>) -> Finding {

@@ -165,6 +165,8 @@ async fn forward(
     let timeout = limits.response_timeout;
     prepare(&s, &x, &mut req, upgrade, trailers);
 
+    // Known to the audit layer even if the client goes away before the node answers.
+    x.node.set(pool.name.clone());
     let sent = std::time::Instant::now();
     let (resp, mut lease) = match pool.send(req, timeout, &s.pool).await {
         Ok(r) => r,

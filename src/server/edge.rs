@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use http::header::HOST;
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::audit::{AuditBody, Record};
@@ -33,16 +34,32 @@ use super::io::{self, ConnState, EdgeIo, InFlight};
 /// The connection settings, fixed at start (`[limits]` and `tls.handshake_timeout` need a
 /// restart).
 pub(super) struct EdgeConfig {
-    http: auto::Builder<TokioExecutor>,
+    http: auto::Builder<Tracked>,
     handshake_timeout: Duration,
     keepalive: Duration,
     limits: io::Limits,
 }
 
-impl From<&Loaded> for EdgeConfig {
-    fn from(loaded: &Loaded) -> Self {
+/// Spawns what hyper runs beside a connection (each HTTP/2 stream's request) on the gateway's
+/// connection tracker, so the shutdown drain waits for those requests as it waits for
+/// connections, and knows when a cut one has dropped (and written its audit line).
+#[derive(Clone)]
+pub(super) struct Tracked(pub(super) TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+impl EdgeConfig {
+    pub(super) fn new(loaded: &Loaded, connections: TaskTracker) -> Self {
         let l = &loaded.config.limits;
-        let mut b = auto::Builder::new(TokioExecutor::new());
+        let mut b = auto::Builder::new(Tracked(connections));
         b.http1()
             .timer(TokioTimer::new())
             // The request-head timer is `io::EdgeIo`'s: hyper's also runs while a kept-alive
@@ -203,6 +220,9 @@ impl Edge {
         });
         let keepalive = self.config.keepalive;
         let shutdown = self.generations.shared().shutdown.clone();
+        // The drain deadline: what still runs is cut (its audit lines written as the requests
+        // drop, before the trail is flushed).
+        let deadline = self.generations.shared().background.hard_stop.clone();
         let conn_fut = self.config.http.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn_fut);
         let idle = tokio::time::sleep(keepalive);
@@ -211,6 +231,10 @@ impl Edge {
         let result = loop {
             tokio::select! {
                 r = conn_fut.as_mut() => break r,
+                _ = deadline.cancelled() => {
+                    conn.mark_cut();
+                    break Ok(());
+                }
                 _ = shutdown.cancelled(), if !closing => {
                     conn_fut.as_mut().graceful_shutdown();
                     closing = true;
@@ -296,6 +320,7 @@ impl Edge {
             } else {
                 None
             },
+            node: Default::default(),
         });
         let limits = generation.edge.routes.resolve(req.uri().path());
         let mut stack = generation.stack.clone();

@@ -4,12 +4,15 @@
 //! Connections that never finish their TLS handshake (idle sockets, a slow-handshake attack) must
 //! not keep new clients out: each has `tls.handshake_timeout`, and when the limit is reached and a
 //! new client is waiting, the oldest connection still in its handshake is closed to make room
-//! (counted as `evicted`). With every slot held by an established connection, new clients wait in
-//! the kernel backlog until one closes.
+//! (counted as `evicted`). Only a handshake that has lasted [`EVICTABLE_AFTER`] can be closed so:
+//! a client that was itself waiting in the backlog and has just been given a slot is not closed
+//! for the next one in the queue (which would serve only the last of a queue, and under steady
+//! overload nobody). With every slot held by an established connection, new clients wait in the
+//! kernel backlog until one closes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -17,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::edge::Edge;
+
+/// How long a connection must have been in its TLS handshake before a new client may close it to
+/// take its slot: several round trips of a slow mobile network, and far less than an idle socket
+/// holds a slot until `tls.handshake_timeout` (10 s by default).
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
 pub(super) struct Listener {
     pub(super) listener: TcpListener,
@@ -57,14 +65,23 @@ impl Listener {
                 _ = self.shutdown.cancelled() => return,
             };
             if permit.is_none() {
-                permit = match permits.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        handshaking.evict_oldest();
-                        tokio::select! {
-                            p = permits.clone().acquire_owned() => match p { Ok(p) => Some(p), Err(_) => return },
-                            _ = self.shutdown.cancelled() => return,
-                        }
+                // The client is held here until a slot is free: one freed by a connection that
+                // ends, or by closing a handshake that has lasted long enough.
+                permit = loop {
+                    if let Ok(p) = permits.clone().try_acquire_owned() {
+                        break Some(p);
+                    }
+                    let recheck = match handshaking.evict_oldest(EVICTABLE_AFTER) {
+                        Eviction::NotYet(left) => Some(left),
+                        Eviction::Done | Eviction::Nobody => None,
+                    };
+                    tokio::select! {
+                        p = permits.clone().acquire_owned() => match p {
+                            Ok(p) => break Some(p),
+                            Err(_) => return,
+                        },
+                        _ = tokio::time::sleep(recheck.unwrap_or_default()), if recheck.is_some() => {}
+                        _ = self.shutdown.cancelled() => return,
                     }
                 };
             }
@@ -114,7 +131,18 @@ struct Handshaking {
 #[derive(Default)]
 struct HandshakingInner {
     next: u64,
-    waiting: BTreeMap<u64, oneshot::Sender<()>>,
+    /// When each entered its handshake, and how to close it.
+    waiting: BTreeMap<u64, (Instant, oneshot::Sender<()>)>,
+}
+
+/// What [`Handshaking::evict_oldest`] did.
+enum Eviction {
+    /// The oldest was closed; its slot frees as it ends.
+    Done,
+    /// The oldest is too young to close: ask again after this long.
+    NotYet(Duration),
+    /// No connection is in its handshake.
+    Nobody,
 }
 
 impl Handshaking {
@@ -124,7 +152,7 @@ impl Handshaking {
             Ok(mut g) => {
                 let id = g.next;
                 g.next += 1;
-                g.waiting.insert(id, tx);
+                g.waiting.insert(id, (Instant::now(), tx));
                 id
             }
             // A panic while holding the lock: no eviction for this one, nothing else lost.
@@ -138,16 +166,21 @@ impl Handshaking {
         }
     }
 
-    /// Closes the oldest connection still in its handshake, if any.
-    fn evict_oldest(&self) {
-        let oldest = self
-            .inner
-            .lock()
-            .ok()
-            .and_then(|mut g| g.waiting.pop_first());
-        if let Some((_, tx)) = oldest {
-            let _ = tx.send(());
+    /// Closes the oldest connection still in its handshake, if it has been there `min_age`.
+    fn evict_oldest(&self, min_age: Duration) -> Eviction {
+        let Ok(mut g) = self.inner.lock() else {
+            return Eviction::Nobody;
+        };
+        let Some(entry) = g.waiting.first_entry() else {
+            return Eviction::Nobody;
+        };
+        let age = entry.get().0.elapsed();
+        if age < min_age {
+            return Eviction::NotYet(min_age - age);
         }
+        let (_, tx) = entry.remove();
+        let _ = tx.send(());
+        Eviction::Done
     }
 
     fn is_empty(&self) -> bool {

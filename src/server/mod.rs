@@ -105,6 +105,8 @@ impl std::error::Error for StartError {}
 pub struct Gateway {
     pub generations: Arc<Generations>,
     edge: Arc<edge::Edge>,
+    /// Client connections and the HTTP/2 streams they run: what a drain waits for.
+    connections: TaskTracker,
     audit_guard: Mutex<Option<AuditGuard>>,
 }
 
@@ -122,7 +124,7 @@ impl Gateway {
             && tls::ensure_dev_cert(&c.tls.cert, &c.tls.key).map_err(StartError::DevCertificate)?
         {
             tracing::warn!(
-                cert = %c.tls.cert.display(),
+                cert = %crate::config::absolute(&c.tls.cert).display(),
                 "generated a self-signed DEVELOPMENT certificate for localhost; browsers will warn and production mode refuses it. Install a real certificate (certs/README.md)"
             );
         }
@@ -187,13 +189,15 @@ impl Gateway {
         let shared = Arc::new(Shared {
             cluster,
             audit: audit_sink,
+            users: Arc::new(audit::UserResolver::from_config(&loaded)),
             background: Background::default(),
             counters: Arc::new(Counters::default()),
             cert,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
         });
-        let edge_settings = edge::EdgeConfig::from(&loaded);
+        let connections = TaskTracker::new();
+        let edge_settings = edge::EdgeConfig::new(&loaded, connections.clone());
         let first = Generation::build(1, loaded, Arc::new(pair.info), &shared);
         let generations = Arc::new(Generations::new(first, shared));
         let edge = Arc::new(edge::Edge::new(
@@ -204,6 +208,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             generations,
             edge,
+            connections,
             audit_guard: Mutex::new(audit_guard),
         }))
     }
@@ -264,7 +269,7 @@ impl Gateway {
             generation = first.number,
             "bpgate listening"
         );
-        let connections = TaskTracker::new();
+        let connections = self.connections.clone();
         let watcher = tokio::spawn(certs::CertWatcher::new(g.clone()).run());
         let https = tokio::spawn(
             listener::Listener {
@@ -307,10 +312,16 @@ impl Gateway {
         if drained.is_err() {
             tracing::warn!(
                 ?drain,
-                "drain timeout reached; closing the remaining connections and tunnels"
+                "drain timeout reached; cutting the remaining connections and tunnels"
             );
+            // Connections and tunnels end on this signal; their requests' audit lines are
+            // written as they drop, so wait for them before the trail is flushed.
             background.hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), background.tasks.wait()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                connections.wait().await;
+                background.tasks.wait().await;
+            })
+            .await;
         }
         admin.abort();
         checks.abort();

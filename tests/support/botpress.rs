@@ -130,8 +130,7 @@ impl Builder {
     }
 
     pub async fn start(self) -> Botpress {
-        self.start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
-            .await
+        self.start_on(super::Port::reserve().listen()).await
     }
 
     pub async fn start_on(self, listener: TcpListener) -> Botpress {

@@ -6,6 +6,7 @@
 //! every path, for tests about what a node receives), and [`botpress::Botpress`], which behaves
 //! like Botpress v12 where bpgate can tell (probes, loading state, 404s, keep-alive close).
 
+pub mod binary;
 pub mod botpress;
 
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+mod bin;
+pub use bin::BinGate;
 
 pub type BoxBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -113,12 +117,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(name: &str, handler: Handler) -> Node {
-        Node::start_on(
-            name,
-            TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            handler,
-        )
-        .await
+        Node::start_on(name, Port::reserve().listen(), handler).await
     }
 
     pub async fn start_on(name: &str, listener: TcpListener, handler: Handler) -> Node {
@@ -210,13 +209,20 @@ impl Node {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting and drops every open connection.
-    pub async fn kill(mut self) -> SocketAddr {
+    /// Stops accepting and drops every open connection. The address stays held for the test
+    /// (connections to it are refused): [`Port::listen`] brings a node back on it.
+    pub async fn kill(mut self) -> Port {
+        // Held before the listener closes, so no other socket can take the port in between
+        // (needs the listener's SO_REUSEPORT, which [`Port::listen`] listeners have).
+        let held = Port::reserve_at(self.addr).ok();
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         let _ = (&mut self.task).await;
-        self.addr
+        match held {
+            Some(p) => p,
+            None => Port::reserve_at_retrying(self.addr).await,
+        }
     }
 }
 
@@ -547,7 +553,7 @@ pub fn read_audit_dir(dir: &std::path::Path) -> Vec<serde_json::Value> {
     out
 }
 
-async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
+pub async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -574,7 +580,7 @@ impl Drop for Gate {
 
 // === clients ===
 
-fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+pub fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -606,6 +612,14 @@ pub async fn tls_connect_from(
         }
         None => TcpStream::connect(gate.https).await.unwrap(),
     };
+    tls_connector(&gate.pki.ca_pem, alpn)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// TLS to bpgate over a TCP connection the test set up itself (socket options, local address).
+pub async fn tls_over(gate: &Gate, alpn: &[&[u8]], tcp: TcpStream) -> TlsStream<TcpStream> {
     tls_connector(&gate.pki.ca_pem, alpn)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -768,13 +782,121 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
 }
 
-/// A loopback address where nothing listens (bound, then released).
-pub async fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A loopback address where nothing listens: connections to it are refused for as long as the
+/// returned [`Port`] lives (bound, never released to another socket).
+pub async fn dead_addr() -> Port {
+    Port::reserve()
+}
+
+/// A loopback port held for a test: a socket bound to it (with `SO_REUSEPORT`) but not
+/// listening. Connections to it are refused, and no other socket (another test's `bind(0)`, an
+/// outgoing connection's ephemeral port, another process) can take the port while it is held,
+/// unlike a port that was bound and released. [`Port::listen`] turns it into a listener on the
+/// same address without letting go of it.
+pub struct Port {
+    addr: SocketAddr,
+    socket: tokio::net::TcpSocket,
+}
+
+impl Port {
+    /// A fresh loopback port.
+    pub fn reserve() -> Port {
+        Port::reserve_at(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a loopback port")
+    }
+
+    /// Holds `addr`; it fails while a socket without `SO_REUSEPORT` is bound there.
+    pub fn reserve_at(addr: SocketAddr) -> std::io::Result<Port> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        Ok(Port {
+            addr: socket.local_addr()?,
+            socket,
+        })
+    }
+
+    /// [`Port::reserve_at`], retried for up to 10 s while the address is busy (a listener
+    /// without `SO_REUSEPORT` that is closing).
+    pub async fn reserve_at_retrying(addr: SocketAddr) -> Port {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Port::reserve_at(addr) {
+                Ok(p) => return p,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("cannot hold {addr} again: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Listens on the held address.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(1024).expect("listen on a held port")
+    }
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// One TCP socket on this host as `/proc/net/tcp` shows it (Linux).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpEntry {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub listening: bool,
+    /// Bytes written and not yet acknowledged (a listener: its backlog limit).
+    pub tx_queue: u64,
+    /// Bytes received and not yet read (a listener: connections waiting to be accepted).
+    pub rx_queue: u64,
+}
+
+/// The IPv4 TCP sockets of this host (network namespace), from `/proc/net/tcp`.
+pub fn tcp_sockets() -> Vec<TcpEntry> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    let addr = |s: &str| -> SocketAddr {
+        let (ip, port) = s.split_once(':').unwrap();
+        // The address as the kernel holds it (network order), printed as a native u32.
+        let ip = std::net::Ipv4Addr::from(u32::from_str_radix(ip, 16).unwrap().to_ne_bytes());
+        SocketAddr::from((ip, u16::from_str_radix(port, 16).unwrap()))
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            Some(TcpEntry {
+                local: addr(f.get(1)?),
+                remote: addr(f.get(2)?),
+                listening: *f.get(3)? == "0A",
+                tx_queue: u64::from_str_radix(tx, 16).ok()?,
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Connections waiting in the kernel's accept queue of the listener on `addr`.
+pub fn accept_queue(addr: SocketAddr) -> u64 {
+    tcp_sockets()
+        .iter()
+        .find(|s| s.listening && s.local == addr)
+        .map(|s| s.rx_queue)
+        .unwrap_or_else(|| panic!("no listener on {addr}"))
+}
+
+/// Bytes the kernel holds in the queues of every connected socket with an end on one of `ends`
+/// (both sockets of a loopback connection are seen).
+pub fn kernel_queued(ends: &[SocketAddr]) -> u64 {
+    tcp_sockets()
+        .iter()
+        .filter(|s| !s.listening && (ends.contains(&s.local) || ends.contains(&s.remote)))
+        .map(|s| s.tx_queue + s.rx_queue)
+        .sum()
 }
 
 /// One-time process-wide setup (rustls provider).

@@ -85,6 +85,27 @@ pub fn run(args: &AuditArgs, trail: Option<Trail<'_>>) -> ExitCode {
     }
 }
 
+/// `bpgate audit tail -f --format pretty -n 0 DIR` until `stop` is set: every line written to
+/// the trail in `dir` from now on, for people, then the last ones once `stop` is set (`bpgate
+/// demo` follows its gateway's trail with it).
+pub fn follow_pretty(dir: &Path, stop: &std::sync::atomic::AtomicBool) -> ExitCode {
+    let args = TailArgs {
+        follow: true,
+        lines: Some(tail::Lines::Last(0)),
+        format: Format::Pretty,
+        color: tail::Color::Auto,
+        filter: FilterArgs::default(),
+        files: vec![dir.to_path_buf()],
+    };
+    match tail::run_until(&args, None, Some(stop)) {
+        Ok(code) => code,
+        Err(Failure::Usage(m) | Failure::Unreadable(m)) => {
+            eprintln!("bpgate audit: {m}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Why a command stopped before its end.
 pub(crate) enum Failure {
     /// Exit 2.

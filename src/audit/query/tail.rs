@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::entry::Parsed;
@@ -114,6 +115,16 @@ impl Out {
 }
 
 pub(super) fn run(a: &TailArgs, trail: Option<&Trail<'_>>) -> Result<ExitCode, Failure> {
+    run_until(a, trail, None)
+}
+
+/// [`run`], where `-f` ends once `stop` is set, after one last look at the files (`bpgate demo`
+/// sets it after the gateway flushed its trail, so the last lines are printed).
+pub(super) fn run_until(
+    a: &TailArgs,
+    trail: Option<&Trail<'_>>,
+    stop: Option<&AtomicBool>,
+) -> Result<ExitCode, Failure> {
     let filter = Filter::new(&a.filter).map_err(Failure::Usage)?;
     if a.follow && filter.until.is_some() {
         return Err(Failure::Usage(
@@ -181,7 +192,7 @@ pub(super) fn run(a: &TailArgs, trail: Option<&Trail<'_>>) -> Result<ExitCode, F
     out.flush();
 
     if a.follow && !stdin_in && !out.closed && out.error.is_none() {
-        follow(&mut followers, &filter, &mut tally, &mut out);
+        follow(&mut followers, &filter, &mut tally, &mut out, stop);
     }
     if let Some(e) = out.error {
         eprintln!("bpgate audit: cannot write to stdout: {e}");
@@ -343,9 +354,16 @@ fn back(
     })
 }
 
-/// Follows until interrupted (or stdout closes).
-fn follow(followers: &mut [Follower], filter: &Filter, tally: &mut Tally, out: &mut Out) {
+/// Follows until interrupted, stdout closes, or `stop` is set.
+fn follow(
+    followers: &mut [Follower],
+    filter: &Filter,
+    tally: &mut Tally,
+    out: &mut Out,
+    stop: Option<&AtomicBool>,
+) {
     loop {
+        let last = stop.is_some_and(|s| s.load(Ordering::Acquire));
         for fo in followers.iter_mut() {
             let src = Src::Path(fo.path.clone());
             let r = fo.poll(
@@ -361,7 +379,7 @@ fn follow(followers: &mut [Follower], filter: &Filter, tally: &mut Tally, out: &
                 Err(e) => eprintln!("bpgate audit: reading {}: {e}; retrying", fo.path.display()),
             }
         }
-        if !out.flush() {
+        if !out.flush() || last {
             return;
         }
         std::thread::sleep(POLL);
