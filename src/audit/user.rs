@@ -603,8 +603,8 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
                     (p.user, rank) = (user, i);
                 }
             }
+            // Only a verified token's reading (`times`) gets here.
             match &*k {
-                _ if !self.times => {}
                 "exp" => p.exp = NumericDate::of(&v),
                 "nbf" => p.nbf = NumericDate::of(&v),
                 "aud" => p.aud = Some(v),
@@ -925,13 +925,11 @@ fn jwt_cookie(headers: &HeaderMap) -> Option<Cow<'_, str>> {
             if val.is_empty() {
                 return None;
             }
-            if !val.contains('%') {
-                return Some(Cow::Borrowed(val));
-            }
+            // Borrowed unless something was decoded; kept as sent when it is not UTF-8
+            // (cookie-parser's `decodeURIComponent` throws, and it keeps the raw value).
             return Some(
                 percent_encoding::percent_decode_str(val)
                     .decode_utf8()
-                    .map(|d| Cow::Owned(d.into_owned()))
                     .unwrap_or(Cow::Borrowed(val)),
             );
         }
