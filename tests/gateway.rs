@@ -1028,3 +1028,43 @@ async fn security_headers_on_every_answer_and_framing_left_to_csp() {
     );
     gate.stop().await;
 }
+
+/// A node's response head is read into a buffer capped at 32 KiB (bpgate reads large answers in
+/// chunks of that size, instead of growing a buffer per connection to the answer's size): a head
+/// within it passes whole, a larger one is the node's error (502), audited as such.
+#[tokio::test]
+async fn a_node_response_head_up_to_32_kib_passes_and_a_larger_one_is_a_502() {
+    let big: Handler = Arc::new(|req: Request<Incoming>, _cx: NodeCtx| {
+        Box::pin(async move {
+            let n: usize = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let mut r = Response::new(full(Bytes::from_static(b"ok")));
+            if n > 0 {
+                r.headers_mut()
+                    .insert("x-big", "a".repeat(n).parse().unwrap());
+            }
+            r
+        })
+    });
+    let node = Node::start("n", big).await;
+    let gate = gate_with(&node, "[health]\nenabled = false").await;
+    let mut c = Client::h1(&gate).await;
+    let a = c.get("/api/v1/big?n=30000").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-big"].len(), 30000);
+    assert_eq!(&a.body[..], b"ok");
+    let a = c.get("/api/v1/big?n=40000").await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    let lines = gate.audit_lines();
+    assert!(
+        lines.iter().any(|l| l["path"] == "/api/v1/big"
+            && l["status"] == 502
+            && l["outcome"] == "upstream_error"),
+        "{lines:?}"
+    );
+    gate.stop().await;
+}

@@ -24,6 +24,10 @@ use tokio::net::TcpStream;
 
 use crate::exchange::{ConnectionHome, Lease, Req, ReqBody};
 
+/// The largest read from a node (hyper's `max_buf_size`; also the largest response head a node
+/// may send, four times NGINX's default `proxy_buffer_size`).
+const UPSTREAM_READ_MAX: usize = 32 << 10;
+
 /// Why a request could not be exchanged with a node.
 #[derive(Debug)]
 pub enum SendError {
@@ -232,6 +236,11 @@ impl Pool {
         self.connects.fetch_add(1, Ordering::Relaxed);
         let (tx, conn) = http1::Builder::new()
             .preserve_header_case(false)
+            // hyper's read buffer grows while reads fill it, up to 408 KiB: with 64 KiB answers
+            // every busy upstream connection kept a 128 KiB buffer, and every client connection
+            // a write buffer as large as the biggest chunk it was handed. Capped, a large answer
+            // flows in 32 KiB chunks (two TLS records each).
+            .max_buf_size(UPSTREAM_READ_MAX)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Http)?;
