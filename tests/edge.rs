@@ -1110,7 +1110,10 @@ async fn alpn_decides_the_protocol_and_nothing_is_sniffed_behind_it() {
     // A frame header comes first: 3 bytes of length, then the type, SETTINGS (4).
     assert_eq!(out.get(3), Some(&4), "an HTTP/2 SETTINGS frame first");
     // And both serve their own protocol, on the node.
-    for (h2, version) in [(false, http::Version::HTTP_11), (true, http::Version::HTTP_2)] {
+    for (h2, version) in [
+        (false, http::Version::HTTP_11),
+        (true, http::Version::HTTP_2),
+    ] {
         let mut c = if h2 {
             Client::h2(&gate).await
         } else {
@@ -1157,5 +1160,26 @@ async fn client_without_alpn_gets_http1_or_http2_with_prior_knowledge() {
         assert_eq!(resp.version(), http::Version::HTTP_2);
     }
     assert_eq!(node.requests.load(std::sync::atomic::Ordering::Relaxed), 4);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn h2_connection_that_never_sends_its_preface_is_closed_when_idle() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[limits]\nkeepalive_timeout = \"1s\"").await;
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut tls = tls_connect(&gate, &[alpn]).await;
+        // hyper's HTTP/2 server closes on request only once the handshake is done: bpgate does
+        // not wait for a preface that never comes.
+        let took = closed_within(&mut tls, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| {
+                panic!("{alpn:?}: silent connection open 10 s after a 1 s keep-alive timeout")
+            });
+        assert!(
+            took >= Duration::from_millis(500),
+            "{alpn:?}: closed after {took:?}"
+        );
+    }
     gate.stop().await;
 }

@@ -335,7 +335,10 @@ mod tests {
         assert_eq!(cached.host.as_ref().unwrap(), "example.com");
         let at = cached.host.as_ref().unwrap().as_bytes().as_ptr() as usize;
         let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-        assert!(!range.contains(&at), "the cached Host points into the read buffer");
+        assert!(
+            !range.contains(&at),
+            "the cached Host points into the read buffer"
+        );
         // The buffer is only held by this test now: hyper could reuse or free it.
         assert!(buffer.is_unique());
     }

@@ -340,6 +340,12 @@ impl Edge {
                     break Ok(());
                 }
                 _ = shutdown.cancelled(), if !closing => {
+                    // Nothing to finish on a connection that never started a request; an HTTP/2
+                    // one still in its handshake (no preface yet) would only close once the
+                    // client sent it (hyper's `close_pending`).
+                    if !state.has_started() {
+                        break Ok(());
+                    }
                     graceful_shutdown(conn_fut.as_mut());
                     closing = true;
                 }
@@ -351,6 +357,7 @@ impl Edge {
                         state.idle_for(keepalive)
                     };
                     match left {
+                        None if !state.has_started() => break Ok(()),
                         None => {
                             graceful_shutdown(conn_fut.as_mut());
                             closing = true;

@@ -79,6 +79,11 @@ impl ConnState {
         (InFlight(self.clone()), ambiguous)
     }
 
+    /// Whether any request has started on the connection.
+    pub(super) fn has_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed) > 0
+    }
+
     pub(super) fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
