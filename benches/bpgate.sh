@@ -14,8 +14,15 @@ BENCH_DIR=${BENCH_DIR:-../shared/bench}
 # A fixed 32-character test secret: replicas would share it; here it makes --pin-cookie possible.
 STICKY_SECRET=bench-sticky-secret-0123456789ab
 
-# Builds the release binary once and sets BIN to it. CARGO_TARGET_DIR is honoured.
+# Builds the release binary once and sets BIN to it. CARGO_TARGET_DIR is honoured. With
+# BPGATE_BIN set, that binary is measured as it is (no build: a build kept aside while the tree
+# moves on).
 build_bpgate() {
+  if [[ -n ${BPGATE_BIN:-} ]]; then
+    [[ -x $BPGATE_BIN ]] || { echo "bench: BPGATE_BIN=$BPGATE_BIN is not an executable" >&2; exit 1; }
+    BIN=$(realpath "$BPGATE_BIN")
+    return
+  fi
   cargo build --release --bin bpgate >&2
   local target_dir=${CARGO_TARGET_DIR:-target}
   [[ $target_dir = /* ]] || target_dir=$PWD/$target_dir

@@ -14,8 +14,10 @@
 //! `302` too.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::header::{HeaderName, CONTENT_LOCATION, LOCATION, REFRESH, SET_COOKIE};
 use http::uri::PathAndQuery;
@@ -24,7 +26,7 @@ use percent_encoding::percent_decode;
 use tower::{Layer, Service};
 
 use crate::config::BasePathMode;
-use crate::exchange::{self, empty_response, note_mut, ready, BoxFut, Outcome, Refusal, Req, Resp};
+use crate::exchange::{self, empty_response, note_mut, Outcome, Refusal, Req, Resp};
 
 #[derive(Debug)]
 pub struct BasePathPolicy {
@@ -37,7 +39,7 @@ pub struct BasePathPolicy {
 
 /// The policy with everything a request needs precomputed.
 #[derive(Debug)]
-struct Compiled {
+pub struct Compiled {
     base: String,
     strip: bool,
     /// Lower-case node authorities; `host` is added for `host:80` since a node on port 80 may
@@ -364,19 +366,13 @@ pub struct BasePath<S> {
 
 impl<S> BasePath<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = BoxFut>,
+    S: Service<Req, Response = Resp, Error = Infallible>,
 {
-    fn forward(&mut self, req: Req) -> BoxFut {
-        let fut = self.inner.call(req);
-        if !self.policy.rewrites() {
-            return fut;
+    fn forward(&mut self, req: Req) -> BasePathFuture<S::Future> {
+        BasePathFuture::Inner {
+            fut: self.inner.call(req),
+            rewrite: self.policy.rewrites().then(|| self.policy.clone()),
         }
-        let p = self.policy.clone();
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            p.rewrite_response(&mut resp);
-            Ok(resp)
-        })
     }
 
     fn redirect(&self, req: &Req) -> Resp {
@@ -396,27 +392,29 @@ where
 
 impl<S> Service<Req> for BasePath<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = BoxFut>,
+    S: Service<Req, Response = Resp, Error = Infallible>,
+    S::Future: Unpin,
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = BoxFut;
+    type Future = BasePathFuture<S::Future>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
-    fn call(&mut self, mut req: Req) -> BoxFut {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         if self.policy.base.is_empty() {
             return self.forward(req);
         }
-        let id = exchange::exchange(&req).map(|x| x.id.clone());
+        let answer = BasePathFuture::answer;
+        let id = || exchange::exchange(&req).map(|x| x.id.clone());
         let safe = matches!(*req.method(), Method::GET | Method::HEAD);
         let (exact, resolved) = match classify(req.uri().path(), &self.policy.base) {
-            Verdict::Ambiguous => return ready(Refusal::AmbiguousPath.response(id.as_ref())),
+            Verdict::Ambiguous => return answer(Refusal::AmbiguousPath.response(id().as_ref())),
             Verdict::Outside if safe && req.uri().path() == "/" => {
-                return ready(self.redirect(&req))
+                return answer(self.redirect(&req))
             }
-            Verdict::Outside => return ready(Refusal::OutsideBasePath.response(id.as_ref())),
-            Verdict::In { exact: true, .. } if safe => return ready(self.redirect(&req)),
+            Verdict::Outside => return answer(Refusal::OutsideBasePath.response(id().as_ref())),
+            Verdict::In { exact: true, .. } if safe => return answer(self.redirect(&req)),
             Verdict::In { exact, resolved } => (exact, resolved),
         };
         if self.policy.strip || resolved.is_some() {
@@ -431,10 +429,51 @@ where
             };
             match with_path(req.uri(), path) {
                 Some(u) => *req.uri_mut() = u,
-                None => return ready(Refusal::UnusablePath.response(id.as_ref())),
+                None => return answer(Refusal::UnusablePath.response(id().as_ref())),
             }
         }
         self.forward(req)
+    }
+}
+
+/// The base-path layer's answer: its own (a redirect, a refusal), or the inner one with its
+/// URLs rewritten when it arrives (no box of its own).
+pub enum BasePathFuture<F> {
+    /// Boxed: the rare path should not make every request's future as big as a response.
+    Answer(Option<Box<Resp>>),
+    Inner {
+        fut: F,
+        /// `None` when no answer can need rewriting.
+        rewrite: Option<Arc<Compiled>>,
+    },
+}
+
+impl<F> BasePathFuture<F> {
+    fn answer(r: Resp) -> Self {
+        BasePathFuture::Answer(Some(Box::new(r)))
+    }
+}
+
+impl<F> Future for BasePathFuture<F>
+where
+    F: Future<Output = Result<Resp, Infallible>> + Unpin,
+{
+    type Output = Result<Resp, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            BasePathFuture::Answer(r) => match r.take() {
+                Some(r) => Poll::Ready(Ok(*r)),
+                None => Poll::Pending,
+            },
+            BasePathFuture::Inner { fut, rewrite } => {
+                let Ok(mut resp) = ready!(Pin::new(fut).poll(cx));
+                if let Some(p) = rewrite.take() {
+                    p.rewrite_response(&mut resp);
+                }
+                Poll::Ready(Ok(resp))
+            }
+        }
     }
 }
 

@@ -20,8 +20,10 @@
 //! operator can see in the config.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
@@ -33,7 +35,7 @@ use http::{HeaderMap, Method, StatusCode};
 use tower::{Layer, Service};
 
 use crate::config::{AllowHeaders, OriginSpec};
-use crate::exchange::{self, empty_response, ready, BoxFut, Refusal, Req, Resp};
+use crate::exchange::{self, empty_response, Refusal, Req, Resp};
 
 /// Request headers Botpress's own UIs send cross-origin; always allowed with a pinned
 /// `cors.allow_headers` list, because the admin UI and webchat break without them
@@ -362,50 +364,86 @@ pub struct Cors<S> {
 
 impl<S> Service<Req> for Cors<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = BoxFut>,
+    S: Service<Req, Response = Resp, Error = Infallible>,
+    S::Future: Unpin,
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = BoxFut;
+    type Future = CorsFuture<S::Future>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
-    fn call(&mut self, req: Req) -> BoxFut {
+    fn call(&mut self, req: Req) -> Self::Future {
         let p = &self.policy;
         if !p.enabled {
-            return self.inner.call(req);
+            return CorsFuture::Inner {
+                fut: self.inner.call(req),
+                apply: None,
+            };
         }
-        let origin = req.headers().get(ORIGIN).cloned();
-        let id = exchange::exchange(&req).map(|x| x.id.clone());
-        if let Some(o) = &origin {
+        let id = || exchange::exchange(&req).map(|x| x.id.clone());
+        let origin = req.headers().get(ORIGIN);
+        if let Some(o) = origin {
             if req.method() == Method::OPTIONS
                 && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
             {
-                return ready(p.preflight(&req, o, id.as_ref()));
+                return CorsFuture::Answer(Some(Box::new(p.preflight(&req, o, id().as_ref()))));
             }
         }
-        let allowed = match &origin {
+        let allowed = match origin {
             None => None,
             Some(o) => {
                 let text = o.to_str().ok();
                 if text.is_some_and(|t| p.origin_allowed(t)) {
                     Some(o.clone())
                 } else if p.reject_disallowed && !text.is_some_and(|t| same_origin(&req, t)) {
-                    let mut r = Refusal::OriginNotAllowed.response(id.as_ref());
+                    let mut r = Refusal::OriginNotAllowed.response(id().as_ref());
                     add_vary_origin(r.headers_mut());
-                    return ready(r);
+                    return CorsFuture::Answer(Some(Box::new(r)));
                 } else {
                     None
                 }
             }
         };
-        let policy = p.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            policy.apply(allowed.as_ref(), &mut resp);
-            Ok(resp)
-        })
+        CorsFuture::Inner {
+            apply: Some((p.clone(), allowed)),
+            fut: self.inner.call(req),
+        }
+    }
+}
+
+/// The CORS layer's answer: its own (a preflight, a refusal), or the inner one with bpgate's CORS
+/// headers put in when it arrives (no box of its own).
+pub enum CorsFuture<F> {
+    /// Boxed: the rare path should not make every request's future as big as a response.
+    Answer(Option<Box<Resp>>),
+    Inner {
+        fut: F,
+        /// The policy and the origin to echo; `None` with CORS off.
+        apply: Option<(Arc<CorsPolicy>, Option<HeaderValue>)>,
+    },
+}
+
+impl<F> Future for CorsFuture<F>
+where
+    F: Future<Output = Result<Resp, Infallible>> + Unpin,
+{
+    type Output = Result<Resp, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            CorsFuture::Answer(r) => match r.take() {
+                Some(r) => Poll::Ready(Ok(*r)),
+                None => Poll::Pending,
+            },
+            CorsFuture::Inner { fut, apply } => {
+                let Ok(mut resp) = ready!(Pin::new(fut).poll(cx));
+                if let Some((policy, allowed)) = apply.take() {
+                    policy.apply(allowed.as_ref(), &mut resp);
+                }
+                Poll::Ready(Ok(resp))
+            }
+        }
     }
 }
 

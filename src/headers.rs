@@ -8,8 +8,10 @@
 //! on those paths is removed.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::header::{
     HeaderName, HeaderValue, CONTENT_SECURITY_POLICY, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY,
@@ -17,7 +19,7 @@ use http::header::{
 };
 use tower::{Layer, Service};
 
-use crate::exchange::{BoxFut, Req, Resp};
+use crate::exchange::{Req, Resp};
 
 static X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
 
@@ -119,24 +121,43 @@ pub struct SecurityHeadersService<S> {
 
 impl<S> Service<Req> for SecurityHeadersService<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = BoxFut>,
+    S: Service<Req, Response = Resp, Error = Infallible>,
+    S::Future: Unpin,
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = BoxFut;
+    type Future = SecurityHeadersFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> BoxFut {
-        let h = self.h.clone();
-        let webchat = h.is_webchat(req.uri().path());
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
-            h.apply(webchat, &mut resp);
-            Ok(resp)
-        })
+    fn call(&mut self, req: Req) -> Self::Future {
+        let webchat = self.h.is_webchat(req.uri().path());
+        SecurityHeadersFuture {
+            inner: self.inner.call(req),
+            h: self.h.clone(),
+            webchat,
+        }
+    }
+}
+
+/// The inner answer, with the headers set when it arrives (no box of its own).
+pub struct SecurityHeadersFuture<F> {
+    inner: F,
+    h: Arc<SecurityHeaders>,
+    webchat: bool,
+}
+
+impl<F> Future for SecurityHeadersFuture<F>
+where
+    F: Future<Output = Result<Resp, Infallible>> + Unpin,
+{
+    type Output = Result<Resp, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Ok(mut resp) = ready!(Pin::new(&mut self.inner).poll(cx));
+        self.h.apply(self.webchat, &mut resp);
+        Poll::Ready(Ok(resp))
     }
 }

@@ -517,22 +517,15 @@ async fn status_page_in_chromium_shows_a_node_going_down() {
 
 #[test]
 fn missing_chromium_fails_under_ci_and_skips_visibly_otherwise() {
-    let exe = std::env::current_exe().unwrap();
     let run = |ci: Option<&str>| {
-        let mut c = std::process::Command::new(&exe);
-        c.args([
+        support::run_test_child(
             "admin::chromium_probe_child",
-            "--exact",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env("BPGATE_TEST_CHROMIUM", "/nonexistent/chromium")
-        .env("BPGATE_CHROMIUM_PROBE_CHILD", "1");
-        match ci {
-            Some(v) => c.env("CI", v),
-            None => c.env_remove("CI"),
-        };
-        c.output().unwrap()
+            &[
+                ("BPGATE_TEST_CHROMIUM", Some("/nonexistent/chromium")),
+                ("BPGATE_CHROMIUM_PROBE_CHILD", Some("1")),
+            ],
+            ci,
+        )
     };
     let out = run(Some("true"));
     assert!(

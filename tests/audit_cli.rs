@@ -11,7 +11,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use serde_json::Value;
 use support::*;
@@ -141,26 +140,7 @@ async fn real_trail() -> (Gate, String) {
         .await;
     assert_eq!(forged.status, StatusCode::OK);
     assert_eq!(c.get("/outside").await.status, StatusCode::NOT_FOUND);
-    let tls = tls_connect(&gate, &[b"http/1.1"]).await;
-    let url = format!(
-        "wss://localhost:{}/bp/socket.io/?EIO=4&transport=websocket",
-        gate.https.port()
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
-    ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
-        .await
-        .unwrap();
-    ws.next().await.unwrap().unwrap();
-    ws.close(None).await.unwrap();
-    while ws.next().await.is_some() {}
-    drop(ws);
-    let closed = eventually(Duration::from_secs(10), || {
-        gate.audit_lines()
-            .iter()
-            .any(|l| l["event"] == "tunnel_close")
-    })
-    .await;
-    assert!(closed, "no tunnel_close line");
+    websocket_session(&gate, "/bp/socket.io/?EIO=4&transport=websocket").await;
     let mut gate = gate;
     gate.trigger_stop();
     gate.wait_stopped().await;

@@ -75,17 +75,22 @@ async fn sigterm_flushes_every_answered_requests_line() {
     assert_eq!(lines.len(), 100, "one line per request, no more");
 }
 
-/// A node that answers `/slow` with a first chunk and then holds the body open, and counts the
-/// `/slow` requests it has started.
+/// A node that answers `/slow` with a first chunk and then holds the body open, never answers
+/// `/hang` (a long poll waiting for its event), and counts the requests of either it has started.
 fn slow_node(started: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Handler {
     std::sync::Arc::new(
         move |req: http::Request<hyper::body::Incoming>, cx: NodeCtx| {
             let started = started.clone();
             Box::pin(async move {
-                if req.uri().path() != "/slow" {
+                let path = req.uri().path().to_string();
+                if path != "/slow" && path != "/hang" {
                     return echo()(req, cx).await;
                 }
                 started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if path == "/hang" {
+                    // A long poll: the head never comes.
+                    std::future::pending::<()>().await;
+                }
                 let frames = futures_util::stream::once(async {
                     Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(
                         b"first chunk\n",
@@ -135,11 +140,23 @@ async fn the_drain_deadline_cuts_running_requests_and_writes_their_lines() {
         assert_eq!(first.into_data().unwrap(), "first chunk\n");
         bodies.push((c, body));
     }
-    assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // And one long poll whose node has not answered its head yet.
+    let mut c = client(https, &trust, false).await;
+    let hang = tokio::spawn(async move {
+        c.send(support::get("/hang").body(support::full("")).unwrap())
+            .await
+            .map(|r| r.status())
+    });
+    let waiting = Instant::now();
+    while started.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(waiting.elapsed() < START, "the long poll reached the node");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let signalled = Instant::now();
     p.signal("TERM");
-    // Each download is cut: its body ends in an error, not in a clean end.
+    // Each download is cut: its body ends in an error, not in a clean end. The long poll's
+    // connection closes without an answer.
     for (_c, mut body) in bodies {
         let end = tokio::time::timeout(STOP, async {
             loop {
@@ -154,6 +171,14 @@ async fn the_drain_deadline_cuts_running_requests_and_writes_their_lines() {
         .expect("the download is cut within the drain deadline");
         assert!(end, "a cut download must not look complete");
     }
+    let polled = tokio::time::timeout(STOP, hang)
+        .await
+        .expect("the long poll ends within the drain deadline")
+        .unwrap();
+    assert!(
+        polled.is_err(),
+        "a request cut before its head has no answer to give: {polled:?}"
+    );
     let end = tokio::task::block_in_place(|| p.wait_exit(STOP));
     let took = signalled.elapsed();
     assert!(end.status.success(), "{}", end.stderr);
@@ -185,6 +210,17 @@ async fn the_drain_deadline_cuts_running_requests_and_writes_their_lines() {
         );
         assert_eq!(l["bytes_out"], 12, "{l}");
     }
+    let hung: Vec<_> = lines.iter().filter(|l| l["path"] == "/hang").collect();
+    assert_eq!(hung.len(), 1, "the cut long poll has its line: {lines:?}");
+    let l = hung[0];
+    assert_eq!(l["outcome"], "client_abort", "{l}");
+    assert!(l["status"].is_null(), "no status was sent: {l}");
+    assert!(
+        l["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("drain deadline")),
+        "the line says bpgate cut it: {l}"
+    );
 }
 
 /// A configuration file with `extra`, for the settings that have no environment variable.

@@ -1785,22 +1785,15 @@ fn service_url(var: &str, what: &str) -> Option<String> {
 #[test]
 fn missing_service_fails_under_ci_and_skips_visibly_otherwise() {
     // Run the decision in a child process so this process's environment is left alone.
-    let exe = std::env::current_exe().unwrap();
     let run = |ci: Option<&str>| {
-        let mut c = std::process::Command::new(&exe);
-        c.args([
+        crate::support::run_test_child(
             "posture::service_probe_child",
-            "--exact",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env_remove("BPGATE_TEST_NONEXISTENT_URL")
-        .env("BPGATE_SERVICE_PROBE_CHILD", "1");
-        match ci {
-            Some(v) => c.env("CI", v),
-            None => c.env_remove("CI"),
-        };
-        c.output().unwrap()
+            &[
+                ("BPGATE_TEST_NONEXISTENT_URL", None),
+                ("BPGATE_SERVICE_PROBE_CHILD", Some("1")),
+            ],
+            ci,
+        )
     };
     let out = run(Some("true"));
     assert!(

@@ -80,23 +80,19 @@ type AuditFut =
 const PREFETCH: usize = 64 << 10;
 
 /// How a request starts.
-enum Start {
-    /// At once: the inner service's future, or bpgate's own answer.
-    Now(exchange::BoxFut),
+enum Start<S: Service<Req>> {
+    /// At once: the inner service's future.
+    Inner(S::Future),
+    /// bpgate's own answer.
+    Answer(Resp),
     /// The audit queue is full: wait (without holding a thread) for room first.
-    AfterRoom(
-        AuditSink,
-        Option<HeaderValue>,
-        Box<dyn FnOnce() -> exchange::BoxFut + Send>,
-    ),
+    AfterRoom(S, Req),
 }
 
 impl<S> Service<Req> for Audit<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = exchange::BoxFut>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response<AuditBody>;
     type Error = Infallible;
@@ -107,65 +103,59 @@ where
     }
 
     fn call(&mut self, req: Req) -> AuditFut {
+        let cx = &self.cx;
         let x = exchange::exchange(&req).cloned();
         let id = x.as_ref().map(|x| x.id.clone());
-        let sink = self.cx.sink.clone();
         // From here on the exchange has a line, however it ends.
-        let mut guard = Unanswered(x.map(|x| {
-            Box::new(Pending::capture(
-                &req,
-                x,
-                &self.cx.users,
-                sink.clone(),
-                self.cx.counters.clone(),
-            ))
-        }));
+        let mut guard = Unanswered(x.map(|x| Box::new(Pending::capture(&req, x, cx))));
         let edge_refusal = guard.0.as_ref().and_then(|p| p.exchange.refusal);
-        let refusal =
-            |id: Option<&HeaderValue>| exchange::ready(Refusal::AuditUnavailable.response(id));
-        let start = match (&sink, edge_refusal) {
+        let start = match (&cx.sink, edge_refusal) {
             // The connection edge refused it (ambiguous framing, Host against :authority).
-            (_, Some(r)) => Start::Now(exchange::ready(r.response(id.as_ref()))),
+            (_, Some(r)) => Start::Answer(r.response(id.as_ref())),
             // Fail closed: while the trail cannot be written, nothing goes unaudited.
-            (Some(s), None) if s.has_room() && s.refusing() => Start::Now(refusal(id.as_ref())),
-            (Some(s), None) if !s.has_room() => {
-                let mut inner = self.inner.clone();
-                Start::AfterRoom(s.clone(), id.clone(), Box::new(move || inner.call(req)))
+            (Some(s), None) if s.has_room() && s.refusing() => {
+                Start::Answer(Refusal::AuditUnavailable.response(id.as_ref()))
             }
-            _ => Start::Now(self.inner.call(req)),
+            (Some(s), None) if !s.has_room() => Start::AfterRoom(self.inner.clone(), req),
+            _ => Start::Inner(self.inner.call(req)),
         };
+        let cx = cx.clone();
         Box::pin(async move {
-            let fut = match start {
-                Start::Now(f) => f,
-                Start::AfterRoom(s, id, call) => {
-                    std::future::poll_fn(|cx| s.poll_room(cx)).await;
-                    if s.refusing() {
-                        refusal(id.as_ref())
+            let mut resp = match start {
+                Start::Inner(f) => f.await?,
+                Start::Answer(r) => r,
+                Start::AfterRoom(mut inner, req) => {
+                    let sink = cx.sink.as_ref();
+                    if let Some(s) = sink {
+                        std::future::poll_fn(|c| s.poll_room(c)).await;
+                    }
+                    if sink.is_some_and(AuditSink::refusing) {
+                        Refusal::AuditUnavailable.response(id.as_ref())
                     } else {
-                        call()
+                        inner.call(req).await?
                     }
                 }
             };
-            let mut resp = fut.await?;
             set_request_id(&mut resp, id);
             let Some(mut p) = guard.0.take() else {
                 return Ok(resp.map(AuditBody::unrecorded));
             };
             let status = resp.status();
-            let note = resp.extensions().get::<Note>().cloned().unwrap_or_default();
+            if let Some(note) = resp.extensions_mut().remove::<Note>() {
+                p.record.upstream = note.node;
+                p.record.sticky = note.sticky;
+                p.record.outcome = note.outcome.unwrap_or(Outcome::Ok);
+                p.record.reason = note.reason;
+                p.upstream_us = note.upstream_us;
+            }
             p.record.status = status.as_u16();
-            p.record.upstream = note.node;
-            p.record.sticky = note.sticky;
-            p.record.outcome = note.outcome.unwrap_or(Outcome::Ok);
-            p.record.reason = note.reason;
-            p.upstream_us = note.upstream_us;
             p.bodiless = p.bodiless
                 || status.is_informational()
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED;
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 if let (Some(hook), Some(sink)) =
-                    (resp.extensions().get::<TunnelHook>(), sink.as_ref())
+                    (resp.extensions().get::<TunnelHook>(), cx.sink.as_ref())
                 {
                     let mut close = p.record.clone();
                     let sink = sink.clone();
@@ -185,20 +175,22 @@ where
                     });
                 }
             }
-            let write_ahead = sink.as_ref().is_some_and(|s| s.answers_wait());
+            let write_ahead = cx.sink.as_ref().is_some_and(AuditSink::answers_wait);
             let (parts, body) = resp.into_parts();
             let mut body = AuditBody::new(body, p);
             if write_ahead && !body.bodiless() {
-                std::future::poll_fn(|cx| {
-                    body.prefetch(cx);
+                std::future::poll_fn(|c| {
+                    body.prefetch(c);
                     Poll::Ready(())
                 })
                 .await;
             }
             if body.complete() {
                 // The whole answer is known: its line goes in before any of it goes out.
-                if let Some((sink, seq)) = body.finish(None) {
-                    sink.committed(seq).await;
+                if let Some((cx, seq)) = body.finish(None) {
+                    if let Some(sink) = &cx.sink {
+                        sink.committed(seq).await;
+                    }
                 }
             }
             Ok(Response::from_parts(parts, body))
@@ -229,22 +221,17 @@ impl Drop for Unanswered {
 struct Pending {
     record: Record,
     exchange: Arc<Exchange>,
-    sink: Option<AuditSink>,
-    counters: Arc<Counters>,
+    /// Where the line goes and what counts it.
+    cx: Arc<AuditContext>,
     upstream_us: Option<u64>,
     /// HEAD and 1xx/204/304 answers have no body for hyper to read.
     bodiless: bool,
 }
 
 impl Pending {
-    fn capture(
-        req: &Req,
-        x: Arc<Exchange>,
-        users: &UserResolver,
-        sink: Option<AuditSink>,
-        counters: Arc<Counters>,
-    ) -> Pending {
+    fn capture(req: &Req, x: Arc<Exchange>, cx: &Arc<AuditContext>) -> Pending {
         let h = req.headers();
+        let users = &cx.users;
         let host = h.get(HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -282,20 +269,18 @@ impl Pending {
             record,
             bodiless: req.method() == Method::HEAD,
             exchange: x,
-            sink,
-            counters,
+            cx: cx.clone(),
             upstream_us: None,
         }
     }
 
     /// Writes the line. `error`: the outcome when the exchange failed, `None` when it ended
     /// normally. Returns the line's sequence number when the answer should wait for it.
-    fn finish(self: Box<Self>, error: Option<Outcome>) -> Option<(AuditSink, u64)> {
+    fn finish(self: Box<Self>, error: Option<Outcome>) -> Option<(Arc<AuditContext>, u64)> {
         let Pending {
             mut record,
             exchange,
-            sink,
-            counters,
+            cx,
             upstream_us,
             ..
         } = *self;
@@ -321,7 +306,7 @@ impl Pending {
         // Response counters count responses: an exchange the client left before its response
         // head has none.
         if let (true, Some(method)) = (record.status != 0, &record.method) {
-            counters.requests.record(
+            cx.counters.requests.record(
                 record.status,
                 method.as_str(),
                 record.duration_us,
@@ -330,10 +315,10 @@ impl Pending {
                 record.bytes_out,
             );
         }
-        let sink = sink?;
+        let sink = cx.sink.as_ref()?;
         let wait = error.is_none() && sink.answers_wait();
         let seq = sink.write(record);
-        wait.then_some((sink, seq))
+        wait.then_some((cx, seq))
     }
 }
 
@@ -354,7 +339,7 @@ pub struct AuditBody {
 }
 
 struct Hold {
-    sink: AuditSink,
+    cx: Arc<AuditContext>,
     seq: u64,
     frame: Option<Frame<Bytes>>,
 }
@@ -432,7 +417,7 @@ impl AuditBody {
     }
 
     /// `error`: the outcome when the body failed, `None` when it ended normally.
-    fn finish(&mut self, error: Option<Outcome>) -> Option<(AuditSink, u64)> {
+    fn finish(&mut self, error: Option<Outcome>) -> Option<(Arc<AuditContext>, u64)> {
         self.pending.take()?.finish(error)
     }
 
@@ -444,9 +429,9 @@ impl AuditBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.finish(None) {
-            Some((sink, seq)) => {
+            Some((audit, seq)) => {
                 self.hold = Some(Hold {
-                    sink,
+                    cx: audit,
                     seq,
                     frame: last,
                 });
@@ -463,7 +448,11 @@ impl AuditBody {
         let Some(h) = &self.hold else {
             return Poll::Ready(None);
         };
-        if h.sink.poll_committed(h.seq, cx).is_pending() {
+        if h.cx
+            .sink
+            .as_ref()
+            .is_some_and(|s| s.poll_committed(h.seq, cx).is_pending())
+        {
             return Poll::Pending;
         }
         Poll::Ready(self.hold.take().and_then(|h| h.frame).map(Ok))

@@ -366,20 +366,21 @@ impl UserResolver {
         if !api.eq_ignore_ascii_case("api") || !v1.eq_ignore_ascii_case("v1") {
             return Route::Other;
         }
+        let messaging = area.eq_ignore_ascii_case("messaging");
+        if !messaging && !area.eq_ignore_ascii_case("bots") {
+            return Route::Other;
+        }
         // A dot segment makes the path mean something else after normalisation (bpgate resolves
         // them under a base path, Express does not): such a path is no special route, so it can
         // neither hide a user nor name one.
         if rest.split('/').any(|s| s == "." || s == "..") {
             return Route::Other;
         }
-        if area.eq_ignore_ascii_case("messaging") {
+        if messaging {
             return match segs.next() {
                 Some(w) if w.eq_ignore_ascii_case("webhooks") => Route::Webhook,
                 _ => Route::Messaging,
             };
-        }
-        if !area.eq_ignore_ascii_case("bots") {
-            return Route::Other;
         }
         let (Some(bot), Some(what), Some(arg)) = (segs.next(), segs.next(), segs.next()) else {
             return Route::Other;
@@ -602,8 +603,8 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
                     (p.user, rank) = (user, i);
                 }
             }
+            // Only a verified token's reading (`times`) gets here.
             match &*k {
-                _ if !self.times => {}
                 "exp" => p.exp = NumericDate::of(&v),
                 "nbf" => p.nbf = NumericDate::of(&v),
                 "aud" => p.aud = Some(v),
@@ -924,13 +925,11 @@ fn jwt_cookie(headers: &HeaderMap) -> Option<Cow<'_, str>> {
             if val.is_empty() {
                 return None;
             }
-            if !val.contains('%') {
-                return Some(Cow::Borrowed(val));
-            }
+            // Borrowed unless something was decoded; kept as sent when it is not UTF-8
+            // (cookie-parser's `decodeURIComponent` throws, and it keeps the raw value).
             return Some(
                 percent_encoding::percent_decode_str(val)
                     .decode_utf8()
-                    .map(|d| Cow::Owned(d.into_owned()))
                     .unwrap_or(Cow::Borrowed(val)),
             );
         }

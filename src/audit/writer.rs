@@ -89,9 +89,8 @@ impl std::fmt::Debug for WriterSettings {
     }
 }
 
+/// What the writer is asked besides writing lines.
 enum Item {
-    /// An encoded line.
-    Line(Vec<u8>),
     Flush(SyncSender<()>),
     Rotate(SyncSender<()>),
     Reopen(SyncSender<()>),
@@ -136,9 +135,32 @@ struct Core {
     stats: Arc<AuditStats>,
 }
 
+/// What the request path hands the writer: encoded lines, one after another in one buffer (no
+/// allocation per line, no per-line free on the writer thread), and requests, each with the
+/// number of lines queued before it (a flush or a rotation applies to exactly those).
+#[derive(Default)]
+struct Batch {
+    lines: Vec<u8>,
+    /// Where each line ends in `lines`.
+    ends: Vec<usize>,
+    items: Vec<(usize, Item)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.items.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.lines.clear();
+        self.ends.clear();
+        self.items.clear();
+    }
+}
+
 #[derive(Default)]
 struct State {
-    items: Vec<Item>,
+    queued: Batch,
     /// The writer waits on `wake` for new items: a sender must notify it.
     idle: bool,
     stopped: bool,
@@ -166,15 +188,27 @@ impl Core {
             .saturating_sub(self.committed.load(Ordering::Acquire))
     }
 
-    fn push(&self, item: Item) -> u64 {
-        let line = matches!(item, Item::Line(_));
+    /// Queues an encoded line (with its newline); returns its sequence number.
+    fn push_line(&self, line: &[u8]) -> u64 {
         let mut st = self.lock();
-        let seq = if line {
-            self.accepted.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            0
-        };
-        st.items.push(item);
+        let seq = self.accepted.fetch_add(1, Ordering::AcqRel) + 1;
+        let q = &mut st.queued;
+        q.lines.extend_from_slice(line);
+        let end = q.lines.len();
+        q.ends.push(end);
+        self.queued(st, true);
+        seq
+    }
+
+    fn push(&self, item: Item) {
+        let mut st = self.lock();
+        let at = st.queued.ends.len();
+        st.queued.items.push((at, item));
+        self.queued(st, false);
+    }
+
+    /// After queueing: wakes whoever hands the queue to the writer.
+    fn queued(&self, mut st: MutexGuard<'_, State>, line: bool) {
         // A line is the relay's to hand over (once per round of the runtime); anything else,
         // or a line with no relay running, wakes the writer now.
         let relay = match &st.relay {
@@ -188,7 +222,6 @@ impl Core {
         } else if wake {
             self.wake.notify_one();
         }
-        seq
     }
 
     /// Wakes the writer if it waits for lines.
@@ -402,7 +435,7 @@ impl AuditSink {
             files,
             buf: Vec::with_capacity(1 << 16),
             buf_lines: 0,
-            spare: Vec::new(),
+            spare: Batch::default(),
         };
         let thread = std::thread::Builder::new()
             .name("bpgate-audit".into())
@@ -434,12 +467,32 @@ impl AuditSink {
     /// already ran is always taken (room is made before requests start, see
     /// [`AuditSink::poll_room`]).
     pub fn write(&self, r: Record) -> u64 {
+        thread_local! {
+            /// Each thread encodes into a buffer it keeps: no allocation per line.
+            static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+        }
         // Encoded here, on the request path, so the cost is spread evenly instead of stalling the
-        // core for a whole batch when the writer wakes up.
-        let mut line = Vec::with_capacity(768);
-        encode(&r, &self.redact, &mut line);
+        // core for a whole batch when the writer wakes up; outside the queue's lock, which then
+        // only covers a copy.
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        self.core.push(Item::Line(line))
+        LINE.with(|b| match b.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                encode(&r, &self.redact, &mut line);
+                let seq = self.core.push_line(&line);
+                // A rare huge line (a long URL) does not stay allocated for good.
+                if line.capacity() > 16 << 10 {
+                    *line = Vec::with_capacity(1024);
+                }
+                seq
+            }
+            // Not reachable (nothing in `encode` writes a line), but never worth a panic.
+            Err(_) => {
+                let mut line = Vec::with_capacity(1024);
+                encode(&r, &self.redact, &mut line);
+                self.core.push_line(&line)
+            }
+        })
     }
 
     /// Whether an answer waits for its line: `audit.durability` is `written` or `synced`.
@@ -589,53 +642,48 @@ struct Writer {
     /// Encoded lines not yet written, and how many.
     buf: Vec<u8>,
     buf_lines: u64,
-    spare: Vec<Item>,
+    /// The previous batch's buffers, emptied, to swap in for the next.
+    spare: Batch,
 }
 
 impl Writer {
     fn run(mut self) {
         loop {
-            let mut items = self.take();
+            let mut batch = self.take();
             let mut acks = Vec::new();
             let mut stop = false;
-            for item in items.drain(..) {
-                match item {
-                    Item::Line(line) => {
-                        // Rotate between lines when this one would pass the size cap or the
-                        // period changed (an empty file just moves to the current period).
-                        let now = (self.s.clock)();
-                        if self.files.size + self.files.pending == 0 {
-                            self.files.period = period_start(self.s.rotation, now);
-                        }
-                        if self.files.due(&self.s, line.len() as u64, now) {
-                            self.write_out();
-                            self.rotate_now();
-                        }
-                        self.files.pending += line.len() as u64;
-                        self.buf.extend_from_slice(&line);
-                        self.buf_lines += 1;
-                        if self.buf.len() >= 256 << 10 {
-                            self.write_out();
-                        }
-                    }
-                    Item::Flush(ack) => acks.push(ack),
-                    Item::Rotate(ack) => {
-                        self.write_out();
-                        self.rotate_now();
-                        acks.push(ack);
-                    }
-                    Item::Reopen(ack) => {
-                        self.write_out();
-                        if let Err(e) = self.files.reopen() {
-                            self.core.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "cannot reopen the audit file; keeping the current one");
-                        }
-                        acks.push(ack);
-                    }
-                    Item::Stop => stop = true,
+            let mut items = batch.items.drain(..).peekable();
+            let mut start = 0;
+            for i in 0..=batch.ends.len() {
+                // The requests queued before line `i` (after the last line: the rest).
+                while let Some((_, item)) = items.next_if(|(at, _)| *at <= i) {
+                    self.control(item, &mut acks, &mut stop);
+                }
+                let Some(&end) = batch.ends.get(i) else {
+                    break;
+                };
+                let line = &batch.lines[start..end];
+                start = end;
+                // Rotate between lines when this one would pass the size cap or the period
+                // changed (an empty file just moves to the current period).
+                let now = (self.s.clock)();
+                if self.files.size + self.files.pending == 0 {
+                    self.files.period = period_start(self.s.rotation, now);
+                }
+                if self.files.due(&self.s, line.len() as u64, now) {
+                    self.write_out();
+                    self.rotate_now();
+                }
+                self.files.pending += line.len() as u64;
+                self.buf.extend_from_slice(line);
+                self.buf_lines += 1;
+                if self.buf.len() >= 256 << 10 {
+                    self.write_out();
                 }
             }
-            self.spare = items;
+            drop(items);
+            batch.clear();
+            self.spare = batch;
             self.write_out();
             for a in acks {
                 let _ = a.send(());
@@ -660,15 +708,36 @@ impl Writer {
             .for_each(Waker::wake);
     }
 
-    /// The next items; waits for some, or until the current rotation period ends (then rotates
-    /// a non-empty file even though no line came).
-    fn take(&mut self) -> Vec<Item> {
+    /// Carries out a request queued between lines.
+    fn control(&mut self, item: Item, acks: &mut Vec<SyncSender<()>>, stop: &mut bool) {
+        match item {
+            Item::Flush(ack) => acks.push(ack),
+            Item::Rotate(ack) => {
+                self.write_out();
+                self.rotate_now();
+                acks.push(ack);
+            }
+            Item::Reopen(ack) => {
+                self.write_out();
+                if let Err(e) = self.files.reopen() {
+                    self.core.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot reopen the audit file; keeping the current one");
+                }
+                acks.push(ack);
+            }
+            Item::Stop => *stop = true,
+        }
+    }
+
+    /// What was queued; waits for something, or until the current rotation period ends (then
+    /// rotates a non-empty file even though no line came).
+    fn take(&mut self) -> Batch {
         let core = self.core.clone();
         let mut st = core.lock();
         loop {
-            if !st.items.is_empty() {
+            if !st.queued.is_empty() {
                 let mut out = std::mem::take(&mut self.spare);
-                std::mem::swap(&mut out, &mut st.items);
+                std::mem::swap(&mut out, &mut st.queued);
                 return out;
             }
             st.idle = true;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::exchange::{ReqBody, RespBody};
+use crate::exchange::{BoxFut, ReqBody, RespBody};
 use std::sync::Mutex;
 use tower::ServiceExt;
 
@@ -371,4 +371,34 @@ async fn preserve_rewrites_node_locations_only() {
         "https://bot.example.com/botpress/lite/bot/"
     );
     assert_eq!(r.headers()[SET_COOKIE], "a=b; Path=/");
+}
+
+/// The layer waits for the service below it (node selection, forwarding): one that is not ready
+/// holds the request back instead of being called regardless.
+#[test]
+fn readiness_comes_from_the_inner_service() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct NotReady(Arc<AtomicBool>);
+    impl Service<Req> for NotReady {
+        type Response = Resp;
+        type Error = Infallible;
+        type Future = BoxFut;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+        fn call(&mut self, _: Req) -> BoxFut {
+            Box::pin(async { Ok(http::Response::new(RespBody::empty())) })
+        }
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut svc =
+        BasePathLayer::new(policy("/botpress", STRIP, None)).layer(NotReady(ready.clone()));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    ready.store(true, Ordering::SeqCst);
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
 }

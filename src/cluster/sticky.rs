@@ -283,6 +283,27 @@ mod tests {
         assert_eq!(old_only.open(&fresh, GOLDEN_TIME), Err(Rejected::Forged));
     }
 
+    /// Replicas' clocks differ: a cookie another replica issued up to 300 s "in the future"
+    /// opens; further ahead it is refused as expired (a value minted far ahead would outlive
+    /// `max_age`). The last second of `max_age` still opens.
+    #[test]
+    fn clock_skew_is_tolerated_up_to_300_seconds() {
+        let c = codec();
+        let id = c.current().node_id("n");
+        let o = c.open(&c.seal(id, 1_000_300), 1_000_000).unwrap();
+        assert_eq!((o.node, o.age_secs), (id, 0));
+        assert_eq!(
+            c.open(&c.seal(id, 1_000_301), 1_000_000),
+            Err(Rejected::Expired)
+        );
+        assert_eq!(
+            c.open(&c.seal(id, 1_000_000), 1_000_000 + 86_400)
+                .unwrap()
+                .age_secs,
+            86_400
+        );
+    }
+
     #[test]
     fn bound_to_path() {
         let a = StickyCodec::new(b"0123456789abcdef0123", None, "bpgate_node", "/a", 86_400);

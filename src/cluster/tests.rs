@@ -59,6 +59,32 @@ fn cookie_hits_its_node_and_survives_reordering() {
     assert_eq!(&*ch.node.name, "b");
 }
 
+/// A pinned browser's cookie is re-issued once it is past half its life, so an active session
+/// is never cut by expiry, and not on every request before that.
+#[test]
+fn the_cookie_is_renewed_past_half_its_life_only() {
+    let c = cluster(&["a", "b"], false);
+    let snap = c.snapshot();
+    let now = unix_now();
+    // max_age is 86 400 s; a minute's margin either side of the half keeps the test off the
+    // second boundary.
+    for (age, renewed) in [
+        (0, false),
+        (600, false),
+        (43_200 - 60, false),
+        (43_200 + 60, true),
+        (86_000, true),
+    ] {
+        let v = c.codec.seal(snap.ids[1], now - age);
+        let ch = c
+            .choose(&snap, Some(&v), None, "127.0.0.1".parse().unwrap())
+            .unwrap();
+        assert_eq!(&*ch.node.name, "b", "age {age}");
+        assert_eq!(ch.sticky, Sticky::Hit, "age {age}");
+        assert_eq!(ch.set_cookie, renewed, "age {age}");
+    }
+}
+
 #[test]
 fn dead_pinned_node_fails_over() {
     let c = cluster(&["a", "b"], false);

@@ -1581,6 +1581,10 @@ pub fn validate(c: &Config, origins: &Origins) -> Result<Derived, ConfigErrors> 
     }
 }
 
+/// The most segments a `[[routes]]` prefix may have (Botpress's deepest routes have 8): request
+/// paths are split that deep at most, once, to match them.
+pub const ROUTE_MAX_SEGMENTS: usize = 16;
+
 /// Checks a route prefix: `/` then segments, `*` only as a whole segment; no query, fragment,
 /// empty segment or space. Returns the segments (a trailing `/` is ignored).
 pub fn route_pattern(p: &str) -> Result<Vec<&str>, String> {
@@ -1592,6 +1596,9 @@ pub fn route_pattern(p: &str) -> Result<Vec<&str>, String> {
         return Ok(Vec::new());
     }
     let segs: Vec<&str> = t[1..].split('/').collect();
+    if segs.len() > ROUTE_MAX_SEGMENTS {
+        return Err(format!("`{p}` has more than {ROUTE_MAX_SEGMENTS} segments"));
+    }
     for seg in &segs {
         if seg.is_empty() {
             return Err(format!("`{p}` has an empty segment (`//`)"));

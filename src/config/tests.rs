@@ -372,6 +372,10 @@ fn bad_routes_are_refused_with_their_key() {
         ("[[routes]]\nprefix = \"/api/bots*/x\"\nmax_body = \"1m\"", "routes.0.prefix"),
         ("[[routes]]\nprefix = \"/api//x\"\nmax_body = \"1m\"", "routes.0.prefix"),
         ("[[routes]]\nprefix = \"/api?x=1\"\nmax_body = \"1m\"", "routes.0.prefix"),
+        (
+            "[[routes]]\nprefix = \"/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q\"\nmax_body = \"1m\"",
+            "routes.0.prefix",
+        ),
         ("[[routes]]\nprefix = \"/api\"", "routes.0"),
         ("[[routes]]\nprefix = \"/api\"\nresponse_timeout = \"0s\"", "routes.0.response_timeout"),
         ("[[routes]]\nprefix = \"/api\"\nmax_body = 0", "routes.0.max_body"),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::exchange::{ConnInfo, Exchange, ReqBody, RespBody};
+use crate::exchange::{BoxFut, ConnInfo, Exchange, ReqBody, RespBody};
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -518,4 +518,96 @@ async fn a_pinned_list_refuses_other_headers() {
         r.headers()[ACCESS_CONTROL_ALLOW_HEADERS],
         "X-BP-ExternalAuth, Authorization, Content-Type, CSRF-Token, X-BP-Workspace, X-Requested-With"
     );
+}
+
+/// Same-origin means the same scheme too: only `https://<Host>` is the page's own origin. A
+/// plain-`http` page, and a look-alike domain whose name ends in ours after the scheme
+/// (`http://a` + `example.com`), are foreign origins and refused.
+#[tokio::test]
+async fn same_origin_needs_https_and_the_exact_host() {
+    let p = || CorsPolicy::new(&cfg(&[], true), None);
+    for (host, origin) in [
+        ("example.com", "http://aexample.com"),
+        ("example.com", "http://example.com"),
+        ("example.com", "wss://example.com"),
+        ("bot.example.com", "http://xbot.example.com"),
+    ] {
+        let mut q = req("POST", Some(origin), None, None);
+        q.headers_mut()
+            .insert(HOST, HeaderValue::from_str(host).unwrap());
+        let (r, n) = run(p(), q).await;
+        assert_eq!(
+            (r.status(), n),
+            (StatusCode::FORBIDDEN, 0),
+            "{origin} on {host}"
+        );
+        assert!(!has_any_acx(&r), "{origin} on {host}");
+    }
+    let mut q = req("POST", Some("https://example.com"), None, None);
+    q.headers_mut()
+        .insert(HOST, HeaderValue::from_static("example.com"));
+    let (r, n) = run(p(), q).await;
+    assert_eq!((r.status(), n), (StatusCode::OK, 1));
+}
+
+/// Only `OPTIONS` with `Access-Control-Request-Method` is a preflight that bpgate answers. A
+/// plain `OPTIONS` and an ordinary request that happens to carry the header are requests for
+/// Botpress: they reach it and get the actual-request CORS headers.
+#[tokio::test]
+async fn only_options_with_a_request_method_is_a_preflight() {
+    let p = || CorsPolicy::new(&cfg(&["https://app.example.com"], true), None);
+    for (method, acrm) in [
+        ("OPTIONS", None),
+        ("GET", Some("GET")),
+        ("POST", Some("PUT")),
+    ] {
+        let (r, n) = run(
+            p(),
+            req(method, Some("https://app.example.com"), acrm, None),
+        )
+        .await;
+        let what = format!("{method} {acrm:?}");
+        assert_eq!((r.status(), n), (StatusCode::OK, 1), "{what}");
+        let h = r.headers();
+        assert_eq!(
+            h[ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example.com",
+            "{what}"
+        );
+        assert_eq!(h[ACCESS_CONTROL_EXPOSE_HEADERS], "X-Request-Id", "{what}");
+        assert!(h.get(ACCESS_CONTROL_ALLOW_METHODS).is_none(), "{what}");
+        assert!(h.get(ACCESS_CONTROL_MAX_AGE).is_none(), "{what}");
+    }
+}
+
+/// The layer waits for the service below it: a node-selection or forwarding step that is not
+/// ready (a concurrency limit, a load shedder) holds the request back instead of being called
+/// regardless.
+#[test]
+fn readiness_comes_from_the_inner_service() {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut svc =
+        CorsLayer::new(CorsPolicy::new(&cfg(&[], true), None)).layer(NotReady(ready.clone()));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+}
+
+/// An inner service that is ready only once its flag is set.
+struct NotReady(Arc<std::sync::atomic::AtomicBool>);
+
+impl Service<Req> for NotReady {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = BoxFut;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+    fn call(&mut self, _: Req) -> BoxFut {
+        Box::pin(async { Ok(http::Response::new(RespBody::empty())) })
+    }
 }

@@ -350,4 +350,297 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert_ne!(a, b);
     }
+
+    /// The id is all 128 random bits, in order, as lower-case hex: none lost to a shift or mask
+    /// (an id with fewer bits collides in the audit trail and can be guessed). fastrand's
+    /// generator is per thread, so reseeding it here replays the two draws the id was made from.
+    #[test]
+    fn request_ids_carry_all_128_random_bits() {
+        for seed in [1, 42, 0xdead_beef, u64::MAX] {
+            fastrand::seed(seed);
+            let id = new_request_id();
+            fastrand::seed(seed);
+            let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+            assert_eq!(id, format!("{a:016x}{b:016x}").as_str(), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn request_ids_from_a_trusted_peer_must_look_like_one() {
+        let ok = |s: &str| acceptable_request_id(&HeaderValue::from_str(s).unwrap());
+        assert!(ok("a"));
+        assert!(ok("req-1f3a_9/ok:=~"));
+        assert!(ok(&"x".repeat(128)));
+        assert!(!ok(""));
+        assert!(!ok(&"x".repeat(129)));
+        assert!(!ok("two words"));
+        assert!(!ok("a\tb"));
+        assert!(!acceptable_request_id(
+            &HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()
+        ));
+    }
+
+    #[test]
+    fn hops_with_ports_and_brackets_are_read() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        for (chain, want) in [
+            ("198.51.100.7:5555", "198.51.100.7"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            (" 2001:db8::7 ", "2001:db8::7"),
+            ("::ffff:198.51.100.7", "198.51.100.7"),
+            ("6.6.6.6, 198.51.100.7:1, 10.0.0.9:2", "198.51.100.7"),
+        ] {
+            assert_eq!(
+                client_ip(peer, &xff(chain), &t).to_string(),
+                want,
+                "{chain}"
+            );
+        }
+    }
+
+    /// Several `X-Forwarded-For` lines are one list, walked from the last line's last hop.
+    #[test]
+    fn the_walk_crosses_header_lines_right_to_left() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let mut h = xff("6.6.6.6, 198.51.100.7");
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.8"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
+        let ip = client_ip("10.0.0.2".parse().unwrap(), &h, &t);
+        assert_eq!(ip.to_string(), "198.51.100.7");
+        // Every hop trusted: the leftmost one is the best there is.
+        let ip = client_ip("10.0.0.2".parse().unwrap(), &xff("10.0.0.7, 10.0.0.8"), &t);
+        assert_eq!(ip.to_string(), "10.0.0.7");
+        // No header at all: the trusted peer itself.
+        let ip = client_ip("10.0.0.2".parse().unwrap(), &HeaderMap::new(), &t);
+        assert_eq!(ip.to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn received_chain_is_every_line_joined() {
+        assert_eq!(received_chain(&HeaderMap::new()), None);
+        assert_eq!(
+            received_chain(&xff("1.1.1.1, 2.2.2.2")).unwrap(),
+            "1.1.1.1, 2.2.2.2"
+        );
+        let mut h = xff("1.1.1.1");
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("3.3.3.3, 4.4.4.4"),
+        );
+        assert_eq!(
+            received_chain(&h).unwrap(),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4"
+        );
+    }
+
+    /// Headers as a client sent them, with every forwarding header forged.
+    fn forged(host: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(HOST, HeaderValue::from_str(host).unwrap());
+        }
+        for (k, v) in [
+            (&X_FORWARDED_FOR, "6.6.6.6"),
+            (&X_REAL_IP, "6.6.6.6"),
+            (&X_FORWARDED_PROTO, "http"),
+            (&X_FORWARDED_HOST, "evil.example"),
+            (&X_FORWARDED_PORT, "80"),
+            (&X_FORWARDED_PREFIX, "/evil"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        h.insert(
+            FORWARDED,
+            HeaderValue::from_static("for=6.6.6.6;proto=http"),
+        );
+        h
+    }
+
+    fn set(h: &mut HeaderMap, trusted: bool, client: &str, cache: Option<&ForwardedCache>) {
+        set_with_prefix(h, trusted, client, None, cache)
+    }
+
+    fn set_with_prefix(
+        h: &mut HeaderMap,
+        trusted: bool,
+        client: &str,
+        prefix: Option<&HeaderValue>,
+        cache: Option<&ForwardedCache>,
+    ) {
+        let port = HeaderValue::from_static("8443");
+        set_forwarding_headers(
+            h,
+            &ForwardingContext {
+                peer_trusted: trusted,
+                client: client.parse().unwrap(),
+                port: &port,
+                prefix,
+                cache,
+            },
+        );
+    }
+
+    fn get<'h>(h: &'h HeaderMap, n: &HeaderName) -> Option<&'h str> {
+        h.get(n).map(|v| v.to_str().unwrap())
+    }
+
+    /// What Botpress is told about a client that is not a trusted proxy: bpgate's view only,
+    /// whatever the client wrote in the forwarding headers.
+    #[test]
+    fn an_untrusted_peer_cannot_forge_any_forwarding_header() {
+        let prefix = HeaderValue::from_static("/botpress");
+        for cache in [None, Some(&ForwardedCache::default())] {
+            let mut h = forged(Some("bot.example.com"));
+            set_with_prefix(&mut h, false, "203.0.113.9", Some(&prefix), cache);
+            assert_eq!(get(&h, &X_FORWARDED_FOR), Some("203.0.113.9"));
+            assert_eq!(get(&h, &X_REAL_IP), Some("203.0.113.9"));
+            assert_eq!(get(&h, &X_FORWARDED_PROTO), Some("https"));
+            assert_eq!(get(&h, &X_FORWARDED_HOST), Some("bot.example.com"));
+            assert_eq!(get(&h, &X_FORWARDED_PORT), Some("8443"));
+            assert_eq!(get(&h, &X_FORWARDED_PREFIX), Some("/botpress"));
+            assert_eq!(
+                get(&h, &FORWARDED),
+                Some("for=203.0.113.9;host=\"bot.example.com\";proto=https")
+            );
+            for n in [&X_FORWARDED_FOR, &X_FORWARDED_HOST, &FORWARDED] {
+                assert_eq!(h.get_all(n).iter().count(), 1, "{n}");
+            }
+            // No base path: a forged prefix is removed, not passed on. Without a `Host` (an
+            // HTTP/2 request with `:authority` only), a forged `X-Forwarded-Host` is removed too.
+            let mut h = forged(None);
+            set(&mut h, false, "203.0.113.9", cache);
+            assert_eq!(get(&h, &X_FORWARDED_PREFIX), None);
+            assert_eq!(get(&h, &X_FORWARDED_HOST), None);
+            assert_eq!(get(&h, &FORWARDED), Some("for=203.0.113.9;proto=https"));
+        }
+    }
+
+    /// A trusted proxy's scheme, host and port are what the client used, so they are kept, and
+    /// `Forwarded` says the same; the client is the one `client_ip` settled on.
+    #[test]
+    fn a_trusted_peer_keeps_its_scheme_host_and_port() {
+        let mut h = forged(Some("internal:8443"));
+        set(&mut h, true, "198.51.100.7", None);
+        assert_eq!(get(&h, &X_FORWARDED_FOR), Some("198.51.100.7"));
+        assert_eq!(get(&h, &X_REAL_IP), Some("198.51.100.7"));
+        assert_eq!(get(&h, &X_FORWARDED_PROTO), Some("http"));
+        assert_eq!(get(&h, &X_FORWARDED_HOST), Some("evil.example"));
+        assert_eq!(get(&h, &X_FORWARDED_PORT), Some("80"));
+        assert_eq!(get(&h, &X_FORWARDED_PREFIX), None);
+        assert_eq!(
+            get(&h, &FORWARDED),
+            Some("for=198.51.100.7;host=\"evil.example\";proto=http")
+        );
+        // A trusted proxy that sent none of them: bpgate's own view.
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("bot.example.com"));
+        set(&mut h, true, "198.51.100.7", None);
+        assert_eq!(get(&h, &X_FORWARDED_PROTO), Some("https"));
+        assert_eq!(get(&h, &X_FORWARDED_HOST), Some("bot.example.com"));
+        assert_eq!(get(&h, &X_FORWARDED_PORT), Some("8443"));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_quoted_in_forwarded() {
+        let mut h = forged(Some("bot.example.com"));
+        set(&mut h, false, "2001:db8::9", None);
+        assert_eq!(get(&h, &X_FORWARDED_FOR), Some("2001:db8::9"));
+        assert_eq!(
+            get(&h, &FORWARDED),
+            Some("for=\"[2001:db8::9]\";host=\"bot.example.com\";proto=https")
+        );
+    }
+
+    /// `Forwarded` is a structured header: a host a trusted proxy passed on that cannot be a
+    /// quoted-string is left out rather than written broken, and a proto that is not a URI
+    /// scheme is written as `https`.
+    #[test]
+    fn forwarded_host_and_proto_are_only_written_when_well_formed() {
+        let forwarded_for = |xfh: &[u8], xfp: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(&X_FORWARDED_HOST, HeaderValue::from_bytes(xfh).unwrap());
+            h.insert(&X_FORWARDED_PROTO, HeaderValue::from_str(xfp).unwrap());
+            set(&mut h, true, "198.51.100.7", None);
+            get(&h, &FORWARDED).unwrap().to_string()
+        };
+        for bad in [&b"a\"b"[..], b"a\\b", b"a b", b"", b"caf\xc3\xa9"] {
+            assert_eq!(
+                forwarded_for(bad, "http"),
+                "for=198.51.100.7;proto=http",
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            forwarded_for(b"bot.example.com:8443", "http"),
+            "for=198.51.100.7;host=\"bot.example.com:8443\";proto=http"
+        );
+        for (proto, want) in [
+            ("https", "https"),
+            ("http", "http"),
+            (" wss ", "wss"),
+            ("coap+tcp", "coap+tcp"),
+            ("1http", "https"),
+            ("ht tp", "https"),
+            ("http;x", "https"),
+            ("", "https"),
+        ] {
+            assert_eq!(
+                forwarded_for(b"h", proto),
+                format!("for=198.51.100.7;host=\"h\";proto={want}"),
+                "{proto:?}"
+            );
+        }
+    }
+
+    /// The per-connection memo is only used for the values it was computed for: a keep-alive
+    /// connection may change `Host` between requests, and a reload of
+    /// `forwarding.trusted_proxies` may make its peer trusted (or not) between two requests.
+    #[test]
+    fn the_connection_memo_never_answers_for_another_host_client_or_trust() {
+        let cache = ForwardedCache::default();
+        let mut h = forged(Some("a.example.com"));
+        set(&mut h, false, "203.0.113.9", Some(&cache));
+        assert_eq!(
+            get(&h, &FORWARDED),
+            Some("for=203.0.113.9;host=\"a.example.com\";proto=https")
+        );
+        // Same connection, same values: the memo answers, identically.
+        let mut h = forged(Some("a.example.com"));
+        set(&mut h, false, "203.0.113.9", Some(&cache));
+        assert_eq!(
+            get(&h, &FORWARDED),
+            Some("for=203.0.113.9;host=\"a.example.com\";proto=https")
+        );
+        // Another Host on the same connection.
+        let mut h = forged(Some("b.example.com"));
+        set(&mut h, false, "203.0.113.9", Some(&cache));
+        assert_eq!(get(&h, &X_FORWARDED_HOST), Some("b.example.com"));
+        assert_eq!(
+            get(&h, &FORWARDED),
+            Some("for=203.0.113.9;host=\"b.example.com\";proto=https")
+        );
+        // Another client.
+        let mut h = forged(Some("b.example.com"));
+        set(&mut h, false, "203.0.113.10", Some(&cache));
+        assert_eq!(get(&h, &X_FORWARDED_FOR), Some("203.0.113.10"));
+        assert_eq!(get(&h, &X_REAL_IP), Some("203.0.113.10"));
+        assert_eq!(
+            get(&h, &FORWARDED),
+            Some("for=203.0.113.10;host=\"b.example.com\";proto=https")
+        );
+        // The peer became a trusted proxy (reload): its own scheme is believed now, not the
+        // memo of what bpgate said while it was untrusted.
+        let mut h = forged(Some("b.example.com"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.10"));
+        set(&mut h, true, "203.0.113.10", Some(&cache));
+        assert_eq!(get(&h, &X_FORWARDED_PROTO), Some("http"));
+        assert_eq!(
+            get(&h, &FORWARDED),
+            Some("for=203.0.113.10;host=\"evil.example\";proto=http")
+        );
+    }
 }

@@ -99,19 +99,13 @@ pub struct Background {
     pub tunnels: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// The forwarding service.
+/// The forwarding service. One `Arc`: the node-selection layer clones it for every request.
 #[derive(Clone)]
-pub struct Forward {
-    settings: Arc<ForwardSettings>,
-    background: Background,
-}
+pub struct Forward(Arc<(ForwardSettings, Background)>);
 
 impl Forward {
     pub fn new(settings: ForwardSettings, background: Background) -> Self {
-        Forward {
-            settings: Arc::new(settings),
-            background,
-        }
+        Forward(Arc::new((settings, background)))
     }
 }
 
@@ -125,17 +119,15 @@ impl tower::Service<Req> for Forward {
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let settings = self.settings.clone();
-        let background = self.background.clone();
-        Box::pin(forward(settings, background, req))
+        Box::pin(forward(self.0.clone(), req))
     }
 }
 
 async fn forward(
-    s: Arc<ForwardSettings>,
-    bg: Background,
+    this: Arc<(ForwardSettings, Background)>,
     mut req: Req,
 ) -> Result<Resp, ForwardError> {
+    let (s, bg) = (&this.0, &this.1);
     let Some(Target(pool)) = req.extensions_mut().remove::<Target>() else {
         return Err(ForwardError::NoTarget);
     };
@@ -163,7 +155,7 @@ async fn forward(
         None
     };
     let timeout = limits.response_timeout;
-    prepare(&s, &x, &mut req, upgrade, trailers);
+    prepare(s, &x, &mut req, upgrade, trailers);
 
     // Known to the audit layer even if the client goes away before the node answers.
     x.node.set(pool.name.clone());
@@ -182,6 +174,9 @@ async fn forward(
     };
 
     let (mut parts, body) = resp.into_parts();
+    // Room, at once, for what the layers above add (security headers, CORS, the sticky cookie,
+    // the request id): a map sized for the node's few headers would grow two or three times.
+    parts.headers.reserve(8);
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut parts.headers, switching && upgrade);
     let mut out = if switching {
@@ -242,6 +237,8 @@ fn prepare(s: &ForwardSettings, x: &Exchange, req: &mut Req, upgrade: bool, trai
     }
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
+    // Room, at once, for the forwarding headers and the request id.
+    h.reserve(10);
     strip_request(h, upgrade);
     // bpgate answers `Expect: 100-continue` itself, when it starts reading the body.
     h.remove(EXPECT);

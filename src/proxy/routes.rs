@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::config::{route_pattern, RouteConfig};
+use crate::config::{route_pattern, RouteConfig, ROUTE_MAX_SEGMENTS};
 
 /// The limits one request runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,11 +34,16 @@ struct Route {
     limits: RouteLimits,
 }
 
+/// Segments a route may have (configuration validation refuses deeper prefixes).
+const MAX_DEPTH: usize = ROUTE_MAX_SEGMENTS;
+
 /// One generation's route table.
 #[derive(Debug)]
 pub struct Routes {
     base: String,
     default: RouteLimits,
+    /// Segments of the longest route.
+    depth: usize,
     /// Most specific first.
     table: Vec<Route>,
 }
@@ -51,7 +56,8 @@ impl Routes {
             .iter()
             .filter_map(|r| {
                 let segments = route_pattern(&r.prefix)
-                    .ok()?
+                    .ok()
+                    .filter(|s| s.len() <= MAX_DEPTH)?
                     .into_iter()
                     .map(|s| match s {
                         "*" => Segment::Any,
@@ -79,6 +85,7 @@ impl Routes {
         Routes {
             base: base_path.to_string(),
             default,
+            depth: table.first().map_or(0, |r| r.segments.len()),
             table,
         }
     }
@@ -100,15 +107,25 @@ impl Routes {
             }
         };
         let rel = rel.strip_prefix('/').unwrap_or(rel);
+        // The path is split once, as deep as the deepest route looks (every request pays this,
+        // nearly always to find no route): a route longer than the path is skipped unread.
+        let mut segs: [&[u8]; MAX_DEPTH] = [b""; MAX_DEPTH];
+        let mut n = 0;
+        for p in rel.as_bytes().split(|b| *b == b'/') {
+            if n == self.depth {
+                break;
+            }
+            segs[n] = p;
+            n += 1;
+        }
         'routes: for route in &self.table {
-            let mut parts = rel.split('/');
-            for seg in &route.segments {
-                let Some(p) = parts.next() else {
-                    continue 'routes;
-                };
+            if route.segments.len() > n {
+                continue;
+            }
+            for (seg, p) in route.segments.iter().zip(&segs) {
                 let ok = match seg {
                     Segment::Any => !p.is_empty(),
-                    Segment::Literal(l) => p.eq_ignore_ascii_case(l),
+                    Segment::Literal(l) => p.eq_ignore_ascii_case(l.as_bytes()),
                 };
                 if !ok {
                     continue 'routes;
@@ -196,5 +213,29 @@ mod tests {
             "an unset field is the global value"
         );
         assert_eq!(r.resolve("/other"), DEFAULT);
+    }
+
+    #[test]
+    fn routes_as_deep_as_allowed_match_and_shorter_paths_do_not() {
+        let deepest = "/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/*";
+        let r = Routes::new("/bp", DEFAULT, &[route(deepest, Some(9), None)]);
+        let limited = Duration::from_secs(9);
+        assert_eq!(
+            r.resolve("/bp/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p")
+                .response_timeout,
+            limited
+        );
+        assert_eq!(
+            r.resolve("/bp/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r")
+                .response_timeout,
+            limited
+        );
+        for p in [
+            "/bp/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o",
+            "/bp/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/",
+            "/bp/a/b/c/d/e/f/g/h/i/j/k/l/m/n/x/p",
+        ] {
+            assert_eq!(r.resolve(p), DEFAULT, "{p}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! HTTP/1.1 or HTTP/2, closes idle keep-alive connections, and is where each request gets its
 //! [`Exchange`] and runs on the generation in service when it arrived.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,9 +26,10 @@ use tower::Service;
 use crate::audit::{AuditBody, Record};
 use crate::config::Loaded;
 use crate::counters::HandshakeFailure;
-use crate::exchange::{ConnInfo, Exchange, Refusal, ReqBody};
+use crate::exchange::{ConnInfo, Exchange, Refusal, Req, ReqBody};
 use crate::proxy;
 use crate::reload::Generations;
+use crate::stack::Stack;
 use crate::tls;
 
 use super::io::{self, ConnState, EdgeIo, InFlight};
@@ -266,15 +268,19 @@ impl Edge {
         ));
         let edge = self.clone();
         let (c2, s2) = (conn.clone(), state.clone());
+        // The pipeline of the generation in service, kept (with that generation's number) for
+        // the connection's next requests instead of cloned for each: one clone per connection,
+        // and one more after each reload. (hyper calls the service by `&self`; the borrow lasts
+        // only while `start` runs.)
+        let stack: RefCell<Option<(u64, Stack)>> = RefCell::new(None);
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             // Synchronously, as hyper hands the head over: the head timer stops here.
             let (in_flight, ambiguous) = s2.begin();
             c2.unread_body.store(false, Ordering::Relaxed);
-            let edge = edge.clone();
-            let conn = c2.clone();
+            let fut = edge.start(req, &c2, ambiguous, &mut stack.borrow_mut());
             let state = s2.clone();
             async move {
-                let resp = edge.handle(req, conn, ambiguous).await?;
+                let resp = fut.await?;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     state.upgraded();
                 }
@@ -395,13 +401,15 @@ impl Edge {
     }
 
     /// The edge of the pipeline: loads the generation in service once, creates the request's
-    /// [`Exchange`] and calls that generation's stack.
-    async fn handle(
+    /// [`Exchange`] and calls that generation's stack (`stack`: the connection's copy of it,
+    /// replaced when a reload has published another generation since).
+    fn start(
         &self,
         req: Request<Incoming>,
-        conn: Arc<ConnInfo>,
+        conn: &Arc<ConnInfo>,
         ambiguous_framing: bool,
-    ) -> Result<Response<AuditBody>, std::convert::Infallible> {
+        stack: &mut Option<(u64, Stack)>,
+    ) -> <Stack as Service<Req>>::Future {
         let generation = self.generations.current();
         let counters = &self.generations.shared().counters;
         counters
@@ -419,7 +427,7 @@ impl Edge {
         let x = Arc::new(Exchange {
             start: Instant::now(),
             id,
-            conn,
+            conn: conn.clone(),
             client_ip,
             peer_trusted,
             bytes_in: AtomicU64::new(0),
@@ -434,15 +442,17 @@ impl Edge {
             node: Default::default(),
         });
         let limits = generation.edge.routes.resolve(req.uri().path());
-        let mut stack = generation.stack.clone();
-        // The stack holds what it needs of the generation; the guard is not held across the
-        // await.
-        drop(generation);
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(x.clone());
         parts.extensions.insert(limits);
         let req = Request::from_parts(parts, ReqBody::new(body, x, limits.max_body));
-        stack.call(req).await
+        match stack {
+            Some((n, s)) if *n == generation.number => s.call(req),
+            stack => {
+                let (_, s) = stack.insert((generation.number, generation.stack.clone()));
+                s.call(req)
+            }
+        }
     }
 }
 

@@ -769,6 +769,49 @@ impl Answer {
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
+/// One WebSocket session through the gate over HTTP/1.1: open `path_and_query`, send a text
+/// message, read the echo, close, and wait until the server has closed too; then waits until
+/// the session's `tunnel_close` line is in the trail.
+pub async fn websocket_session(gate: &Gate, path_and_query: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    let tls = tls_connect(gate, &[b"http/1.1"]).await;
+    let url = format!("wss://localhost:{}{path_and_query}", gate.https.port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    let closed = eventually(Duration::from_secs(10), || {
+        gate.audit_lines()
+            .iter()
+            .any(|l| l["event"] == "tunnel_close")
+    })
+    .await;
+    assert!(closed, "no tunnel_close line");
+}
+
+/// Runs `test`, an `#[ignore]`d test of this binary, in a child process (so this process's
+/// environment is left alone) with `env` set (`None`: removed) and `CI` set to `ci` or removed:
+/// how the tests of "a skipped test fails under CI=true" watch both outcomes.
+pub fn run_test_child(
+    test: &str,
+    env: &[(&str, Option<&str>)],
+    ci: Option<&str>,
+) -> std::process::Output {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([test, "--exact", "--nocapture", "--include-ignored"]);
+    for (k, v) in env.iter().chain([("CI", ci)].iter()) {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.output().unwrap()
+}
+
 pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

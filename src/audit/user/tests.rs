@@ -152,6 +152,11 @@ fn times_follow_jsonwebtoken_8_5_1() {
         Some("jwt_not_yet_valid")
     );
     assert_eq!(src(&at(json!(now + 60), Some(now))), Some("jwt"));
+    // An `nbf` that is not a number fails the token as an invalid `exp` does.
+    let mut c = botpress_claims("t@x.io", "collaborators", None);
+    c["nbf"] = json!("later");
+    let u = header_mode().resolve("/", &bearer_of(&sign(Algorithm::HS256, SECRET, &c)));
+    assert_eq!((src(&u), u.user), (Some("jwt_invalid"), None));
 }
 
 #[test]
@@ -168,6 +173,11 @@ fn audiences_give_the_kind() {
     assert_eq!(
         with(json!(["x", "collaborators"])).kind,
         Some(UserKind::Collaborator)
+    );
+    let chat = with(json!(["x", "chat_users"]));
+    assert_eq!(
+        (src(&chat), chat.kind),
+        (Some("jwt"), Some(UserKind::ChatUser))
     );
     for aud in [
         json!("studio"),
@@ -238,6 +248,9 @@ fn authorization_is_split_as_botpress_splits_it() {
         (format!("bearer {t}"), true),
         (format!("BEARER {t}"), true),
         (format!("Bearer {t} trailing"), true),
+        // Node strips the header value's surrounding whitespace.
+        (format!("  Bearer {t} "), true),
+        (format!("\tBearer {t}\t"), true),
         (format!("Bearer  {t}"), false),
         (format!("Basic {t}"), false),
         (format!("Bearer\t{t}"), false),
@@ -274,6 +287,17 @@ fn the_cookie_is_parsed_as_cookie_parser_does() {
     assert_eq!(user(&[&format!("jwtToken=junk; jwtToken={t}")]), None);
     assert_eq!(user(&[&format!("jwtToken=; jwtToken={t}")]), None);
     assert_eq!(user(&["jwtTokenX=1"]), None);
+    // Percent-decoded (`decodeURIComponent`); a value that does not decode is kept as sent.
+    assert_eq!(
+        user(&[&format!("jwtToken={}", t.replace('.', "%2E"))]),
+        named
+    );
+    let h = headers(&[
+        ("cookie", &format!("jwtToken={t}%FF")),
+        ("csrf-token", csrf),
+    ]);
+    let u = cookie_mode().resolve("/", &h);
+    assert_eq!((src(&u), u.user), (Some("jwt_invalid"), None));
 }
 
 #[test]
@@ -353,6 +377,11 @@ fn channel_webhooks_carry_foreign_tokens() {
     }
     for p in [
         "/botpress/api/v1/bots/bot1/mod/channel-web/messages",
+        // Other modules, and a `channel-` prefix naming no channel, verify as usual.
+        "/botpress/api/v1/bots/bot1/mod/analytics/api/messages",
+        "/botpress/api/v1/bots/bot1/mod/hitl/webhook",
+        "/botpress/api/v1/bots/bot1/mod/channel-/webhook",
+        "/botpress/api/v2/messaging/webhooks/bot1/teams",
         "/botpress/api/v1/bots/bot1",
         // Outside the base path, or with dot segments: not a webhook.
         "/api/v1/messaging/webhooks/bot1/teams",
@@ -389,6 +418,8 @@ fn converse_user_id_and_messaging_client_id() {
     );
     for p in [
         "/api/v1/bots/b1/converse/u-1",
+        "/bp/api/v2/bots/b1/converse/u-1",
+        "/bp/apis/v1/bots/b1/converse/u-1",
         "/bp/api/v1/bots/b1/converse/",
         "/bp/api/v1/bots/b1/converse/u-1/other",
         "/bp/api/v1/bots/b1/converse/%FF",
@@ -492,6 +523,9 @@ fn external_auth_hs256_with_issuer_and_audience() {
         ("external_auth_invalid", None, claimed.clone())
     );
     let mut c = ext_claims("user-9");
+    c["aud"] = json!(["other", "webchat-2"]);
+    assert_eq!(failed(c, key, Algorithm::HS256).0, "external_auth_invalid");
+    let mut c = ext_claims("user-9");
     c.as_object_mut().unwrap().remove("aud");
     assert_eq!(failed(c, key, Algorithm::HS256).0, "external_auth_invalid");
     let mut c = ext_claims("user-9");
@@ -515,6 +549,76 @@ fn external_auth_hs256_with_issuer_and_audience() {
     assert_eq!(
         header_mode().end_user("/", &x_bp(&sign(Algorithm::HS256, key, &ext_claims("u")))),
         None
+    );
+}
+
+/// An HS256 token over exactly this payload text: claim order and types as written.
+fn sign_raw(secret: &str, payload: &str) -> String {
+    let b64 =
+        |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+    let msg = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(payload.as_bytes())
+    );
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+    format!("{msg}.{sig}")
+}
+
+#[test]
+fn the_end_user_is_the_first_of_user_claims_present_as_text() {
+    let key = "end-user-shared-secret";
+    let r = external(&["HS256"], ExternalKey::Hmac(key.as_bytes().to_vec()));
+    let checked = format!(r#""iss":"my-site","aud":"webchat","exp":{}"#, unix() + 600);
+    let id = |claims: &str| {
+        let e = r
+            .end_user(
+                "/",
+                &x_bp(&sign_raw(key, &format!("{{{claims},{checked}}}"))),
+            )
+            .unwrap();
+        assert_eq!(e.source, EndUserSource::ExternalAuth, "{claims}");
+        e.id
+    };
+    let s = |v: &str| Some(v.to_string());
+    // `sub` outranks `email` (user_claims' order), wherever the payload puts it.
+    assert_eq!(id(r#""sub":"s-1","email":"e@x.io""#), s("s-1"));
+    assert_eq!(id(r#""email":"e@x.io","sub":"s-1""#), s("s-1"));
+    // A `sub` that is not a string or a number does not hide the `email`.
+    assert_eq!(id(r#""email":"e@x.io","sub":null"#), s("e@x.io"));
+    assert_eq!(id(r#""email":"e@x.io","sub":{"id":"s-1"}"#), s("e@x.io"));
+    assert_eq!(id(r#""email":"e@x.io","sub":["s-1"]"#), s("e@x.io"));
+    assert_eq!(id(r#""email":"e@x.io","sub":true"#), s("e@x.io"));
+    // A number is its text.
+    assert_eq!(id(r#""sub":12345"#), s("12345"));
+    assert_eq!(id(r#""sub":-7"#), s("-7"));
+    assert_eq!(id(r#""plan":"gold""#), None);
+}
+
+#[test]
+fn a_user_claim_that_jsonwebtoken_also_checks_is_both() {
+    // user_claims may name `iss` (a tenant per issuer): it names the user and is still checked.
+    let key = "end-user-shared-secret";
+    let cfg = ExternalAuth {
+        user_claims: vec!["email".into(), "iss".into()],
+        ..ExternalAuth::default()
+    };
+    let r = header_mode().with_external_auth(&cfg, &ExternalKey::Hmac(key.as_bytes().to_vec()));
+    let end = |claims: &str| {
+        let e = r
+            .end_user("/", &x_bp(&sign_raw(key, &format!("{{{claims}}}"))))
+            .unwrap();
+        (e.source.as_str(), e.id.or(e.claimed))
+    };
+    let ok = |v: &str| ("external_auth", Some(v.to_string()));
+    assert_eq!(end(r#""iss":"tenant-a""#), ok("tenant-a"));
+    assert_eq!(end(r#""iss":42"#), ok("42"));
+    assert_eq!(end(r#""iss":"tenant-a","email":"e@x.io""#), ok("e@x.io"));
+    assert_eq!(end(r#""email":"e@x.io","iss":"tenant-a""#), ok("e@x.io"));
+    assert_eq!(
+        end(r#""iss":"tenant-a","exp":1000"#),
+        ("external_auth_expired", Some("tenant-a".to_string()))
     );
 }
 
