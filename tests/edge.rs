@@ -1063,3 +1063,124 @@ async fn upload_that_outlasts_an_early_answer_is_not_a_slow_head() {
     assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("after"), "{r}");
     gate.stop().await;
 }
+
+// === issue 14: the protocol comes from ALPN; only a client without ALPN is sniffed ===
+
+/// Writes `bytes` on a TLS connection negotiated with `alpn` and reads what comes back until
+/// the server closes (or 5 s pass).
+async fn answer_to(gate: &Gate, alpn: &[&[u8]], bytes: &[u8]) -> Vec<u8> {
+    let mut tls = tls_connect(gate, alpn).await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        alpn.first().copied(),
+        "ALPN as offered"
+    );
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    out
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test]
+async fn alpn_decides_the_protocol_and_nothing_is_sniffed_behind_it() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "").await;
+    // `http/1.1` negotiated: an HTTP/2 preface is not HTTP/2 (hyper's HTTP/1 parser refuses it
+    // and closes), where sniffing would have answered with a SETTINGS frame.
+    let out = answer_to(&gate, &[b"http/1.1"], H2_PREFACE).await;
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
+        "ALPN http/1.1 then the HTTP/2 preface: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // `h2` negotiated: an HTTP/1.1 request is not served as one (the HTTP/2 server sends its
+    // SETTINGS and a GOAWAY), where sniffing would have answered `HTTP/1.1 200`.
+    let out = answer_to(
+        &gate,
+        &[b"h2"],
+        b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !out.starts_with(b"HTTP/"),
+        "ALPN h2 then an HTTP/1.1 request: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // A frame header comes first: 3 bytes of length, then the type, SETTINGS (4).
+    assert_eq!(out.get(3), Some(&4), "an HTTP/2 SETTINGS frame first");
+    // And both serve their own protocol, on the node.
+    for (h2, version) in [
+        (false, http::Version::HTTP_11),
+        (true, http::Version::HTTP_2),
+    ] {
+        let mut c = if h2 {
+            Client::h2(&gate).await
+        } else {
+            Client::h1(&gate).await
+        };
+        let a = c.get("/alpn").await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.version, version);
+        assert_eq!(a.json()["uri"], "/alpn");
+    }
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn client_without_alpn_gets_http1_or_http2_with_prior_knowledge() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "").await;
+    // HTTP/1.1, keep-alive: two requests on the connection.
+    let tls = tls_connect(&gate, &[]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None, "no ALPN");
+    let mut c = Client::over(tls).await;
+    for path in ["/one", "/two"] {
+        let a = c.get(path).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.version, http::Version::HTTP_11);
+        assert_eq!(a.json()["uri"], path);
+    }
+    // HTTP/2 with prior knowledge (RFC 9113 §3.3): the preface is recognised.
+    let tls = tls_connect(&gate, &[]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None, "no ALPN");
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for path in ["/three", "/four"] {
+        let resp = tx
+            .send_request(get(path).body(full(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+    }
+    assert_eq!(node.requests.load(std::sync::atomic::Ordering::Relaxed), 4);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn h2_connection_that_never_sends_its_preface_is_closed_when_idle() {
+    let node = Node::start("n", echo()).await;
+    let gate = gate_with(&node, "[limits]\nkeepalive_timeout = \"1s\"").await;
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let mut tls = tls_connect(&gate, &[alpn]).await;
+        // hyper's HTTP/2 server closes on request only once the handshake is done: bpgate does
+        // not wait for a preface that never comes.
+        let took = closed_within(&mut tls, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| {
+                panic!("{alpn:?}: silent connection open 10 s after a 1 s keep-alive timeout")
+            });
+        assert!(
+            took >= Duration::from_millis(500),
+            "{alpn:?}: closed after {took:?}"
+        );
+    }
+    gate.stop().await;
+}

@@ -195,7 +195,9 @@ pub fn set_forwarding_headers(h: &mut HeaderMap, cx: &ForwardingContext<'_>) {
     if let (Some(cache), false) = (cx.cache, cx.peer_trusted) {
         cache.0.store(Some(std::sync::Arc::new(ForwardedValues {
             client: cx.client,
-            host,
+            // A copy: the request's value is a slice of the connection's read buffer, which the
+            // cache would otherwise keep alive (8 KiB) for as long as the connection is open.
+            host: host.and_then(|h| HeaderValue::from_bytes(h.as_bytes()).ok()),
             client_text,
             forwarded,
         })));
@@ -302,6 +304,43 @@ mod tests {
         let t = trusted(&["127.0.0.0/8"]);
         let ip = client_ip("::ffff:127.0.0.1".parse().unwrap(), &xff("192.0.2.1"), &t);
         assert_eq!(ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn cached_host_does_not_keep_the_read_buffer_alive() {
+        // hyper's header values are slices of the connection's read buffer.
+        let buffer = bytes::Bytes::from(
+            b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0u8, 8192))
+                .collect::<Vec<u8>>(),
+        );
+        let host = HeaderValue::from_maybe_shared(buffer.slice(22..33)).unwrap();
+        assert_eq!(host, "example.com");
+        let mut h = HeaderMap::new();
+        h.insert(HOST, host);
+        let cache = ForwardedCache::default();
+        let port = HeaderValue::from_static("443");
+        let cx = ForwardingContext {
+            peer_trusted: false,
+            client: "203.0.113.9".parse().unwrap(),
+            port: &port,
+            prefix: None,
+            cache: Some(&cache),
+        };
+        set_forwarding_headers(&mut h, &cx);
+        drop(h);
+        let cached = cache.0.load_full().expect("values cached");
+        assert_eq!(cached.host.as_ref().unwrap(), "example.com");
+        let at = cached.host.as_ref().unwrap().as_bytes().as_ptr() as usize;
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        assert!(
+            !range.contains(&at),
+            "the cached Host points into the read buffer"
+        );
+        // The buffer is only held by this test now: hyper could reuse or free it.
+        assert!(buffer.is_unique());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use http::header::HOST;
 use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
@@ -35,11 +36,75 @@ use super::io::{self, ConnState, EdgeIo, InFlight};
 
 /// The connection settings, fixed at start (`[limits]` and `tls.handshake_timeout` need a
 /// restart).
+///
+/// A connection is served by the builder of the protocol ALPN chose: hyper-util's `auto`
+/// builder reads the first 24 bytes on their own to tell HTTP/2's preface from HTTP/1.1, and
+/// giving them back to hyper's HTTP/1.1 reader doubles its buffer to 16 KiB for the connection's
+/// life. Only a client that offered no ALPN (HTTP/2 with prior knowledge, or an old HTTP/1.x
+/// client) is sniffed.
 pub(super) struct EdgeConfig {
-    http: auto::Builder<Tracked>,
+    h1: http1::Builder,
+    h2: http2::Builder<Tracked>,
+    sniff: auto::Builder<Tracked>,
     handshake_timeout: Duration,
     keepalive: Duration,
     limits: io::Limits,
+}
+
+/// The HTTP/1.1 settings, for `http1::Builder` and `auto`'s (the same methods, other types).
+macro_rules! http1_settings {
+    ($b:expr, $l:expr) => {
+        $b.timer(TokioTimer::new())
+            // The request-head timer is `io::EdgeIo`'s: hyper's also runs while a kept-alive
+            // connection waits for its next request, cutting it at 10 s instead of 75.
+            .header_read_timeout(None)
+            .max_buf_size(($l.max_header_bytes.0 as usize).max(8192))
+            // One buffer per write: over TLS each iovec would become its own record (and AEAD
+            // seal).
+            .writev(false)
+            .keep_alive(true)
+    };
+}
+
+/// The HTTP/2 settings, for `http2::Builder` and `auto`'s.
+macro_rules! http2_settings {
+    ($b:expr, $l:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_concurrent_streams($l.h2_max_concurrent_streams)
+            .max_header_list_size($l.max_header_bytes.0.min(u32::MAX as u64) as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+    };
+}
+
+/// What a connection speaks, from ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// `http/1.1` or `http/1.0`.
+    Http1,
+    /// `h2`.
+    Http2,
+    /// No ALPN: HTTP/2 if the client starts with its preface, HTTP/1.x otherwise.
+    Sniff,
+}
+
+/// A connection as hyper serves it, by protocol (each boxed, see [`Edge::serve`]); without
+/// ALPN, what the sniffing connection is made of.
+enum Serving<H1, H2, I, S> {
+    Http1(Pin<Box<H1>>),
+    Http2(Pin<Box<H2>>),
+    Sniff(Box<(I, S)>),
+}
+
+impl Protocol {
+    fn from_alpn(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Protocol::Http2,
+            // The server only offers `h2`, `http/1.1` and `http/1.0`.
+            Some(_) => Protocol::Http1,
+            None => Protocol::Sniff,
+        }
+    }
 }
 
 /// Spawns what hyper runs beside a connection (each HTTP/2 stream's request) on the gateway's
@@ -61,25 +126,17 @@ where
 impl EdgeConfig {
     pub(super) fn new(loaded: &Loaded, connections: TaskTracker) -> Self {
         let l = &loaded.config.limits;
-        let mut b = auto::Builder::new(Tracked(connections));
-        b.http1()
-            .timer(TokioTimer::new())
-            // The request-head timer is `io::EdgeIo`'s: hyper's also runs while a kept-alive
-            // connection waits for its next request, cutting it at 10 s instead of 75.
-            .header_read_timeout(None)
-            .max_buf_size((l.max_header_bytes.0 as usize).max(8192))
-            // One buffer per write: over TLS each iovec would become its own record (and AEAD
-            // seal).
-            .writev(false)
-            .keep_alive(true);
-        b.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(l.h2_max_concurrent_streams)
-            .max_header_list_size(l.max_header_bytes.0.min(u32::MAX as u64) as u32)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        let mut h1 = http1::Builder::new();
+        http1_settings!(h1, l);
+        let mut h2 = http2::Builder::new(Tracked(connections.clone()));
+        http2_settings!(h2, l);
+        let mut sniff = auto::Builder::new(Tracked(connections));
+        http1_settings!(sniff.http1(), l);
+        http2_settings!(sniff.http2(), l);
         EdgeConfig {
-            http: b,
+            h1,
+            h2,
+            sniff,
             handshake_timeout: loaded.config.tls.handshake_timeout,
             keepalive: l.keepalive_timeout,
             limits: io::Limits {
@@ -89,6 +146,15 @@ impl EdgeConfig {
                 lingering_size: l.lingering_size.0,
             },
         }
+    }
+}
+
+/// The open-connections gauge of a connection's protocol.
+fn open_gauge(c: &crate::counters::ConnCounters, h2: bool) -> &AtomicUsize {
+    if h2 {
+        &c.h2
+    } else {
+        &c.h1
     }
 }
 
@@ -172,37 +238,34 @@ impl Edge {
     }
 
     /// Serves a connection whose TLS handshake just ended, to its end.
-    pub(super) async fn serve(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+    ///
+    /// Not an `async fn`, and the connection boxed: an `async fn` keeps its arguments for its
+    /// whole life beside the futures made from them, so every layer the TLS stream (1.2 KiB with
+    /// its session) and then hyper's connection (2 KiB) were moved through kept another copy in
+    /// the connection's task. Built here, the connection is one allocation of its own size, and
+    /// the task only holds a pointer to it.
+    pub(super) fn serve(
+        self: Arc<Self>,
+        tls: TlsStream<TcpStream>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let ready_at = Instant::now();
         let (tcp, session) = tls.get_ref();
         let local = tcp.local_addr().unwrap_or(peer);
         let tls_version = tls::version_name(session.protocol_version());
-        let h2 = session.alpn_protocol() == Some(b"h2");
+        let protocol = Protocol::from_alpn(session.alpn_protocol());
+        let h2 = protocol == Protocol::Http2;
         let conn = Arc::new(ConnInfo::new(peer, local, tls_version));
         let state = Arc::new(ConnState::new());
-        let counters = self.generations.shared().counters.clone();
-        let gauge = if h2 {
-            &counters.connections.h2
-        } else {
-            &counters.connections.h1
-        };
-        gauge.fetch_add(1, Ordering::Relaxed);
-        let io = EdgeIo::new(
+        let io = TokioIo::new(EdgeIo::new(
             tls,
             state.clone(),
             conn.clone(),
             self.config.limits,
             !h2,
+            protocol == Protocol::Sniff,
             ready_at,
-        );
-        self.clone().serve_http(TokioIo::new(io), conn, state).await;
-        gauge.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    async fn serve_http<I>(self: Arc<Self>, io: I, conn: Arc<ConnInfo>, state: Arc<ConnState>)
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
+        ));
         let edge = self.clone();
         let (c2, s2) = (conn.clone(), state.clone());
         // The pipeline of the generation in service, kept (with that generation's number) for
@@ -224,13 +287,54 @@ impl Edge {
                 Ok::<_, std::convert::Infallible>(resp.map(|inner| EdgeBody { inner, in_flight }))
             }
         });
+        let serving = match protocol {
+            Protocol::Http1 => Serving::Http1(Box::pin(
+                self.config.h1.serve_connection(io, svc).with_upgrades(),
+            )),
+            Protocol::Http2 => Serving::Http2(Box::pin(self.config.h2.serve_connection(io, svc))),
+            // `auto`'s connection borrows its builder: made in the task.
+            Protocol::Sniff => Serving::Sniff(Box::new((io, svc))),
+        };
+        let counters = self.generations.shared().counters.clone();
+        open_gauge(&counters.connections, h2).fetch_add(1, Ordering::Relaxed);
+        async move {
+            match serving {
+                Serving::Http1(c) => {
+                    self.drive(c, |c| c.graceful_shutdown(), &conn, &state)
+                        .await
+                }
+                Serving::Http2(c) => {
+                    self.drive(c, |c| c.graceful_shutdown(), &conn, &state)
+                        .await
+                }
+                Serving::Sniff(parts) => {
+                    let (io, svc) = *parts;
+                    let c = Box::pin(self.config.sniff.serve_connection_with_upgrades(io, svc));
+                    self.drive(c, |c| c.graceful_shutdown(), &conn, &state)
+                        .await
+                }
+            }
+            open_gauge(&counters.connections, h2).fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs a connection to its end: closes it once idle for `limits.keepalive_timeout`, drains
+    /// it at shutdown, cuts it at the drain deadline.
+    async fn drive<C, E>(
+        &self,
+        mut conn_fut: Pin<Box<C>>,
+        graceful_shutdown: fn(Pin<&mut C>),
+        conn: &ConnInfo,
+        state: &ConnState,
+    ) where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let keepalive = self.config.keepalive;
         let shutdown = self.generations.shared().shutdown.clone();
         // The drain deadline: what still runs is cut (its audit lines written as the requests
         // drop, before the trail is flushed).
         let deadline = self.generations.shared().background.hard_stop.clone();
-        let conn_fut = self.config.http.serve_connection_with_upgrades(io, svc);
-        tokio::pin!(conn_fut);
         let idle = tokio::time::sleep(keepalive);
         tokio::pin!(idle);
         let mut closing = false;
@@ -242,7 +346,13 @@ impl Edge {
                     break Ok(());
                 }
                 _ = shutdown.cancelled(), if !closing => {
-                    conn_fut.as_mut().graceful_shutdown();
+                    // Nothing to finish on a connection that never started a request; an HTTP/2
+                    // one still in its handshake (no preface yet) would only close once the
+                    // client sent it (hyper's `close_pending`).
+                    if !state.has_started() {
+                        break Ok(());
+                    }
+                    graceful_shutdown(conn_fut.as_mut());
                     closing = true;
                 }
                 _ = idle.as_mut(), if !closing => {
@@ -253,8 +363,9 @@ impl Edge {
                         state.idle_for(keepalive)
                     };
                     match left {
+                        None if !state.has_started() => break Ok(()),
                         None => {
-                            conn_fut.as_mut().graceful_shutdown();
+                            graceful_shutdown(conn_fut.as_mut());
                             closing = true;
                         }
                         Some(left) => idle.as_mut().reset(tokio::time::Instant::now() + left),
@@ -263,7 +374,7 @@ impl Edge {
             }
         };
         if let Err(e) = result {
-            self.connection_error(&conn, e.as_ref());
+            self.connection_error(conn, &*e.into());
         }
     }
 

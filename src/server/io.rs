@@ -79,6 +79,11 @@ impl ConnState {
         (InFlight(self.clone()), ambiguous)
     }
 
+    /// Whether any request has started on the connection.
+    pub(super) fn has_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed) > 0
+    }
+
     pub(super) fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
@@ -126,7 +131,8 @@ pub(super) struct EdgeIo<S> {
     limits: Limits,
     /// HTTP/1.x rules apply (not HTTP/2, not upgraded).
     h1: bool,
-    /// The first read has not happened (it tells an HTTP/2 preface without ALPN apart).
+    /// No ALPN and the first read has not happened: it tells an HTTP/2 preface (prior
+    /// knowledge) apart.
     first: bool,
     /// A request head is being read: the `started` count when it began, and its deadline.
     head: Option<(u64, Instant)>,
@@ -155,14 +161,16 @@ enum Closing {
 }
 
 impl<S> EdgeIo<S> {
-    /// `h1`: the connection negotiated HTTP/1.x (or nothing) by ALPN; `ready_at` is the end of
-    /// the TLS handshake, when the first request head's timer starts.
+    /// `h1`: the connection negotiated HTTP/1.x (or nothing) by ALPN; `sniff`: it negotiated
+    /// nothing, so its first bytes tell; `ready_at` is the end of the TLS handshake, when the
+    /// first request head's timer starts.
     pub(super) fn new(
         inner: S,
         state: Arc<ConnState>,
         conn: Arc<ConnInfo>,
         limits: Limits,
         h1: bool,
+        sniff: bool,
         ready_at: Instant,
     ) -> Self {
         let deadline = ready_at + limits.header_read;
@@ -174,7 +182,7 @@ impl<S> EdgeIo<S> {
             conn,
             limits,
             h1,
-            first: true,
+            first: sniff,
             head: h1.then_some((0, deadline)),
             timer: None,
             timer_at: deadline,

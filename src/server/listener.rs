@@ -102,8 +102,11 @@ async fn serve(
     permit: Option<OwnedSemaphorePermit>,
     shutdown: CancellationToken,
 ) {
+    // Boxed: the handshake's state (the TLS session being built, its timer) would otherwise
+    // size the connection's task for the connection's whole life.
+    let handshake = Box::pin(edge.handshake(stream, peer));
     let tls = tokio::select! {
-        t = edge.handshake(stream, peer) => t,
+        t = handshake => t,
         // Draining waits for requests, not for handshakes.
         _ = shutdown.cancelled() => None,
         _ = slot.evicted() => {
