@@ -576,7 +576,9 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Payload, A::Error> {
         let mut p = Payload::default();
-        let mut rank = usize::MAX;
+        // Each user claim's value as text, by its rank in `user_claims`. A repeated name keeps
+        // its last value, null included, as Node's `JSON.parse` (and so Botpress) does.
+        let mut found: Vec<Option<String>> = vec![None; self.claims.len()];
         while let Some(Key(k)) = m.next_key::<Key>()? {
             let claim = self.claims.iter().position(|c| *c == k);
             let reserved = self.times && matches!(&*k, "exp" | "nbf" | "aud" | "iss");
@@ -587,23 +589,21 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
             if !reserved {
                 // A user claim only: its text, without building a JSON value.
                 let UserClaim(user) = m.next_value()?;
-                if let Some(i) = claim.filter(|i| *i < rank && user.is_some()) {
-                    (p.user, rank) = (user, i);
+                if let Some(slot) = claim.and_then(|i| found.get_mut(i)) {
+                    *slot = user;
                 }
                 continue;
             }
             let v: serde_json::Value = m.next_value()?;
-            if let Some(i) = claim.filter(|i| *i < rank) {
-                let user = match &v {
+            if let Some(slot) = claim.and_then(|i| found.get_mut(i)) {
+                *slot = match &v {
                     serde_json::Value::String(s) => Some(s.clone()),
                     serde_json::Value::Number(n) => Some(n.to_string()),
                     _ => None,
                 };
-                if user.is_some() {
-                    (p.user, rank) = (user, i);
-                }
             }
-            // Only a verified token's reading (`times`) gets here.
+            // Only a verified token's reading (`times`) gets here; a repeated name keeps its
+            // last value here too.
             match &*k {
                 "exp" => p.exp = NumericDate::of(&v),
                 "nbf" => p.nbf = NumericDate::of(&v),
@@ -612,6 +612,8 @@ impl<'de> Visitor<'de> for PayloadSeed<'_> {
                 _ => {}
             }
         }
+        // The first of `user_claims` that has text.
+        p.user = found.into_iter().flatten().next();
         Ok(p)
     }
 }

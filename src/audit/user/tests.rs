@@ -594,6 +594,14 @@ fn the_end_user_is_the_first_of_user_claims_present_as_text() {
     assert_eq!(id(r#""sub":12345"#), s("12345"));
     assert_eq!(id(r#""sub":-7"#), s("-7"));
     assert_eq!(id(r#""plan":"gold""#), None);
+    // A repeated name keeps its last value, as JSON.parse (and so Botpress) reads the payload;
+    // a last null removes the claim.
+    assert_eq!(id(r#""sub":"first","sub":"last""#), s("last"));
+    assert_eq!(
+        id(r#""sub":"first","email":"e@x.io","sub":null"#),
+        s("e@x.io")
+    );
+    assert_eq!(id(r#""sub":null,"sub":7"#), s("7"));
 }
 
 #[test]
@@ -619,6 +627,20 @@ fn a_user_claim_that_jsonwebtoken_also_checks_is_both() {
     assert_eq!(
         end(r#""iss":"tenant-a","exp":1000"#),
         ("external_auth_expired", Some("tenant-a".to_string()))
+    );
+    // Repeated: the last value names the user, and the last `exp` is the one checked.
+    assert_eq!(end(r#""iss":"tenant-a","iss":"tenant-b""#), ok("tenant-b"));
+    assert_eq!(
+        end(r#""iss":"tenant-a","iss":null,"email":"e@x.io""#),
+        ok("e@x.io")
+    );
+    assert_eq!(
+        end(&format!(r#""iss":"t","exp":{},"exp":1000"#, unix() + 600)),
+        ("external_auth_expired", Some("t".to_string()))
+    );
+    assert_eq!(
+        end(&format!(r#""iss":"t","exp":1000,"exp":{}"#, unix() + 600)),
+        ok("t")
     );
 }
 
