@@ -341,7 +341,11 @@ impl Edge {
         let result = loop {
             tokio::select! {
                 r = conn_fut.as_mut() => break r,
-                _ = deadline.cancelled() => {
+                // Every wake-up of the connection polls each branch here, and a token's poll
+                // takes its lock: the deadline only ever comes after shutdown began (the drain
+                // cancels it after `shutdown`), which has set `closing`, so it is left unpolled
+                // until then.
+                _ = deadline.cancelled(), if closing => {
                     conn.mark_cut();
                     break Ok(());
                 }
