@@ -14,10 +14,8 @@
 //! `302` too.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::header::{HeaderName, CONTENT_LOCATION, LOCATION, REFRESH, SET_COOKIE};
 use http::uri::PathAndQuery;
@@ -26,7 +24,9 @@ use percent_encoding::percent_decode;
 use tower::{Layer, Service};
 
 use crate::config::BasePathMode;
-use crate::exchange::{self, empty_response, note_mut, Outcome, Refusal, Req, Resp};
+use crate::exchange::{
+    self, empty_response, note_mut, AfterResponse, Outcome, PolicyFuture, Refusal, Req, Resp,
+};
 
 #[derive(Debug)]
 pub struct BasePathPolicy {
@@ -368,11 +368,10 @@ impl<S> BasePath<S>
 where
     S: Service<Req, Response = Resp, Error = Infallible>,
 {
-    fn forward(&mut self, req: Req) -> BasePathFuture<S::Future> {
-        BasePathFuture::Inner {
-            fut: self.inner.call(req),
-            rewrite: self.policy.rewrites().then(|| self.policy.clone()),
-        }
+    fn forward(&mut self, req: Req) -> PolicyFuture<S::Future, Arc<Compiled>> {
+        // `None` when no answer can need rewriting.
+        let rewrite = self.policy.rewrites().then(|| self.policy.clone());
+        PolicyFuture::inner(self.inner.call(req), rewrite)
     }
 
     fn redirect(&self, req: &Req) -> Resp {
@@ -397,7 +396,7 @@ where
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = BasePathFuture<S::Future>;
+    type Future = PolicyFuture<S::Future, Arc<Compiled>>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
@@ -405,7 +404,7 @@ where
         if self.policy.base.is_empty() {
             return self.forward(req);
         }
-        let answer = BasePathFuture::answer;
+        let answer = PolicyFuture::answer;
         let id = || exchange::exchange(&req).map(|x| x.id.clone());
         let safe = matches!(*req.method(), Method::GET | Method::HEAD);
         let (exact, resolved) = match classify(req.uri().path(), &self.policy.base) {
@@ -436,44 +435,10 @@ where
     }
 }
 
-/// The base-path layer's answer: its own (a redirect, a refusal), or the inner one with its
-/// URLs rewritten when it arrives (no box of its own).
-pub enum BasePathFuture<F> {
-    /// Boxed: the rare path should not make every request's future as big as a response.
-    Answer(Option<Box<Resp>>),
-    Inner {
-        fut: F,
-        /// `None` when no answer can need rewriting.
-        rewrite: Option<Arc<Compiled>>,
-    },
-}
-
-impl<F> BasePathFuture<F> {
-    fn answer(r: Resp) -> Self {
-        BasePathFuture::Answer(Some(Box::new(r)))
-    }
-}
-
-impl<F> Future for BasePathFuture<F>
-where
-    F: Future<Output = Result<Resp, Infallible>> + Unpin,
-{
-    type Output = Result<Resp, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            BasePathFuture::Answer(r) => match r.take() {
-                Some(r) => Poll::Ready(Ok(*r)),
-                None => Poll::Pending,
-            },
-            BasePathFuture::Inner { fut, rewrite } => {
-                let Ok(mut resp) = ready!(Pin::new(fut).poll(cx));
-                if let Some(p) = rewrite.take() {
-                    p.rewrite_response(&mut resp);
-                }
-                Poll::Ready(Ok(resp))
-            }
-        }
+/// What the base-path layer does to the inner answer: rewrite its URLs under the base path.
+impl AfterResponse for Arc<Compiled> {
+    fn after_response(self, resp: &mut Resp) {
+        self.rewrite_response(resp);
     }
 }
 

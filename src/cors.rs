@@ -20,10 +20,8 @@
 //! operator can see in the config.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
@@ -35,7 +33,7 @@ use http::{HeaderMap, Method, StatusCode};
 use tower::{Layer, Service};
 
 use crate::config::{AllowHeaders, OriginSpec};
-use crate::exchange::{self, empty_response, Refusal, Req, Resp};
+use crate::exchange::{self, empty_response, AfterResponse, PolicyFuture, Refusal, Req, Resp};
 
 /// Request headers Botpress's own UIs send cross-origin; always allowed with a pinned
 /// `cors.allow_headers` list, because the admin UI and webchat break without them
@@ -369,17 +367,14 @@ where
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = CorsFuture<S::Future>;
+    type Future = PolicyFuture<S::Future, ApplyCors>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
     fn call(&mut self, req: Req) -> Self::Future {
         let p = &self.policy;
         if !p.enabled {
-            return CorsFuture::Inner {
-                fut: self.inner.call(req),
-                apply: None,
-            };
+            return PolicyFuture::inner(self.inner.call(req), None);
         }
         let id = || exchange::exchange(&req).map(|x| x.id.clone());
         let origin = req.headers().get(ORIGIN);
@@ -387,7 +382,7 @@ where
             if req.method() == Method::OPTIONS
                 && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD)
             {
-                return CorsFuture::Answer(Some(Box::new(p.preflight(&req, o, id().as_ref()))));
+                return PolicyFuture::answer(p.preflight(&req, o, id().as_ref()));
             }
         }
         let allowed = match origin {
@@ -399,51 +394,23 @@ where
                 } else if p.reject_disallowed && !text.is_some_and(|t| same_origin(&req, t)) {
                     let mut r = Refusal::OriginNotAllowed.response(id().as_ref());
                     add_vary_origin(r.headers_mut());
-                    return CorsFuture::Answer(Some(Box::new(r)));
+                    return PolicyFuture::answer(r);
                 } else {
                     None
                 }
             }
         };
-        CorsFuture::Inner {
-            apply: Some((p.clone(), allowed)),
-            fut: self.inner.call(req),
-        }
+        PolicyFuture::inner(self.inner.call(req), Some(ApplyCors(p.clone(), allowed)))
     }
 }
 
-/// The CORS layer's answer: its own (a preflight, a refusal), or the inner one with bpgate's CORS
-/// headers put in when it arrives (no box of its own).
-pub enum CorsFuture<F> {
-    /// Boxed: the rare path should not make every request's future as big as a response.
-    Answer(Option<Box<Resp>>),
-    Inner {
-        fut: F,
-        /// The policy and the origin to echo; `None` with CORS off.
-        apply: Option<(Arc<CorsPolicy>, Option<HeaderValue>)>,
-    },
-}
+/// What the CORS layer does to the inner answer: bpgate's CORS headers, for the origin to echo
+/// (`None`: the request's origin is not allowed, or there was none).
+pub struct ApplyCors(Arc<CorsPolicy>, Option<HeaderValue>);
 
-impl<F> Future for CorsFuture<F>
-where
-    F: Future<Output = Result<Resp, Infallible>> + Unpin,
-{
-    type Output = Result<Resp, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            CorsFuture::Answer(r) => match r.take() {
-                Some(r) => Poll::Ready(Ok(*r)),
-                None => Poll::Pending,
-            },
-            CorsFuture::Inner { fut, apply } => {
-                let Ok(mut resp) = ready!(Pin::new(fut).poll(cx));
-                if let Some((policy, allowed)) = apply.take() {
-                    policy.apply(allowed.as_ref(), &mut resp);
-                }
-                Poll::Ready(Ok(resp))
-            }
-        }
+impl AfterResponse for ApplyCors {
+    fn after_response(self, resp: &mut Resp) {
+        self.0.apply(self.1.as_ref(), resp);
     }
 }
 

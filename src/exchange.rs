@@ -735,3 +735,56 @@ pub fn empty_response(status: StatusCode) -> Resp {
 pub fn ready(r: Resp) -> BoxFut {
     Box::pin(std::future::ready(Ok(r)))
 }
+
+/// What a policy layer does to the inner answer when it arrives (put in headers, rewrite URLs).
+pub trait AfterResponse {
+    fn after_response(self, resp: &mut Resp);
+}
+
+/// A policy layer's future, without a box of its own: its own answer (a redirect, a preflight, a
+/// refusal) or the inner service's, with the layer's step applied when it arrives.
+pub enum PolicyFuture<F, P> {
+    /// Boxed: the rare path should not make every request's future as big as a response.
+    Answer(Option<Box<Resp>>),
+    Inner {
+        fut: F,
+        /// `None` when the layer has nothing to do to this answer.
+        then: Option<P>,
+    },
+}
+
+impl<F, P> PolicyFuture<F, P> {
+    /// The layer answers itself; the inner service is not called.
+    pub fn answer(r: Resp) -> Self {
+        PolicyFuture::Answer(Some(Box::new(r)))
+    }
+
+    /// The inner service answers, then `then` (if any) is applied to its answer.
+    pub fn inner(fut: F, then: Option<P>) -> Self {
+        PolicyFuture::Inner { fut, then }
+    }
+}
+
+impl<F, P> Future for PolicyFuture<F, P>
+where
+    F: Future<Output = Result<Resp, Infallible>> + Unpin,
+    P: AfterResponse + Unpin,
+{
+    type Output = Result<Resp, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            PolicyFuture::Answer(r) => match r.take() {
+                Some(r) => Poll::Ready(Ok(*r)),
+                None => Poll::Pending,
+            },
+            PolicyFuture::Inner { fut, then } => {
+                let Ok(mut resp) = std::task::ready!(Pin::new(fut).poll(cx));
+                if let Some(p) = then.take() {
+                    p.after_response(&mut resp);
+                }
+                Poll::Ready(Ok(resp))
+            }
+        }
+    }
+}

@@ -8,10 +8,8 @@
 //! on those paths is removed.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::header::{
     HeaderName, HeaderValue, CONTENT_SECURITY_POLICY, REFERRER_POLICY, STRICT_TRANSPORT_SECURITY,
@@ -19,7 +17,7 @@ use http::header::{
 };
 use tower::{Layer, Service};
 
-use crate::exchange::{Req, Resp};
+use crate::exchange::{AfterResponse, PolicyFuture, Req, Resp};
 
 static X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
 
@@ -126,7 +124,7 @@ where
 {
     type Response = Resp;
     type Error = Infallible;
-    type Future = SecurityHeadersFuture<S::Future>;
+    type Future = PolicyFuture<S::Future, ApplySecurityHeaders>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -134,30 +132,16 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let webchat = self.h.is_webchat(req.uri().path());
-        SecurityHeadersFuture {
-            inner: self.inner.call(req),
-            h: self.h.clone(),
-            webchat,
-        }
+        let then = ApplySecurityHeaders(self.h.clone(), webchat);
+        PolicyFuture::inner(self.inner.call(req), Some(then))
     }
 }
 
-/// The inner answer, with the headers set when it arrives (no box of its own).
-pub struct SecurityHeadersFuture<F> {
-    inner: F,
-    h: Arc<SecurityHeaders>,
-    webchat: bool,
-}
+/// What the security-headers layer does to the inner answer (`bool`: the path is the webchat's).
+pub struct ApplySecurityHeaders(Arc<SecurityHeaders>, bool);
 
-impl<F> Future for SecurityHeadersFuture<F>
-where
-    F: Future<Output = Result<Resp, Infallible>> + Unpin,
-{
-    type Output = Result<Resp, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Ok(mut resp) = ready!(Pin::new(&mut self.inner).poll(cx));
-        self.h.apply(self.webchat, &mut resp);
-        Poll::Ready(Ok(resp))
+impl AfterResponse for ApplySecurityHeaders {
+    fn after_response(self, resp: &mut Resp) {
+        self.0.apply(self.1, resp);
     }
 }
