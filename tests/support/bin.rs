@@ -7,15 +7,12 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::binary::{bpgate, Proc};
-use super::{full, tls_connector, Client, Pki};
+use super::{tls_connector, Client, Pki};
 
 /// The binary serving a config file in a temp dir (audit trail in `<dir>/audit`), with clients
 /// for its listeners.
@@ -114,18 +111,6 @@ impl BinGate {
 
     /// GET on the admin listener.
     pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
-        let stream = TcpStream::connect(self.admin).await.unwrap();
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header("host", "admin")
-            .body(full(Bytes::new()))
-            .unwrap();
-        let resp = tx.send_request(req).await.unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        super::admin_call(self.admin, "GET", path).await
     }
 }

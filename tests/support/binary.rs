@@ -117,12 +117,7 @@ impl Proc {
                 );
             }
             if Instant::now() > deadline {
-                self.kill();
-                let end = self.finish();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; bpgate killed\n--- stdout\n{}\n--- stderr\n{}",
-                    end.stdout, end.stderr
-                );
+                self.kill_and_fail(&format!("timed out after {timeout:?} waiting for {what}"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -142,6 +137,16 @@ impl Proc {
         (logged_addr(&line, "https"), logged_addr(&line, "admin"))
     }
 
+    /// A missed deadline: kills the child by its pid and fails the test with its output.
+    fn kill_and_fail(&mut self, why: &str) -> ! {
+        self.kill();
+        let end = self.finish();
+        panic!(
+            "{why}; bpgate killed\n--- stdout\n{}\n--- stderr\n{}",
+            end.stdout, end.stderr
+        );
+    }
+
     /// Sends `signal` (`TERM`, `HUP`, …) to the child's pid.
     pub fn signal(&self, signal: &str) {
         let ok = Command::new("kill")
@@ -159,12 +164,7 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         while self.running() {
             if Instant::now() > deadline {
-                self.kill();
-                let end = self.finish();
-                panic!(
-                    "bpgate did not exit within {timeout:?}; killed\n--- stdout\n{}\n--- stderr\n{}",
-                    end.stdout, end.stderr
-                );
+                self.kill_and_fail(&format!("bpgate did not exit within {timeout:?}"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

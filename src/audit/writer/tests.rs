@@ -71,7 +71,16 @@ struct Trail {
 
 impl Trail {
     fn start(rotation: Rotation, max_files: usize, queue: usize) -> Trail {
-        let dir = tempfile::tempdir().unwrap();
+        Trail::start_in(tempfile::tempdir().unwrap(), rotation, max_files, queue)
+    }
+
+    /// The writer on `dir` as it is (a trail already there is taken over).
+    fn start_in(
+        dir: tempfile::TempDir,
+        rotation: Rotation,
+        max_files: usize,
+        queue: usize,
+    ) -> Trail {
         let clock = Arc::new(AtomicI64::new(T0));
         let c = clock.clone();
         let (sink, guard) = AuditSink::start(
@@ -323,32 +332,7 @@ fn a_line_torn_by_a_killed_process_is_cut_at_start() {
     let path = dir.path().join(CURRENT_FILE);
     let whole = "{\"ts\":\"2026-11-24T10:00:00.000Z\",\"path\":\"/whole\"}\n";
     std::fs::write(&path, format!("{whole}{{\"ts\":\"2026-11-24T10:00:0")).unwrap();
-    let t = {
-        let clock = Arc::new(AtomicI64::new(T0));
-        let c = clock.clone();
-        let (sink, guard) = AuditSink::start(
-            WriterSettings {
-                dir: dir.path().to_path_buf(),
-                rotation: Rotation::Never,
-                max_size: 0,
-                max_files: 0,
-                stdout: false,
-                queue: 64,
-                flush_interval: Duration::from_millis(1),
-                on_failure: OnFailure::Block,
-                durability: Durability::Written,
-                clock: Arc::new(move || c.load(Ordering::SeqCst)),
-            },
-            &[],
-        )
-        .unwrap();
-        Trail {
-            dir,
-            clock,
-            sink,
-            guard: Some(guard),
-        }
-    };
+    let t = Trail::start_in(dir, Rotation::Never, 0, 64);
     t.line("/next");
     t.sink.flush();
     assert_eq!(
