@@ -267,33 +267,13 @@ impl UserResolver {
             };
         }
         let Some(key) = &self.key else {
-            return match claimed(&token, &["email"]) {
-                Some(c) => UserInfo {
-                    source: Some(UserSource::JwtUnverified),
-                    claimed: c,
-                    ..UserInfo::default()
-                },
-                None => UserInfo {
-                    source: Some(UserSource::JwtMalformed),
-                    ..UserInfo::default()
-                },
-            };
+            return unverified(&token, UserSource::JwtUnverified);
         };
         let verified = verified_payload(&token, key, &self.algorithms)
             .and_then(|p| serde_json::from_slice::<BotpressClaims>(&p).ok());
         let Some(c) = verified else {
             // Signature, algorithm or format: Botpress rejects it before reading a claim.
-            return match claimed(&token, &["email"]) {
-                Some(c) => UserInfo {
-                    source: Some(UserSource::JwtInvalid),
-                    claimed: c,
-                    ..UserInfo::default()
-                },
-                None => UserInfo {
-                    source: Some(UserSource::JwtMalformed),
-                    ..UserInfo::default()
-                },
-            };
+            return unverified(&token, UserSource::JwtInvalid);
         };
         let kind = if c.aud.collaborators {
             Some(UserKind::Collaborator)
@@ -937,6 +917,22 @@ fn jwt_cookie(headers: &HeaderMap) -> Option<Cow<'_, str>> {
         }
     }
     None
+}
+
+/// A token bpgate does not take as verified: the email it claims, under `source`; or
+/// `jwt_malformed` when it is not a JWT at all.
+fn unverified(token: &str, source: UserSource) -> UserInfo {
+    match claimed(token, &["email"]) {
+        Some(claimed) => UserInfo {
+            source: Some(source),
+            claimed,
+            ..UserInfo::default()
+        },
+        None => UserInfo {
+            source: Some(UserSource::JwtMalformed),
+            ..UserInfo::default()
+        },
+    }
 }
 
 /// The first of `claims` in the payload, read without verification. `None`: not a JWT at all;
